@@ -1,0 +1,1 @@
+"""Bench: real skip rates and latency on every runtime (`cg-bench`, `cg-demo`)."""

@@ -1,0 +1,1 @@
+"""Training: the CosineGate model, its gate math, data loaders and `cg-train`."""

@@ -1,0 +1,209 @@
+// CosineGate harness: runs the exported int8 model on each embedded test image and
+// prints, per inference, the prediction, each gated block's decision and the cost.
+//
+// Protocol (one line each, parsed by cosinegate.bench.protocol):
+//   CG-HEADER protocol=1 model=<id> core=<core> clock_hz=<hz> cost=<unit>
+//             arena_bytes=<size> arena_used=<bytes> images=<n> classes=<n> gated_blocks=<n>
+//   CG idx=<i> label=<l> pred=<p> gates=<0/1 per block, or -> <unit>=<count>
+//   CG-SUMMARY images=<n> correct=<n> failed=<n> gates_on=<count per block, or ->
+//   CG-ERROR reason=<schema|op|arena|input|output|invoke> <explanation>
+// Model constants come from the export (model_settings.h, generated); the images
+// from cosinegate.export.test_images (test_images.h). Build: see firmware/README.md.
+#include "core/main_functions.h"
+
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+
+#include "core/board.h"
+#include "core/cost_meter.h"
+#include "core/text_output.h"
+#include "model_data.h"
+#include "model_settings.h"
+#include "tensorflow/lite/micro/cortex_m_generic/debug_log_callback.h"
+#include "tensorflow/lite/micro/micro_interpreter.h"
+#include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
+#include "tensorflow/lite/schema/schema_generated.h"
+#include "test_images.h"
+
+namespace {
+
+// CG_ARENA_BYTES (a CMake cache variable) overrides the size the export measured.
+#ifdef CG_ARENA_BYTES
+constexpr int kArenaSize = CG_ARENA_BYTES;
+#else
+constexpr int kArenaSize = kTensorArenaSize;
+#endif
+constexpr int kProtocolVersion = 1;
+constexpr int kLineSize = 160;
+
+alignas(16) uint8_t tensor_arena[kArenaSize];
+
+using CgOpResolver = tflite::MicroMutableOpResolver<kNumOps>;
+
+tflite::MicroInterpreter* interpreter = nullptr;
+CgBoardInfo board;
+int image_index = 0;
+int correct_count = 0;
+int failed_count = 0;
+int gate_on_counts[kNumGatedBlocks > 0 ? kNumGatedBlocks : 1] = {};
+
+// Registers exactly the ops the export listed (CG_MODEL_OPS in model_settings.h).
+TfLiteStatus RegisterOps(CgOpResolver& op_resolver) {
+#define CG_REGISTER_OP(method, registration) \
+  TF_LITE_ENSURE_STATUS(op_resolver.Add##method(registration));
+  CG_MODEL_OPS(CG_REGISTER_OP)
+#undef CG_REGISTER_OP
+  return kTfLiteOk;
+}
+
+void WriteLine(const char* format, ...) __attribute__((format(printf, 1, 2)));
+void WriteLine(const char* format, ...) {
+  char line[kLineSize];
+  va_list args;
+  va_start(args, format);
+  vsnprintf(line, sizeof line, format, args);
+  va_end(args);
+  CgWriteText(line);
+}
+
+// TFLM's own messages (e.g. which op is missing, how many arena bytes are short)
+// come out as comment lines so the protocol parser skips them.
+void WriteTflmMessage(const char* message) {
+  CgWriteText("# TFLM: ");
+  CgWriteText(message);
+  CgWriteText("\n");
+}
+
+[[noreturn]] void Fail(const char* reason, const char* explanation) {
+  WriteLine("CG-ERROR reason=%s %s\n", reason, explanation);
+  CgBoardStop(false);
+}
+
+bool HasShape(const TfLiteTensor* tensor, const int* dims, int rank) {
+  if (tensor->dims->size != rank) return false;
+  for (int i = 0; i < rank; ++i) {
+    if (tensor->dims->data[i] != dims[i]) return false;
+  }
+  return true;
+}
+
+void CheckInputAndOutputs() {
+  const int image_dims[] = {1, kTestImageHeight, kTestImageWidth, kTestImageChannels};
+  const int model_dims[] = {1, kInputHeight, kInputWidth, kInputChannels};
+  const TfLiteTensor* input = interpreter->input(0);
+  if (input->type != kTfLiteInt8 || !HasShape(input, image_dims, 4) ||
+      !HasShape(input, model_dims, 4)) {
+    char explanation[kLineSize];
+    snprintf(explanation, sizeof explanation,
+             "input tensor is not int8 [1,%d,%d,%d] as the test images and "
+             "model_settings.h say; regenerate both from the same export",
+             kTestImageHeight, kTestImageWidth, kTestImageChannels);
+    Fail("input", explanation);
+  }
+  const int logits_dims[] = {1, kNumClasses};
+  const TfLiteTensor* logits = interpreter->output(0);
+  if (interpreter->outputs_size() != static_cast<size_t>(1 + kNumGatedBlocks) ||
+      logits->type != kTfLiteInt8 || !HasShape(logits, logits_dims, 2)) {
+    Fail("output", "expected int8 logits [1,kNumClasses] plus one bool per gated block");
+  }
+  for (int block = 0; block < kNumGatedBlocks; ++block) {
+    if (interpreter->output(1 + block)->type != kTfLiteBool) {
+      Fail("output", "gate outputs must be bool tensors of shape [1]");
+    }
+  }
+}
+
+int ArgMax(const int8_t* values, int count) {
+  int best = 0;
+  for (int i = 1; i < count; ++i) {
+    if (values[i] > values[best]) best = i;
+  }
+  return best;
+}
+
+void WriteSummary() {
+  char gates_on[kLineSize] = "-";
+  int length = 0;
+  for (int block = 0; block < kNumGatedBlocks; ++block) {
+    length += snprintf(gates_on + length, sizeof gates_on - length, "%s%d",
+                       block == 0 ? "" : ",", gate_on_counts[block]);
+  }
+  WriteLine("CG-SUMMARY images=%d correct=%d failed=%d gates_on=%s\n", kNumTestImages,
+            correct_count, failed_count, gates_on);
+}
+
+}  // namespace
+
+void setup() {
+  board = CgBoardInit();
+  RegisterDebugLogCallback(WriteTflmMessage);
+
+  const tflite::Model* model = tflite::GetModel(g_cosinegate_model_data);
+  if (model->version() != TFLITE_SCHEMA_VERSION) {
+    char explanation[kLineSize];
+    snprintf(explanation, sizeof explanation,
+             "model schema version %lu, this TFLM reads version %d",
+             static_cast<unsigned long>(model->version()), TFLITE_SCHEMA_VERSION);
+    Fail("schema", explanation);
+  }
+
+  static CgOpResolver op_resolver;
+  if (RegisterOps(op_resolver) != kTfLiteOk) {
+    Fail("op", "registering the exported op list failed (kNumOps too small?)");
+  }
+
+  static tflite::MicroInterpreter static_interpreter(model, op_resolver, tensor_arena,
+                                                     kArenaSize);
+  interpreter = &static_interpreter;
+  if (interpreter->AllocateTensors() != kTfLiteOk) {
+    // TFLM has printed the cause: a missing op ("Didn't find op for builtin
+    // opcode") or the arena shortfall ("Failed to resize buffer ... missing").
+    char explanation[kLineSize];
+    snprintf(explanation, sizeof explanation,
+             "AllocateTensors failed (see '# TFLM:' lines): an op missing from "
+             "model_settings.h, or the arena of %d bytes is too small; export measured %d",
+             kArenaSize, kTensorArenaSize);
+    Fail(kArenaSize < kTensorArenaSize ? "arena" : "op", explanation);
+  }
+  CheckInputAndOutputs();
+
+  WriteLine("CG-HEADER protocol=%d model=%s core=%s clock_hz=%lu cost=%s arena_bytes=%d "
+            "arena_used=%u images=%d classes=%d gated_blocks=%d\n",
+            kProtocolVersion, kModelId, board.core, static_cast<unsigned long>(board.clock_hz),
+            board.cost_unit, kArenaSize, static_cast<unsigned>(interpreter->arena_used_bytes()),
+            kNumTestImages, kNumClasses, kNumGatedBlocks);
+}
+
+void loop() {
+  if (image_index == kNumTestImages) {
+    WriteSummary();
+    CgBoardStop(failed_count == 0);
+  }
+  const int index = image_index++;
+  TfLiteTensor* input = interpreter->input(0);
+  for (int i = 0; i < kTestImageSize; ++i) input->data.int8[i] = g_test_images[index][i];
+
+  CgCostMeterBegin();
+  const TfLiteStatus status = interpreter->Invoke();
+  CgCostMeterEnd();
+  if (status != kTfLiteOk) {
+    ++failed_count;
+    WriteLine("CG-ERROR reason=invoke idx=%d Invoke() failed, continuing\n", index);
+    return;
+  }
+
+  const int prediction = ArgMax(interpreter->output(0)->data.int8, kNumClasses);
+  if (prediction == g_test_labels[index]) ++correct_count;
+  char gates[kNumGatedBlocks + 2] = "-";
+  for (int block = 0; block < kNumGatedBlocks; ++block) {
+    const bool computed = interpreter->output(1 + block)->data.b[0];
+    gate_on_counts[block] += computed;
+    gates[block] = computed ? '1' : '0';
+    gates[block + 1] = '\0';
+  }
+  WriteLine("CG idx=%d label=%d pred=%d gates=%s", index, g_test_labels[index], prediction,
+            gates);
+  CgCostMeterReport();
+  CgWriteText("\n");
+}

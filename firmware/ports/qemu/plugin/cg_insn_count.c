@@ -1,0 +1,99 @@
+/* TCG plugin that counts guest instructions executed between two marker functions.
+ *
+ * The QEMU port brackets Invoke() with CgCostMeterBegin()/CgCostMeterEnd() and then
+ * calls CgCostMeterReport() while the inference line is half written; at that
+ * moment this plugin appends " instructions=N" to QEMU's output, so the line reads
+ * like the cycles line of a real board. QEMU has no cycle counter, hence the
+ * different key. Counts are deterministic with `-icount shift=0`.
+ *
+ * Build:  cc -shared -fPIC -O2 -o libcg_insn_count.so cg_insn_count.c
+ * Run:    qemu-system-arm -M mps2-an386 -icount shift=0 -semihosting -nographic \
+ *           -plugin ./libcg_insn_count.so,begin=0x...,end=0x...,report=0x... -kernel fw.elf
+ * (begin/end/report are the symbol addresses of the three markers; bench/qemu.py
+ * reads them with arm-none-eabi-nm.)
+ *
+ * Written against the public plugin API, version 1 (QEMU 7.x/8.x); the few
+ * declarations it needs are repeated here so no QEMU headers are required.
+ */
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* --- Subset of qemu-plugin.h (public API, version 1). --- */
+typedef uint64_t qemu_plugin_id_t;
+typedef struct qemu_info_t qemu_info_t;
+struct qemu_plugin_tb;
+enum qemu_plugin_cb_flags { QEMU_PLUGIN_CB_NO_REGS = 0 };
+typedef void (*qemu_plugin_vcpu_tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
+typedef void (*qemu_plugin_vcpu_udata_cb_t)(unsigned int vcpu_index, void *userdata);
+void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, qemu_plugin_vcpu_tb_trans_cb_t cb);
+void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb, qemu_plugin_vcpu_udata_cb_t cb,
+                                          enum qemu_plugin_cb_flags flags, void *userdata);
+size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
+uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
+void qemu_plugin_outs(const char *string);
+__attribute__((visibility("default"))) int qemu_plugin_version = 1;
+/* --- End of the API subset. --- */
+
+/* Thumb symbol addresses carry bit 0; instruction addresses do not. */
+static uint64_t g_begin_addr, g_end_addr, g_report_addr;
+static bool g_counting;
+static uint64_t g_counted;
+
+static void OnBegin(unsigned int vcpu, void *unused) {
+  g_counting = true;
+  g_counted = 0;
+}
+
+static void OnEnd(unsigned int vcpu, void *unused) { g_counting = false; }
+
+static void OnReport(unsigned int vcpu, void *unused) {
+  char text[40];
+  snprintf(text, sizeof text, " instructions=%" PRIu64, g_counted);
+  qemu_plugin_outs(text);
+}
+
+static void OnBlock(unsigned int vcpu, void *n_insns) {
+  if (g_counting) g_counted += (uintptr_t)n_insns;
+}
+
+/* A call ends a translation block, so each marker starts its own block. */
+static void OnTranslate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
+  uint64_t start = qemu_plugin_tb_vaddr(tb);
+  qemu_plugin_vcpu_udata_cb_t callback = OnBlock;
+  void *data = (void *)(uintptr_t)qemu_plugin_tb_n_insns(tb);
+  if (start == g_begin_addr) callback = OnBegin;
+  else if (start == g_end_addr) callback = OnEnd;
+  else if (start == g_report_addr) callback = OnReport;
+  qemu_plugin_register_vcpu_tb_exec_cb(tb, callback, QEMU_PLUGIN_CB_NO_REGS, data);
+}
+
+static bool ParseAddress(const char *arg, const char *key, uint64_t *out) {
+  size_t key_len = strlen(key);
+  if (strncmp(arg, key, key_len) != 0 || arg[key_len] != '=') return false;
+  *out = strtoull(arg + key_len + 1, NULL, 0) & ~(uint64_t)1;
+  return true;
+}
+
+__attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t id,
+                                                               const qemu_info_t *info,
+                                                               int argc, char **argv) {
+  for (int i = 0; i < argc; ++i) {
+    if (!ParseAddress(argv[i], "begin", &g_begin_addr) &&
+        !ParseAddress(argv[i], "end", &g_end_addr) &&
+        !ParseAddress(argv[i], "report", &g_report_addr)) {
+      fprintf(stderr, "cg_insn_count: unknown argument '%s'\n", argv[i]);
+      return -1;
+    }
+  }
+  if (!g_begin_addr || !g_end_addr || !g_report_addr) {
+    fprintf(stderr, "cg_insn_count: needs begin=, end= and report= addresses\n");
+    return -1;
+  }
+  qemu_plugin_register_vcpu_tb_trans_cb(id, OnTranslate);
+  return 0;
+}

@@ -1,0 +1,165 @@
+"""Training configuration: one dataclass, YAML presets whose values become argparse defaults.
+
+Precedence, lowest first: the dataclass defaults (the paper's protocol) < `--preset NAME`
+(train/presets/NAME.yaml) < `--config FILE.yaml` < explicit flags. The resolved config is saved as
+`config.yaml` in the run folder and inside every checkpoint.
+"""
+import argparse
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class ConfigError(ValueError):
+    """Unknown preset or key, or a value of the wrong kind."""
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "balanced"
+    # data
+    dataset: str = "cifar10"          # cifar10 | mnist | fashion-mnist | digits
+    data_dir: str | None = None       # default: $CG_DATA_DIR, ./data, ../shared/data
+    download: bool = False            # fetch CIFAR-10 through torchvision when missing (online only)
+    # model (see model.ModelConfig)
+    depth: int = 20
+    gated: bool = True
+    gate_downsample: bool = True
+    controller_ratio: int = 8
+    gamma0: float = -2.5
+    gate_init: str = "faithful"       # faithful: initial logit ~ gamma0 (gates near closed);
+                                      # open: controller bias set so the initial logit is open_logit
+    open_logit: float = 3.0
+    # paper objective (eq. 18-21) and Table 1
+    lambda_flops: float = 3.0
+    lambda_cons: float = 0.01
+    tau_target: float = 0.70
+    warmup_epochs: int = 40           # FLOPs-penalty warm-up T_warmup, epochs
+    tau_start: float = 1.0            # Gumbel temperature, annealed geometrically per step
+    tau_end: float = 0.5
+    # deployable gate
+    gate_train: str = "deploy"        # deploy: hand over to the x-only gate (hard, straight-through)
+                                      # paper: train with the CIR gate throughout, as written
+    handover_epoch: int | None = None  # default: warmup_epochs
+    lambda_cir: float = 1.0           # regression of the CIR estimate onto the measured CIR
+    lambda_margin: float = 0.1        # keeps deploy logits `margin` away from the threshold
+    margin: float = 1.0
+    # optimisation (paper section 4.1)
+    epochs: int = 160
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    # execution
+    device: str = "auto"              # auto | cpu | cuda
+    amp: bool = True                  # bf16 autocast, CUDA only
+    threads: int | None = None        # torch CPU threads; default: torch's choice
+
+    def __post_init__(self):
+        if self.handover_epoch is None:
+            self.handover_epoch = self.warmup_epochs
+        checks = [
+            (self.gate_init in ("faithful", "open"), "gate_init must be 'faithful' or 'open'"),
+            (self.gate_train in ("deploy", "paper"), "gate_train must be 'deploy' or 'paper'"),
+            (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
+            (0.0 < self.tau_target <= 1.0, "tau_target must lie in (0, 1]"),
+            (self.tau_start > 0 and self.tau_end > 0, "Gumbel temperatures must be > 0"),
+            (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    def model_config(self, dataset_info):
+        from cosinegate.train.model import ModelConfig
+        h, w, c = dataset_info.shape
+        return ModelConfig(
+            depth=self.depth, in_channels=c, num_classes=dataset_info.num_classes, input_size=h,
+            gated=self.gated, gate_downsample=self.gate_downsample,
+            controller_ratio=self.controller_ratio, gamma0=self.gamma0,
+            open_logit=self.open_logit if self.gate_init == "open" else None)
+
+
+FIELD_HELP = {
+    "preset": "named preset (train/presets/NAME.yaml)",
+    "gate_init": "faithful | open (see README, fidelity)",
+    "gate_train": "deploy | paper: which gate drives training after the hand-over",
+}
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: Path, what: str) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must be a mapping of config keys")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) in {path}: {', '.join(unknown)}")
+    return data
+
+
+def preset_values(name: str) -> dict:
+    if name not in presets():
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(presets())}")
+    return {"preset": name, **read_yaml(PRESET_DIR / f"{name}.yaml", "preset")}
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if text.lower() in ("none", "null") else kind(text)
+    return parse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (`--lambda-flops 3.0`), grouped like the dataclass."""
+    group = parser.add_argument_group("training config (defaults: dataclass < preset < --config)")
+    for f in fields(TrainConfig):
+        kind = {"bool": _parse_bool, "int": int, "float": float, "str": str,
+                "str | None": _optional(str), "int | None": _optional(int)}[
+                    getattr(f.type, "__name__", str(f.type))]
+        default = f.default
+        help_text = FIELD_HELP.get(f.name, "")
+        if f.name == "preset":
+            help_text += f"; one of: {', '.join(presets())}"
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind,
+                           default=default, metavar=f.name.split("_")[-1].upper(),
+                           help=f"{help_text} (default: %(default)s)".strip())
+
+
+def resolve(args: argparse.Namespace) -> TrainConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    return TrainConfig(**values)
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(values: dict) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    return TrainConfig(**values)

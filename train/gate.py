@@ -1,0 +1,108 @@
+"""The CosineGate gate math: CIR, the controller, relaxed and hard gates, and the deploy-gate fold.
+
+Training (`cosinegate.train`) and export (`cosinegate.export`) both use this module, so the rule a
+deployed model applies is, by construction, the rule it was trained and evaluated with.
+
+Two gate logits per block (paper eq. 11 and our deployable variant):
+    paper:  l_p = gamma * (CIR(s, r) + c(x))        needs r = F(x): decides only after F ran
+    deploy: l_d = gamma * (CIR_hat(x) + c(x))       decided from x alone, before F runs
+with c(x) = w_c . h + b_c and CIR_hat(x) = w_cir . h + b_cir two linear heads on the controller's
+hidden layer h = ReLU(W1 GAP(x) + b1). The deploy rule sigmoid(l_d) > 0.45 is therefore one affine
+function of h compared with zero (`fold_deploy_gate`), which the exporter turns into the `If`
+condition.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+THRESHOLD = 0.45  # paper eq. 16: a block runs when sigmoid(logit) > 0.45
+THRESHOLD_LOGIT = math.log(THRESHOLD / (1.0 - THRESHOLD))  # sigmoid(l) > 0.45  <=>  l > -0.2007
+
+
+def cosine_incompatibility(s: torch.Tensor, r: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """CIR = 1 - cos(phi(s), phi(r)) per sample (paper eq. 6-7); a zero vector counts as orthogonal."""
+    s_flat, r_flat = s.flatten(1).float(), r.flatten(1).float()  # (B, C*H*W)
+    dot = (s_flat * r_flat).sum(1)
+    norms = s_flat.norm(dim=1) * r_flat.norm(dim=1)
+    return 1.0 - dot / norms.clamp_min(eps)  # (B,)
+
+
+class Controller(nn.Module):
+    """c(x) = W2 ReLU(W1 GAP(x)) (paper eq. 12) plus a second head on the same hidden layer that
+    predicts the block's CIR before F runs. Both heads carry a bias (the paper writes none)."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(channels, hidden)
+        self.head_c = nn.Linear(hidden, 1)
+        self.head_cir = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.head_cir.weight)
+        nn.init.ones_(self.head_cir.bias)  # an untrained F is near-orthogonal to x: CIR ~ 1
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = F.relu(self.fc1(x.float().mean(dim=(2, 3))))  # (B, hidden)
+        return h, self.head_c(h).squeeze(1), self.head_cir(h).squeeze(1)  # (B,hidden), (B,), (B,)
+
+
+def gate_logit(gamma: torch.Tensor, cir: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Paper eq. 11: l = gamma * (CIR + c(x)). With gamma < 0 a *high* CIR closes the gate."""
+    return gamma * (cir + c)
+
+
+def relaxed_gate(logit: torch.Tensor, tau: float, hard: bool = False) -> torch.Tensor:
+    """Gumbel-Softmax over [identity=0, residual=logit] (paper eq. 13-15), residual component.
+
+    softmax([0, l] + [g0, g1]) / tau)[1] = sigmoid((l + g1 - g0) / tau), and g1 - g0 of two
+    i.i.d. Gumbels is Logistic(0, 1), so one logistic sample per gate suffices. With `hard`, the
+    forward value is the 0/1 decision of the noisy logit and the gradient is the relaxed one
+    (straight-through), so training sees the same discrete routing the deployed model runs.
+    """
+    u = torch.rand_like(logit).clamp_(1e-6, 1 - 1e-6)
+    z = torch.sigmoid((logit + torch.log(u) - torch.log1p(-u)) / tau)
+    if not hard:
+        return z
+    return (z > 0.5).to(z.dtype) + z - z.detach()
+
+
+def hard_gate(logit: torch.Tensor) -> torch.Tensor:
+    """Deterministic inference gate (paper eq. 16): 1 where sigmoid(logit) > 0.45."""
+    return (logit > THRESHOLD_LOGIT).to(logit.dtype)
+
+
+def fold_deploy_gate(controller: Controller, gamma: torch.Tensor, threshold: float = THRESHOLD):
+    """Fold gamma, both controller heads and the threshold into (w, b) with
+
+        sigmoid(gamma * (CIR_hat(x) + c(x))) > threshold   <=>   w . h(x) + b > 0
+
+    where h(x) is the controller's hidden layer. Returns float64 tensors w (hidden,) and b ().
+    """
+    g = gamma.detach().double()
+    w = g * (controller.head_c.weight + controller.head_cir.weight).detach().double().squeeze(0)
+    b = g * (controller.head_c.bias + controller.head_cir.bias).detach().double().squeeze(0)
+    return w, b - math.log(threshold / (1.0 - threshold))
+
+
+def deploy_decision_unfolded(controller: Controller, gamma: torch.Tensor, x: torch.Tensor,
+                             threshold: float = THRESHOLD) -> torch.Tensor:
+    """The deploy rule as written, sigmoid(gamma (CIR_hat + c)) > threshold; the reference the fold is tested against."""
+    _, c, cir_hat = controller(x)
+    return torch.sigmoid(gamma * (cir_hat + c)) > threshold
+
+
+def flops_penalty(gbar: torch.Tensor, target: float, progress: float) -> torch.Tensor:
+    """Paper eq. 18-19: prog(t) * max(0, gbar - tau_target)^2."""
+    return progress * F.relu(gbar - target).pow(2)
+
+
+def consistency_term(s: torch.Tensor, r: torch.Tensor, gated_sum: torch.Tensor) -> torch.Tensor:
+    """Paper eq. 20 for one block, per sample: ||Norm(s + r) - Norm(s + g r)||^2."""
+    full = F.normalize((s + r).flatten(1).float(), dim=1)
+    gated = F.normalize(gated_sum.flatten(1).float(), dim=1)
+    return (full - gated).pow(2).sum(1)  # (B,)
+
+
+def margin_penalty(logit: torch.Tensor, margin: float) -> torch.Tensor:
+    """Keeps deploy logits at least `margin` away from the threshold, so int8 rounding cannot flip them."""
+    return F.relu(margin - (logit - THRESHOLD_LOGIT).abs()).mean()

@@ -1,0 +1,73 @@
+"""Training curves from a run's metrics (paper Fig. 6-8), redrawn after every epoch.
+
+    python -m cosinegate.train.plots RUN_DIR      # redraw RUN_DIR/plots/*.png from metrics.jsonl
+"""
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from cosinegate import atomic  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    atomic.save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    plt.close(fig)
+
+
+def plot_run(history: list[dict], out_dir: str | Path) -> list[Path]:
+    """accuracy.png (Fig. 6-7), compute.png (Fig. 8), exec_rates.png (per-block execution)."""
+    out_dir = Path(out_dir)
+    epochs = [m["epoch"] for m in history]
+    written = []
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(epochs, [m["train_acc"] for m in history], label="train (relaxed gates)")
+    for key, label in (("test_acc_full", "test, all blocks"), ("test_acc_paper", "test, paper gate (eq. 16)"),
+                       ("test_acc_deploy", "test, deploy gate")):
+        if key in history[-1]:
+            ax.plot(epochs, [m[key] for m in history], label=label)
+    ax.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    written.append(out_dir / "accuracy.png")
+    _save(fig, written[-1])
+
+    if "exec_rate_deploy" not in history[-1]:
+        return written
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(epochs, [m["gbar"] for m in history], label="mean relaxed gate (paper FLOPs)")
+    ax.plot(epochs, [m["skip_rate_deploy"] for m in history], label="skip rate, deploy gate")
+    ax.plot(epochs, [m["mac_ratio_deploy"] for m in history], label="executed MACs / plain")
+    ax.plot(epochs, [m["adaptivity"] for m in history], ls=":", label="adaptivity (blocks in [5 %, 95 %])")
+    ax.set(xlabel="epoch", ylabel="fraction", ylim=(0, 1.05), title="Compute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    written.append(out_dir / "compute.png")
+    _save(fig, written[-1])
+
+    rates = [m["exec_rate_deploy"] for m in history]  # (epochs, blocks)
+    fig, ax = plt.subplots(figsize=(6.4, 3.0))
+    image = ax.imshow(list(zip(*rates)), aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                      extent=(epochs[0] - 0.5, epochs[-1] + 0.5, len(rates[0]) - 0.5, -0.5))
+    ax.set(xlabel="epoch", ylabel="gated block", title="Execution rate per block (deploy gate)")
+    fig.colorbar(image, ax=ax, label="share of test images computing the block")
+    written.append(out_dir / "exec_rates.png")
+    _save(fig, written[-1])
+    return written
+
+
+def main(argv=None) -> int:
+    run = Path((argv or sys.argv[1:] or ["."])[0])
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    for path in plot_run(history, run / "plots"):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The training run, top to bottom in the order it executes (paper Algorithm 1 per mini-batch).
+
+config -> distributed set-up -> seeds and autocast -> data (kept on the device) -> model, optimiser,
+schedule (fresh or resumed) -> loop: forward, loss, backward, step; per epoch: evaluate, log, plot,
+checkpoint. Multi-process runs come through `torchrun` (gloo on CPU, NCCL on GPU).
+"""
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cosinegate import atomic
+from cosinegate.train import checkpoint, gate as G
+from cosinegate.train.config import TrainConfig, to_dict
+from cosinegate.train.data import DeviceLoader, dataset_info, load_arrays
+from cosinegate.train.evaluate import evaluate
+from cosinegate.train.model import CosineGateResNet, param_counts
+from cosinegate.train.plots import plot_run
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the run stopped and kept its last good checkpoint."""
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _schedule(cfg: TrainConfig, epoch_float: float) -> tuple[float, float]:
+    """FLOPs-penalty progress prog(t) (eq. 19) and the Gumbel temperature, t in epochs."""
+    progress = 1.0 if cfg.warmup_epochs <= 0 else min(1.0, epoch_float / cfg.warmup_epochs)
+    tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (epoch_float / cfg.epochs)
+    return progress, tau
+
+
+def gate_mode(cfg: TrainConfig, epoch: int) -> str:
+    if not cfg.gated:
+        return "full"
+    if cfg.gate_train == "deploy" and epoch >= cfg.handover_epoch:
+        return "relaxed_deploy"
+    return "relaxed"
+
+
+def routing_settled_epoch(cfg: TrainConfig) -> int:
+    """First epoch whose model is a candidate for best.pt: FLOPs warm-up over and, for the
+    deploy-gate reading, the hand-over done (earlier epochs skip little, so they are not 'best')."""
+    if not cfg.gated:
+        return 0
+    return max(cfg.warmup_epochs, cfg.handover_epoch if cfg.gate_train == "deploy" else 0)
+
+
+def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str) -> dict:
+    """Eq. 21 plus the deployable gate's two terms; every term is a scalar tensor."""
+    terms = {"ce": F.cross_entropy(logits.float(), y)}
+    if not stats:
+        return terms
+    z = torch.stack([s["g"] for s in stats], 1)                                  # (B, n_gated)
+    terms["gbar"] = z.mean()
+    terms["cons"] = torch.stack([s["cons"] for s in stats], 1).sum(1).mean()      # eq. 20
+    terms["flops"] = G.flops_penalty(terms["gbar"], cfg.tau_target, progress)     # eq. 18
+    cir = torch.stack([s["cir"] for s in stats], 1).detach()
+    cir_hat = torch.stack([s["cir_hat"] for s in stats], 1)
+    terms["cir"] = F.mse_loss(cir_hat, cir)
+    terms["margin"] = (G.margin_penalty(torch.stack([s["logit_deploy"] for s in stats], 1), cfg.margin)
+                       if mode == "relaxed_deploy" else torch.zeros((), device=z.device))
+    return terms
+
+
+def total_loss(cfg: TrainConfig, terms: dict) -> torch.Tensor:
+    loss = terms["ce"]
+    if "gbar" in terms:
+        loss = (loss + cfg.lambda_cons * terms["cons"] + cfg.lambda_flops * terms["flops"]
+                + cfg.lambda_cir * terms["cir"] + cfg.lambda_margin * terms["margin"])
+    return loss
+
+
+def _summary(m: dict, epochs: int) -> str:
+    line = (f"epoch {m['epoch']:>3}/{epochs} | lr {m['lr']:.4f} | loss {m['train_loss']:.4f} "
+            f"acc {m['train_acc']:.4f} | test full {m['test_acc_full']:.4f}")
+    if "test_acc_deploy" in m:
+        line += (f" paper {m['test_acc_paper']:.4f} deploy {m['test_acc_deploy']:.4f} | "
+                 f"gbar {m['gbar']:.3f} skip {m['skip_rate_deploy']:.3f} "
+                 f"mac {m['mac_ratio_deploy']:.3f} paths {m['distinct_paths']}")
+    return line + f" | {m['epoch_time_s']:.1f}s"
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
+          stop_after: int | None = None, progress_bar: bool = True) -> list[dict]:
+    """Train (or continue) the run in `out_dir`; return the metrics history."""
+    out_dir = Path(out_dir)
+    # -- distributed set-up (torchrun sets WORLD_SIZE / RANK / LOCAL_RANK) --------------------
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    device = _pick_device(cfg.device)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
+    main_process = rank == 0
+    # -- seeds, threads, dtype -----------------------------------------------------------------
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed + rank)  # Gumbel noise differs per process, weights are broadcast
+    cuda = device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cuda and cfg.amp) else None
+    # -- data, normalised once and kept on the device --------------------------------------------
+    info = dataset_info(cfg.dataset)
+    x_train, y_train = load_arrays(cfg.dataset, cfg.data_dir, "train", cfg.download)
+    x_test, y_test = load_arrays(cfg.dataset, cfg.data_dir, "test", cfg.download)
+    train_loader = DeviceLoader(x_train, y_train, info, cfg.batch_size // world, device, train=True,
+                                seed=cfg.seed, rank=rank, world=world, channels_last=cuda)
+    test_loader = DeviceLoader(x_test, y_test, info, 1000, device, train=False, channels_last=cuda)
+    steps = len(train_loader)
+    if steps == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set per process")
+    # -- model, optimiser, schedule: fresh or resumed ---------------------------------------------
+    model = CosineGateResNet(cfg.model_config(info)).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    history, start_epoch, best_score = [], 0, -math.inf
+    if resume:
+        state = checkpoint.load(out_dir / "last.pt")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"][rank])
+        train_loader.generator.set_state(state["rng"]["loader"])
+        if cuda and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"][rank])
+        history, start_epoch, best_score = state["history"], state["epoch"], state["best_score"]
+    if main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        params = param_counts(model)
+        print(f"cg-train: {cfg.preset} on {cfg.dataset} | ResNet-{cfg.depth}"
+              f"{' gated' if cfg.gated else ' plain'} | {params['total']:,} params "
+              f"(controllers {100 * params['controller_share']:.2f} %) | {device} x{world} | "
+              f"{steps} steps/epoch | epochs {start_epoch + 1}..{cfg.epochs} -> {out_dir}", flush=True)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+
+    for epoch in range(start_epoch, last_epoch):
+        t0 = time.perf_counter()
+        net.train()
+        mode = gate_mode(cfg, epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        # Epoch sums stay on the device: no host sync inside the loop.
+        sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, correct, gbar, samples
+        nonfinite = torch.zeros((), device=device, dtype=torch.bool)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not (progress_bar and main_process), dynamic_ncols=True)
+        for step, (x, y) in enumerate(train_loader):
+            progress, tau = _schedule(cfg, epoch + step / steps)
+            with autocast() if autocast else nullcontext():
+                logits, stats = net(x, mode, tau)
+            terms = loss_terms(cfg, logits, stats, y, progress, mode)
+            loss = total_loss(cfg, terms)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            nonfinite |= ~torch.isfinite(loss.detach())
+            n = y.shape[0]
+            sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double(),
+                                 terms.get("gbar", torch.ones((), device=device)).detach().double() * n,
+                                 torch.tensor(n, device=device, dtype=torch.float64)])
+            bar.update()
+        bar.close()
+        scheduler.step()
+        if world > 1:
+            dist.all_reduce(sums)
+            flag = nonfinite.to(torch.int32)
+            dist.all_reduce(flag)
+            nonfinite = flag > 0
+        if bool(nonfinite):  # host sync, once per epoch
+            if world > 1:
+                dist.destroy_process_group()
+            kept = (f"last good checkpoint kept: {out_dir / 'last.pt'} (epoch {epoch})" if epoch > 0
+                    else "no checkpoint was written yet")
+            raise TrainingDiverged(f"loss became NaN or inf during epoch {epoch + 1}; stopped "
+                                   f"without saving that epoch; {kept}")
+        loss_sum, correct, gbar_sum, count = sums.tolist()
+        rng = {"torch": _gather_rng(world), "loader": train_loader.generator.get_state(),
+               "cuda": _gather_rng(world, cuda=True) if cuda else None}
+        if main_process:
+            progress, tau = _schedule(cfg, epoch + 1)
+            metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / count,
+                       "train_acc": correct / count, "gbar": gbar_sum / count, "tau": tau,
+                       "flops_progress": progress, "gate_mode": mode}
+            metrics.update(evaluate(model, test_loader, autocast))
+            metrics["epoch_time_s"] = time.perf_counter() - t0
+            history.append(metrics)
+            print(_summary(metrics, cfg.epochs), flush=True)
+            score = metrics.get("test_acc_deploy", metrics["test_acc_full"])
+            settled = epoch + 1 > routing_settled_epoch(cfg)
+            improved = settled and score > best_score
+            if improved or not settled:
+                best_score = score if settled else best_score
+            state = {
+                "epoch": epoch + 1, "config": to_dict(cfg), "model_config": vars(model.cfg),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "history": history, "best_score": best_score,
+                "rng": rng,
+            }
+            atomic.write_text(out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+            checkpoint.save(out_dir / "last.pt", state)
+            if improved or not settled:
+                checkpoint.save(out_dir / "best.pt", state)
+            plot_run(history, out_dir / "plots")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return history
+
+
+def _gather_rng(world: int, cuda: bool = False) -> list[torch.Tensor]:
+    """Every process's RNG state (rank order), so a resumed multi-process run draws the same noise."""
+    state = torch.cuda.get_rng_state() if cuda else torch.get_rng_state()
+    if world == 1:
+        return [state]
+    states = [None] * world
+    dist.all_gather_object(states, state)
+    return states

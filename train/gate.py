@@ -21,12 +21,21 @@ THRESHOLD = 0.45  # paper eq. 16: a block runs when sigmoid(logit) > 0.45
 THRESHOLD_LOGIT = math.log(THRESHOLD / (1.0 - THRESHOLD))  # sigmoid(l) > 0.45  <=>  l > -0.2007
 
 
-def cosine_incompatibility(s: torch.Tensor, r: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """CIR = 1 - cos(phi(s), phi(r)) per sample (paper eq. 6-7); a zero vector counts as orthogonal."""
+def inner_products(s: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample <s,s>, <s,r>, <r,r> over phi(.) = flattening. CIR and the consistency term are
+    both functions of these three numbers, so a block reads its feature maps once for both."""
     s_flat, r_flat = s.flatten(1).float(), r.flatten(1).float()  # (B, C*H*W)
-    dot = (s_flat * r_flat).sum(1)
-    norms = s_flat.norm(dim=1) * r_flat.norm(dim=1)
-    return 1.0 - dot / norms.clamp_min(eps)  # (B,)
+    return (s_flat * s_flat).sum(1), (s_flat * r_flat).sum(1), (r_flat * r_flat).sum(1)  # 3 x (B,)
+
+
+def _cos(dot: torch.Tensor, sq_a: torch.Tensor, sq_b: torch.Tensor, eps: float) -> torch.Tensor:
+    return dot / (sq_a * sq_b).clamp_min(eps * eps).sqrt()
+
+
+def cosine_incompatibility(ss, sr, rr, eps: float = 1e-8) -> torch.Tensor:
+    """CIR = 1 - cos(phi(s), phi(r)) per sample (paper eq. 6-7) from `inner_products`;
+    a zero vector counts as orthogonal (CIR = 1)."""
+    return 1.0 - _cos(sr, ss, rr, eps)
 
 
 class Controller(nn.Module):
@@ -42,7 +51,7 @@ class Controller(nn.Module):
         nn.init.ones_(self.head_cir.bias)  # an untrained F is near-orthogonal to x: CIR ~ 1
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = F.relu(self.fc1(x.float().mean(dim=(2, 3))))  # (B, hidden)
+        h = F.relu(self.fc1(x.mean(dim=(2, 3)).to(self.fc1.weight.dtype)))  # (B, hidden)
         return h, self.head_c(h).squeeze(1), self.head_cir(h).squeeze(1)  # (B,hidden), (B,), (B,)
 
 
@@ -96,11 +105,13 @@ def flops_penalty(gbar: torch.Tensor, target: float, progress: float) -> torch.T
     return progress * F.relu(gbar - target).pow(2)
 
 
-def consistency_term(s: torch.Tensor, r: torch.Tensor, gated_sum: torch.Tensor) -> torch.Tensor:
-    """Paper eq. 20 for one block, per sample: ||Norm(s + r) - Norm(s + g r)||^2."""
-    full = F.normalize((s + r).flatten(1).float(), dim=1)
-    gated = F.normalize(gated_sum.flatten(1).float(), dim=1)
-    return (full - gated).pow(2).sum(1)  # (B,)
+def consistency_term(ss, sr, rr, g: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Paper eq. 20 for one block, per sample: ||Norm(s + r) - Norm(s + g r)||^2
+    = 2 - 2 cos(s + r, s + g r), expanded in the inner products of s and r."""
+    cross = ss + (1.0 + g) * sr + g * rr           # <s + r, s + g r>
+    full_sq = ss + 2.0 * sr + rr                    # |s + r|^2
+    gated_sq = ss + 2.0 * g * sr + g * g * rr       # |s + g r|^2
+    return (2.0 - 2.0 * _cos(cross, full_sq, gated_sq, eps)).clamp_min(0.0)
 
 
 def margin_penalty(logit: torch.Tensor, margin: float) -> torch.Tensor:

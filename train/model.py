@@ -83,7 +83,8 @@ class ResidualBlock(nn.Module):
         if not self.gated:
             return F.relu(s + r), None
         h, c, cir_hat = self.controller(x)
-        cir = G.cosine_incompatibility(s, r)
+        ss, sr, rr = G.inner_products(s, r)
+        cir = G.cosine_incompatibility(ss, sr, rr)
         logit_paper = G.gate_logit(self.gamma, cir, c)
         # The CIR estimate learns only from its own regression loss, so it stays an estimate of CIR.
         logit_deploy = G.gate_logit(self.gamma, cir_hat.detach(), c)
@@ -101,12 +102,11 @@ class ResidualBlock(nn.Module):
             g = G.relaxed_gate(logit_deploy, tau, hard=True)
         else:
             raise ValueError(f"unknown gate mode {mode!r}; expected one of {GATE_MODES}")
-        gated_sum = s + g.view(-1, 1, 1, 1).to(r.dtype) * r
         stats = {
             "g": g, "cir": cir, "cir_hat": cir_hat, "logit_paper": logit_paper,
-            "logit_deploy": logit_deploy, "cons": G.consistency_term(s, r, gated_sum),
+            "logit_deploy": logit_deploy, "cons": G.consistency_term(ss, sr, rr, g),
         }
-        return F.relu(gated_sum), stats
+        return F.relu(torch.addcmul(s, g.view(-1, 1, 1, 1).to(r.dtype), r)), stats
 
 
 class CosineGateResNet(nn.Module):

@@ -1,0 +1,80 @@
+"""The gate math: CIR, relaxed and hard gates, and the deploy-gate fold the exporter relies on."""
+import math
+
+import pytest
+import torch
+
+from cosinegate.train import gate as G
+
+
+def _cir(s, r):
+    return G.cosine_incompatibility(*G.inner_products(s, r))
+
+
+def test_cir_range_and_zero_vectors():
+    x = torch.randn(4, 8, 5, 5)
+    assert torch.allclose(_cir(x, x), torch.zeros(4), atol=1e-6)
+    assert torch.allclose(_cir(x, -x), torch.full((4,), 2.0), atol=1e-6)
+    cir = _cir(x, torch.zeros_like(x))
+    assert torch.isfinite(cir).all() and torch.allclose(cir, torch.ones(4))
+    y = torch.randn(4, 8, 5, 5)
+    direct = 1 - torch.nn.functional.cosine_similarity(x.flatten(1), y.flatten(1))
+    assert torch.allclose(_cir(x, y), direct, atol=1e-6)
+
+
+def test_threshold_logit_matches_sigmoid_rule():
+    assert math.isclose(1 / (1 + math.exp(-G.THRESHOLD_LOGIT)), G.THRESHOLD, rel_tol=1e-12)
+    logits = torch.linspace(-3, 3, 601, dtype=torch.float64)
+    assert torch.equal(G.hard_gate(logits).bool(), torch.sigmoid(logits) > G.THRESHOLD)
+
+
+def test_relaxed_gate_tracks_logit_and_hard_is_straight_through():
+    torch.manual_seed(0)
+    logit = torch.full((20000,), 1.0, requires_grad=True)
+    z = G.relaxed_gate(logit, tau=1.0)
+    # E[sigmoid(l + Logistic)] is close to, and pulled toward 0.5 from, sigmoid(l).
+    assert 0.6 < z.mean().item() < torch.sigmoid(torch.tensor(1.0)).item()
+    hard = G.relaxed_gate(logit, tau=0.5, hard=True)
+    values = hard.detach()
+    assert torch.all((values.abs() < 1e-6) | ((values - 1).abs() < 1e-6))
+    hard.sum().backward()
+    assert logit.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("gamma", [-2.5, -0.3, 0.7, 3.0])
+def test_folded_gate_agrees_with_unfolded_rule_on_every_sample(gamma):
+    torch.manual_seed(1)
+    ctrl = G.Controller(channels=16, hidden=4).double()
+    with torch.no_grad():
+        for p in ctrl.parameters():
+            p.normal_()
+    gamma = torch.tensor(gamma, dtype=torch.float64)
+    x = torch.randn(4096, 16, 6, 6, dtype=torch.float64)
+    w, b = G.fold_deploy_gate(ctrl, gamma)
+    h, _, _ = ctrl(x)
+    folded = (h.double() @ w + b) > 0
+    unfolded = G.deploy_decision_unfolded(ctrl, gamma, x)
+    assert 0 < folded.sum() < len(folded), "test must exercise both decisions"
+    assert torch.equal(folded, unfolded)
+
+
+def test_flops_penalty_is_a_hinge_scaled_by_progress():
+    assert G.flops_penalty(torch.tensor(0.5), 0.7, 1.0).item() == 0.0
+    assert math.isclose(G.flops_penalty(torch.tensor(0.9), 0.7, 0.5).item(), 0.5 * 0.04, rel_tol=1e-5)
+
+
+def test_consistency_matches_eq20_written_out():
+    s, r = torch.rand(3, 4, 5, 5, dtype=torch.float64), torch.randn(3, 4, 5, 5, dtype=torch.float64)
+    g = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64)
+    norm = lambda t: torch.nn.functional.normalize(t.flatten(1), dim=1)
+    direct = (norm(s + r) - norm(s + g.view(-1, 1, 1, 1) * r)).pow(2).sum(1)
+    expanded = G.consistency_term(*G.inner_products(s, r), g)
+    assert torch.allclose(expanded.double(), direct, atol=1e-5)
+    assert expanded[2].item() == pytest.approx(0.0, abs=1e-6) and expanded[0] > 0
+
+
+def test_margin_penalty_zero_far_from_threshold():
+    far = torch.tensor([G.THRESHOLD_LOGIT + 2.0, G.THRESHOLD_LOGIT - 2.0])
+    near = torch.tensor([G.THRESHOLD_LOGIT + 0.1])
+    assert G.margin_penalty(far, 1.0).item() == 0.0
+    assert G.margin_penalty(near, 1.0).item() == pytest.approx(0.9)

@@ -1,0 +1,156 @@
+"""`cg-train` end to end on tiny runs: the run-folder contract, exact resume, bad input, DDP."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cosinegate.train import checkpoint
+from cosinegate.train.cli import main
+from cosinegate.train.config import presets
+
+TINY = ["--preset", "demo", "--depth", "8", "--epochs", "3", "--warmup-epochs", "1",
+        "--threads", "1", "--no-progress"]
+FRACTIONS = ["train_acc", "gbar", "test_acc_full", "test_acc_paper", "test_acc_deploy",
+             "skip_rate_deploy", "mac_ratio_deploy", "adaptivity"]
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(TINY + ["--out", str(run)]) == 0
+    return run
+
+
+def test_help_lists_presets(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("aggressive", "balanced", "conservative", "resnet20", "demo"):
+        assert name in out and name in presets()
+
+
+def test_run_folder_contract(tiny_run):
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "plots/accuracy.png",
+                 "plots/compute.png", "plots/exec_rates.png"):
+        assert (tiny_run / name).is_file(), name
+    rows = _metrics(tiny_run)
+    assert [m["epoch"] for m in rows] == [1, 2, 3]
+    for m in rows:
+        for key in FRACTIONS:
+            assert 0.0 <= m[key] <= 1.0, key
+        assert len(m["exec_rate_deploy"]) == 3 and m["distinct_paths"] >= 1
+        assert m["mac_ratio_std"] >= 0 and m["epoch_time_s"] > 0 and m["lr"] > 0
+    saved = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    assert saved["depth"] == 8 and saved["dataset"] == "digits"
+    ckpt = checkpoint.load(tiny_run / "last.pt")
+    assert ckpt["epoch"] == 3 and ckpt["config"] == saved
+    model = checkpoint.build_model(ckpt)
+    assert len(model.gated_indices) == 3
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(tiny_run, tmp_path):
+    run = tmp_path / "split"
+    assert main(TINY + ["--out", str(run), "--stop-after", "1"]) == 0
+    assert len(_metrics(run)) == 1
+    assert main(["--resume", str(run), "--no-progress"]) == 0
+    strip = lambda rows: [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in rows]
+    assert strip(_metrics(run)) == strip(_metrics(tiny_run))
+    a, b = checkpoint.load(run / "last.pt"), checkpoint.load(tiny_run / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--preset", "turbo"], "unknown preset 'turbo'"),
+    (["--preset", "balanced", "--data-dir", "/nonexistent"], "CIFAR-10 not found"),
+    (["--preset", "demo", "--dataset", "mnist", "--data-dir", "/nonexistent"], "mnist not found"),
+    (["--preset", "demo", "--dataset", "svhn"], "unknown dataset 'svhn'"),
+    (["--preset", "demo", "--gate-init", "sideways"], "gate_init must be"),
+])
+def test_bad_input_gives_one_line(argv, message, tmp_path, capsys):
+    assert main(argv + ["--out", str(tmp_path / "r"), "--threads", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cg-train: error:") and message in err and "\n" not in err
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lambda_flopz: 3\n")
+    assert main(["--config", str(cfg), "--out", str(tmp_path / "r")]) == 1
+    assert "unknown config key(s)" in capsys.readouterr().err
+
+
+def test_malformed_cifar_file(tmp_path, capsys):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(b"not a pickle")
+    assert main(["--preset", "balanced", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "test_batch is malformed" in err or "data_batch_1" in err
+
+
+def test_refuses_to_overwrite_and_checks_resume_config(tiny_run, capsys):
+    assert main(TINY + ["--out", str(tiny_run)]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["--resume", str(tiny_run), "--lr", "0.5"]) == 1
+    assert "config differs in lr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("payload", [b"garbage bytes", None])
+def test_corrupt_or_foreign_checkpoint(tiny_run, tmp_path, payload, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
+    if payload is None:
+        torch.save({"state_dict": {}}, run / "last.pt")
+    else:
+        (run / "last.pt").write_bytes(payload)
+    assert main(["--resume", str(run), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "not a readable checkpoint" in err or "not a CosineGate checkpoint" in err
+    assert (run / "last.pt").exists()  # nothing lost
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    run = tmp_path / "nan"
+    assert main(TINY + ["--out", str(run), "--stop-after", "1"]) == 0
+    before = (run / "last.pt").read_bytes()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["lr"] = 1e12  # diverges within the next epoch
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    ckpt = checkpoint.load(run / "last.pt")
+    ckpt["config"] = cfg
+    for group in ckpt["optimizer"]["param_groups"]:
+        group["lr"] = group["initial_lr"] = 1e12
+    ckpt["scheduler"]["base_lrs"] = [1e12] * len(ckpt["scheduler"]["base_lrs"])
+    ckpt["scheduler"]["_last_lr"] = [1e12] * len(ckpt["scheduler"]["_last_lr"])
+    checkpoint.save(run / "last.pt", {k: v for k, v in ckpt.items() if k not in ("kind", "format", "version")})
+    before = (run / "last.pt").read_bytes()
+    assert main(["--resume", str(run), "--no-progress"]) == 1
+    assert "NaN or inf during epoch 2" in capsys.readouterr().err
+    assert (run / "last.pt").read_bytes() == before
+    assert len(_metrics(run)) == 1
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           "-m", "cosinegate.train.cli", *TINY, "--epochs", "2", "--out", str(run)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cpu x2" in done.stdout
+    rows = _metrics(run)
+    assert len(rows) == 2 and 0 <= rows[-1]["test_acc_deploy"] <= 1
+    ckpt = checkpoint.load(run / "last.pt")
+    assert len(ckpt["rng"]["torch"]) == 2

@@ -30,6 +30,7 @@ class TrainConfig:
     gated: bool = True
     gate_downsample: bool = True
     controller_ratio: int = 8
+    removed_blocks: str = ""          # static baseline: comma-separated block indices to delete
     gamma0: float = -2.5
     gate_init: str = "faithful"       # faithful: initial logit ~ gamma0 (gates near closed);
                                       # open: controller bias set so the initial logit is open_logit
@@ -39,6 +40,10 @@ class TrainConfig:
     lambda_cons: float = 0.01
     tau_target: float = 0.70
     warmup_epochs: int = 40           # FLOPs-penalty warm-up T_warmup, epochs
+    routing: str = "faithful"         # faithful: hinge on the batch-mean gate (eq. 18)
+                                      # adaptive: per-sample hinge, budget grows with difficulty
+    adaptive_spread: float = 0.4      # adaptive: budgets span tau_target +- spread/2 over a batch
+    lambda_adapt: float = 0.0         # weight of the routing-information term (0 = paper)
     tau_start: float = 1.0            # Gumbel temperature, annealed geometrically per step
     tau_end: float = 0.5
     # deployable gate
@@ -66,6 +71,7 @@ class TrainConfig:
         checks = [
             (self.gate_init in ("faithful", "open"), "gate_init must be 'faithful' or 'open'"),
             (self.gate_train in ("deploy", "paper"), "gate_train must be 'deploy' or 'paper'"),
+            (self.routing in ("faithful", "adaptive"), "routing must be 'faithful' or 'adaptive'"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (0.0 < self.tau_target <= 1.0, "tau_target must lie in (0, 1]"),
             (self.tau_start > 0 and self.tau_end > 0, "Gumbel temperatures must be > 0"),
@@ -75,6 +81,15 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(msg)
 
+    @property
+    def removed_block_list(self) -> tuple:
+        value = self.removed_blocks
+        items = value if isinstance(value, (list, tuple)) else str(value).replace(" ", "").split(",")
+        try:
+            return tuple(int(i) for i in items if str(i))
+        except ValueError:
+            raise ConfigError(f"removed_blocks must be comma-separated block indices, got {self.removed_blocks!r}") from None
+
     def model_config(self, dataset_info):
         from cosinegate.train.model import ModelConfig
         h, w, c = dataset_info.shape
@@ -82,6 +97,7 @@ class TrainConfig:
             depth=self.depth, in_channels=c, num_classes=dataset_info.num_classes, input_size=h,
             gated=self.gated, gate_downsample=self.gate_downsample,
             controller_ratio=self.controller_ratio, gamma0=self.gamma0,
+            removed_blocks=self.removed_block_list,
             open_logit=self.open_logit if self.gate_init == "open" else None)
 
 
@@ -89,6 +105,7 @@ FIELD_HELP = {
     "preset": "named preset (train/presets/NAME.yaml)",
     "gate_init": "faithful | open (see README, fidelity)",
     "gate_train": "deploy | paper: which gate drives training after the hand-over",
+    "routing": "faithful | adaptive: batch-mean FLOPs hinge, or per-sample budgets by difficulty",
 }
 
 

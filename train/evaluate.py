@@ -53,9 +53,12 @@ def evaluate(model, loader, autocast=None) -> dict:
     raw = model.module if hasattr(model, "module") else model
     preds_full, labels, _, extra_full = collect(raw, loader, "full", autocast)
     out = {"test_acc_full": (preds_full == labels).float().mean().item()}
-    if not raw.gated_indices:
-        return out
     macs = macs_breakdown(raw.cfg)
+    if not raw.gated_indices:  # plain or statically pruned: one fixed path
+        out["test_acc_deploy"] = out["test_acc_full"]
+        out["skip_rate_deploy"] = len(macs["removed"]) / len(macs["blocks"])
+        out["mac_ratio_deploy"] = macs["full_total"] / macs["plain_total"]
+        return out
     preds_paper, _, gates_paper, _ = collect(raw, loader, "paper", autocast)
     preds_deploy, _, gates_deploy, extra = collect(raw, loader, "deploy", autocast)
     out["test_acc_paper"] = (preds_paper == labels).float().mean().item()

@@ -105,6 +105,38 @@ def flops_penalty(gbar: torch.Tensor, target: float, progress: float) -> torch.T
     return progress * F.relu(gbar - target).pow(2)
 
 
+def difficulty_budgets(logits: torch.Tensor, labels: torch.Tensor, target: float,
+                       spread: float) -> torch.Tensor:
+    """Per-sample compute budgets for the adaptive reading: the batch's samples ranked by
+    difficulty (1 - p(true class), detached) get targets spread evenly over
+    target +- spread/2, so the batch mean stays `target` while easy samples must skip more."""
+    with torch.no_grad():
+        p_true = logits.float().softmax(1).gather(1, labels[:, None]).squeeze(1)
+        rank = (1.0 - p_true).argsort().argsort().float()        # 0 = easiest
+        quantile = rank / max(len(rank) - 1, 1) - 0.5              # in [-0.5, 0.5]
+        return (target + spread * quantile).clamp(0.0, 1.0)       # (B,)
+
+
+def per_sample_flops_penalty(z: torch.Tensor, budgets: torch.Tensor, progress: float) -> torch.Tensor:
+    """Adaptive reading of eq. 18: prog(t) * mean_b max(0, mean_i z_bi - budget_b)^2."""
+    return progress * F.relu(z.mean(1) - budgets).pow(2).mean()
+
+
+def routing_information_loss(logit: torch.Tensor) -> torch.Tensor:
+    """Negative mutual information between the input and each block's deploy decision, from the
+    gate probabilities p = sigmoid(logit) of a batch (B, n_blocks):
+        mean_i [ mean_b H(p_bi) - H(mean_b p_bi) ].
+    Low when every sample's decision is sure (first term) yet the block is not always on or
+    always off (second term): it rewards per-sample routing, not per-block constants."""
+    p = torch.sigmoid(logit.float() - THRESHOLD_LOGIT)  # decision probability around the 0.45 threshold
+
+    def entropy(q):
+        q = q.clamp(1e-6, 1 - 1e-6)
+        return -(q * q.log() + (1 - q) * (1 - q).log())
+
+    return (entropy(p).mean(0) - entropy(p.mean(0))).mean()
+
+
 def consistency_term(ss, sr, rr, g: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Paper eq. 20 for one block, per sample: ||Norm(s + r) - Norm(s + g r)||^2
     = 2 - 2 cos(s + r, s + g r), expanded in the inner products of s and r."""

@@ -31,11 +31,17 @@ class ModelConfig:
     gamma0: float = -2.5                 # initial gate scale (paper Table 1); learnable per block
     open_logit: float | None = None      # None: paper init (gates start near sigmoid(gamma0));
                                          # a value: controller bias set so the initial logit is this
+    removed_blocks: tuple = ()           # static pruning baseline: these blocks are deleted
+                                         # (only their shortcut remains; no gate, no weights)
 
     def __post_init__(self):
         if (self.depth - 2) % 6 != 0 or self.depth < 8:
             raise ValueError(f"depth must be 6n+2 with n >= 1 (20, 32, 56, 110), got {self.depth}")
         self.widths = tuple(self.widths)
+        self.removed_blocks = tuple(sorted(int(i) for i in self.removed_blocks))
+        n_blocks = 3 * self.blocks_per_stage
+        if any(not 0 <= i < n_blocks for i in self.removed_blocks):
+            raise ValueError(f"removed_blocks must index blocks 0..{n_blocks - 1}, got {self.removed_blocks}")
 
     @property
     def blocks_per_stage(self) -> int:
@@ -109,6 +115,17 @@ class ResidualBlock(nn.Module):
         return F.relu(torch.addcmul(s, g.view(-1, 1, 1, 1).to(r.dtype), r)), stats
 
 
+class RemovedBlock(nn.Module):
+    """A block deleted by static pruning: only the parameter-free shortcut remains."""
+
+    def __init__(self, stride: int, out_channels: int):
+        super().__init__()
+        self.stride, self.out_channels, self.gated = stride, out_channels, False
+
+    def forward(self, x: torch.Tensor, mode: str = "full", tau: float = 1.0):
+        return option_a_shortcut(x, self.stride, self.out_channels), None
+
+
 class CosineGateResNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -120,7 +137,10 @@ class CosineGateResNet(nn.Module):
             for i in range(cfg.blocks_per_stage):
                 stride = 2 if (stage > 0 and i == 0) else 1
                 gated = cfg.gated and (stride == 1 or cfg.gate_downsample)
-                blocks.append(ResidualBlock(cin, width, stride, cfg, gated))
+                if len(blocks) in cfg.removed_blocks:
+                    blocks.append(RemovedBlock(stride, width))
+                else:
+                    blocks.append(ResidualBlock(cin, width, stride, cfg, gated))
                 cin = width
         self.blocks = nn.ModuleList(blocks)
         self.fc = nn.Linear(cin, cfg.num_classes)
@@ -148,8 +168,9 @@ def macs_breakdown(cfg: ModelConfig) -> dict:
     BatchNorm folds into the convolutions, adds and pooling are not counted).
 
     `blocks[i]` is block i's residual branch, `controllers[i]` its controller as deployed
-    (fc1 plus the single folded head; 0 for an ungated block). Plain ResNet-20 on 32x32x3 gives
-    40,551,040 in total.
+    (fc1 plus the single folded head; 0 for an ungated block). `plain_total` is the plain network
+    of the same depth (40,551,040 for ResNet-20 on 32x32x3); `full_total` is this network with
+    every gate open (controllers included, removed blocks left out).
     """
     size, w0 = cfg.input_size, cfg.widths[0]
     stem = cfg.in_channels * w0 * 9 * size * size
@@ -159,21 +180,25 @@ def macs_breakdown(cfg: ModelConfig) -> dict:
             stride = 2 if (stage > 0 and i == 0) else 1
             out = (size + stride - 1) // stride
             blocks.append(cin * width * 9 * out * out + width * width * 9 * out * out)
-            gated = cfg.gated and (stride == 1 or cfg.gate_downsample)
+            gated = (cfg.gated and (stride == 1 or cfg.gate_downsample)
+                     and len(controllers) not in cfg.removed_blocks)
             hidden = max(2, cin // cfg.controller_ratio)
             controllers.append(cin * hidden + hidden if gated else 0)
             size, cin = out, width
     head = cin * cfg.num_classes
     plain = stem + sum(blocks) + head
+    removed = sum(blocks[i] for i in cfg.removed_blocks)
     return {"stem": stem, "blocks": blocks, "controllers": controllers, "head": head,
-            "plain_total": plain, "full_total": plain + sum(controllers)}
+            "removed": list(cfg.removed_blocks), "plain_total": plain,
+            "full_total": plain - removed + sum(controllers)}
 
 
 def executed_mac_ratio(macs: dict, gates: torch.Tensor, gated_indices: list[int]) -> torch.Tensor:
     """Per-sample executed MACs under `gates` (B, n_gated), divided by the plain network's MACs."""
     blocks = torch.tensor(macs["blocks"], dtype=torch.float64, device=gates.device)
     always = macs["stem"] + macs["head"] + sum(macs["controllers"])
-    ungated = [i for i in range(len(macs["blocks"])) if i not in set(gated_indices)]
+    skipped_always = set(gated_indices) | set(macs["removed"])
+    ungated = [i for i in range(len(macs["blocks"])) if i not in skipped_always]
     always += sum(macs["blocks"][i] for i in ungated)
     executed = always + gates.double() @ blocks[gated_indices]
     return executed / macs["plain_total"]  # (B,)

@@ -68,10 +68,15 @@ def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str) -
     z = torch.stack([s["g"] for s in stats], 1)                                  # (B, n_gated)
     terms["gbar"] = z.mean()
     terms["cons"] = torch.stack([s["cons"] for s in stats], 1).sum(1).mean()      # eq. 20
-    terms["flops"] = G.flops_penalty(terms["gbar"], cfg.tau_target, progress)     # eq. 18
+    if cfg.routing == "adaptive":
+        budgets = G.difficulty_budgets(logits, y, cfg.tau_target, cfg.adaptive_spread)
+        terms["flops"] = G.per_sample_flops_penalty(z, budgets, progress)
+    else:
+        terms["flops"] = G.flops_penalty(terms["gbar"], cfg.tau_target, progress)  # eq. 18
     cir = torch.stack([s["cir"] for s in stats], 1).detach()
     cir_hat = torch.stack([s["cir_hat"] for s in stats], 1)
     terms["cir"] = F.mse_loss(cir_hat, cir)
+    terms["adapt"] = G.routing_information_loss(torch.stack([s["logit_deploy"] for s in stats], 1))
     terms["margin"] = (G.margin_penalty(torch.stack([s["logit_deploy"] for s in stats], 1), cfg.margin)
                        if mode == "relaxed_deploy" else torch.zeros((), device=z.device))
     return terms
@@ -81,14 +86,15 @@ def total_loss(cfg: TrainConfig, terms: dict) -> torch.Tensor:
     loss = terms["ce"]
     if "gbar" in terms:
         loss = (loss + cfg.lambda_cons * terms["cons"] + cfg.lambda_flops * terms["flops"]
-                + cfg.lambda_cir * terms["cir"] + cfg.lambda_margin * terms["margin"])
+                + cfg.lambda_cir * terms["cir"] + cfg.lambda_margin * terms["margin"]
+                + cfg.lambda_adapt * terms["adapt"])
     return loss
 
 
 def _summary(m: dict, epochs: int) -> str:
     line = (f"epoch {m['epoch']:>3}/{epochs} | lr {m['lr']:.4f} | loss {m['train_loss']:.4f} "
             f"acc {m['train_acc']:.4f} | test full {m['test_acc_full']:.4f}")
-    if "test_acc_deploy" in m:
+    if "test_acc_paper" in m:
         line += (f" paper {m['test_acc_paper']:.4f} deploy {m['test_acc_deploy']:.4f} | "
                  f"gbar {m['gbar']:.3f} skip {m['skip_rate_deploy']:.3f} "
                  f"mac {m['mac_ratio_deploy']:.3f} paths {m['distinct_paths']}")

@@ -1,0 +1,94 @@
+"""`cg-bench`: how much does the gate really save, on which runtime, at what accuracy?
+
+    cg-bench exports/demo --out bench/demo
+    cg-bench exports/c10 --data-dir ../shared/data --images 1000 --out bench/c10
+    cg-bench exports/demo --firmware-log qemu.log --out bench/demo        # add a board/QEMU log
+    cg-bench exports/demo --serial /dev/ttyACM0 --out bench/board         # read a board live
+    cg-bench exports/demo --tflm-root /work/tflm/tflite-micro --out b     # + QEMU Cortex-M4 counts
+
+Skip rates are executed work as decided by each runtime (PyTorch deploy mode, onnxruntime, TFLite
+int8, the TFLM interpreter, and firmware logs), not the mean relaxed gate. Host latency is
+MLPerf-Tiny style: warm-up, then N single-image inferences over real test images, median with
+min/max, for the gated model, the same model with every gate forced on, and the plain ResNet of
+the same depth. Writes DIR/bench.json, DIR/BENCH.md and DIR/plots/*.png.
+"""
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class BenchError(RuntimeError):
+    """Missing or foreign export files, unusable logs or ports: one line for the user."""
+
+
+REQUIRED_FILES = ("export_report.json", "model.onnx")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cg-bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("export_dir", type=Path, help="a cg-export folder")
+    parser.add_argument("--out", type=Path, required=True, help="bench folder (created)")
+    parser.add_argument("--data-dir", help="dataset root (default: the training run's)")
+    parser.add_argument("--images", type=int, default=1000, metavar="N",
+                        help="test images for skip rates and accuracy (default 1000, fewer if the split is smaller)")
+    parser.add_argument("--checkpoint", type=Path, help="default: the checkpoint named in the export report")
+    parser.add_argument("--latency-runs", type=int, default=200, metavar="N")
+    parser.add_argument("--latency-warmup", type=int, default=20, metavar="N")
+    parser.add_argument("--no-plain", action="store_true",
+                        help="skip exporting the plain ResNet for the latency baseline")
+    parser.add_argument("--firmware-log", type=Path, action="append", default=[], metavar="FILE",
+                        help="a firmware run log (QEMU or board); repeatable")
+    parser.add_argument("--serial", metavar="PORT", help="read the firmware's lines from a serial port")
+    parser.add_argument("--baud", type=int, default=115200)
+    parser.add_argument("--serial-timeout", type=float, default=30.0, metavar="S")
+    parser.add_argument("--tflm-root", type=Path, default=os.environ.get("CG_TFLM_ROOT"),
+                        help="TFLM tree with built libraries: run the QEMU Cortex-M4 port (default: $CG_TFLM_ROOT)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def load_export(export_dir: Path) -> dict:
+    from cosinegate.version import EXPORT_FORMAT
+    for name in REQUIRED_FILES:
+        if not (export_dir / name).is_file():
+            raise BenchError(f"{export_dir} is not a complete export: {name} is missing (run cg-export first)")
+    try:
+        report = json.loads((export_dir / "export_report.json").read_text())
+    except json.JSONDecodeError as e:
+        raise BenchError(f"{export_dir / 'export_report.json'} is not valid JSON ({e})") from None
+    if report.get("format") != EXPORT_FORMAT:
+        raise BenchError(f"{export_dir} has export format {report.get('format')!r}; this cg-bench reads "
+                         f"format {EXPORT_FORMAT}: export the checkpoint again")
+    if report.get("gated_blocks", 0) and not (export_dir / "model_int8.tflite").is_file():
+        raise BenchError(f"{export_dir} has no model_int8.tflite: export with --int8")
+    return report
+
+
+def main(argv=None) -> int:
+    from cosinegate.bench.protocol import ProtocolError
+    from cosinegate.train.checkpoint import CheckpointError
+    from cosinegate.train.data import DataError
+    args = build_parser().parse_args(argv)
+    try:
+        from cosinegate.bench.run import run_bench
+        run_bench(args, command=shlex.join(["cg-bench", *(sys.argv[1:] if argv is None else argv)]))
+    except (BenchError, DataError, CheckpointError, ProtocolError, OSError) as e:
+        print(f"cg-bench: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Write a bench result: bench.json (machine-readable), BENCH.md (tables a person reads), plots.
+
+Tables are fixed-width, each driven by one column list.
+"""
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cosinegate import atomic  # noqa: E402
+
+
+def table(columns: list[tuple[str, str]], rows: list[dict]) -> str:
+    """Markdown table; `columns` = [(header, format spec or '' for str)], rows keyed by header."""
+    def cell(value, spec):
+        if value is None:
+            return "—"
+        return format(value, spec) if spec else str(value)
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(h), spec) for h, spec in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+RUNTIME_COLUMNS = [("runtime", ""), ("images", "d"), ("accuracy", ".4f"), ("skip rate", ".3f"),
+                   ("executed MACs", ".3f"), ("MAC std", ".3f"), ("adaptivity", ".2f"),
+                   ("paths", "d"), ("gate agreement vs torch", ".4f")]
+LATENCY_COLUMNS = [("runtime / variant", ""), ("median ms", ".3f"), ("min ms", ".3f"), ("max ms", ".3f"),
+                   ("p90 ms", ".3f"), ("runs", "d")]
+QEMU_COLUMNS = [("kernels", ""), ("variant", ""), ("instructions / inference", ",d"),
+                ("vs all-on", ".3f"), ("executed-MAC ratio", ".3f")]
+
+
+def render_markdown(bench: dict) -> str:
+    m = bench["machine"]
+    parts = [f"# Bench: {bench['export_dir']}",
+             f"`{bench['command']}`  \nmachine: {m['cpu']}, {m['cores']} cores, python {m['python']}, "
+             f"torch {m['torch']}, onnxruntime {m['onnxruntime']}, cosinegate {m['cosinegate']}  \n"
+             f"dataset {bench['dataset']}, {bench['images']} test images, {bench['gated_blocks']} gated blocks, "
+             f"plain network {bench['macs_plain']:,} MACs",
+             "## Decisions, accuracy and executed work per runtime",
+             "Skip rate and executed MACs come from each runtime's own gate decisions "
+             "(MACs: stem, head and controllers included, ÷ the plain network of the same depth).",
+             table(RUNTIME_COLUMNS, [{"runtime": name, "images": r["images"], "accuracy": r["accuracy"],
+                                      "skip rate": r["skip_rate"], "executed MACs": r["mac_ratio"],
+                                      "MAC std": r["mac_ratio_std"], "adaptivity": r["adaptivity"],
+                                      "paths": r["distinct_paths"],
+                                      "gate agreement vs torch": r["gate_agreement_vs_torch"]}
+                                     for name, r in {**bench["runtimes"], **bench["firmware"]}.items()])]
+    rates = {name: r["exec_rate_per_block"] for name, r in bench["runtimes"].items()}
+    if any(rates.values()):
+        cols = [("runtime", "")] + [(f"b{i}", ".2f") for i in range(len(next(iter(rates.values()))))]
+        parts += ["### Execution rate per gated block",
+                  table(cols, [{"runtime": n, **{f"b{i}": v for i, v in enumerate(r)}} for n, r in rates.items()])]
+    parts += ["## Host latency (batch 1, single thread)",
+              f"MLPerf-Tiny style: warm-up runs discarded, then single-image inferences cycling through the test images.",
+              table(LATENCY_COLUMNS, [{"runtime / variant": k, "median ms": v["median_ms"], "min ms": v["min_ms"],
+                                       "max ms": v["max_ms"], "p90 ms": v["p90_ms"], "runs": v["runs"]}
+                                      for k, v in bench["latency"].items()])]
+    if bench.get("qemu"):
+        q = bench["qemu"]
+        parts += ["## TFLM on QEMU Cortex-M4 (mps2-an386): instructions per inference",
+                  "Instructions executed inside `Invoke()`, counted by the project's TCG plugin with "
+                  "`-icount shift=0` (deterministic; QEMU has no cycle counter).",
+                  table(QEMU_COLUMNS, q["rows"])]
+        if q.get("per_block"):
+            parts.append(q["per_block_note"])
+    else:
+        parts.append(f"_QEMU: {bench['qemu_note']}_")
+    return "\n\n".join(parts) + "\n"
+
+
+def write_outputs(bench: dict, out_dir: Path, checkpoint_path: Path, mac_ratio: np.ndarray) -> None:
+    out_dir = Path(out_dir)
+    plots = out_dir / "plots"
+    _plot_exec_rates(bench, plots / "exec_rates.png")
+    _plot_latency(bench, plots / "latency.png")
+    _plot_mac_hist(mac_ratio, plots / "mac_ratio_hist.png")
+    metrics = Path(checkpoint_path).parent / "metrics.jsonl"
+    if metrics.is_file():  # the run's training curves (Fig. 6-8) beside the bench
+        from cosinegate.train.plots import plot_run
+        plot_run([json.loads(line) for line in metrics.read_text().splitlines() if line], plots)
+    atomic.write_text(out_dir / "BENCH.md", render_markdown(bench))
+    slim = json.loads(json.dumps(bench))
+    for v in slim["latency"].values():
+        v.pop("samples_ms", None)
+    atomic.write_text(out_dir / "bench.json", json.dumps(slim, indent=2) + "\n")  # last: marks completion
+    print(f"cg-bench: wrote {out_dir / 'bench.json'}, {out_dir / 'BENCH.md'} and {plots}/")
+
+
+def _save(fig, path: Path) -> None:
+    atomic.save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    plt.close(fig)
+
+
+def _plot_exec_rates(bench: dict, path: Path) -> None:
+    rates = {n: r["exec_rate_per_block"] for n, r in bench["runtimes"].items() if r["exec_rate_per_block"]}
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    if rates:
+        width = 0.8 / len(rates)
+        for k, (name, r) in enumerate(rates.items()):
+            ax.bar(np.arange(len(r)) + k * width, r, width, label=name)
+    ax.set(xlabel="gated block", ylabel="execution rate", ylim=(0, 1.05), title="Blocks computed, per runtime")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _plot_latency(bench: dict, path: Path) -> None:
+    names = list(bench["latency"])
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(names) + 1.2))
+    ax.boxplot([bench["latency"][n]["samples_ms"] for n in names], vert=False, showfliers=True)
+    ax.set_yticks(range(1, len(names) + 1), names, fontsize=8)
+    ax.set(xlabel="ms per inference (batch 1)", title="Host latency distribution")
+    _save(fig, path)
+
+
+def _plot_mac_hist(ratio: np.ndarray, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 3.0))
+    ax.hist(ratio, bins=40, range=(0, max(1.2, float(ratio.max()) + 0.05)))
+    ax.set(xlabel="executed MACs / plain network (per test image, deploy gate)", ylabel="images",
+           title="Per-sample compute")
+    _save(fig, path)

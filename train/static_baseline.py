@@ -1,0 +1,53 @@
+"""The static baseline of a gated run (issue 7): delete the blocks its deploy gates always skip,
+drop the gates, train with the same schedule.
+
+    python -m cosinegate.train.static_baseline RUN_DIR [--out DIR] [--max-rate 0.05] [--run]
+
+Prints the `cg-train` command (and runs it with --run). A block counts as always skipped when its
+deploy execution rate on the test set, in the run's last epoch, is at most --max-rate.
+"""
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def static_command(run_dir: Path, out: Path, max_rate: float) -> list[str]:
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    if "exec_rate_deploy" not in last:
+        raise SystemExit(f"static_baseline: error: {run_dir} is not a gated run")
+    # exec_rate_deploy lists gated blocks only; with every block gated they are blocks 0..n-1.
+    gated = [i for i in range(len(last["exec_rate_deploy"]))] if cfg["gate_downsample"] else None
+    if gated is None:
+        raise SystemExit("static_baseline: error: runs with --gate-downsample false are not supported")
+    removed = [i for i, rate in zip(gated, last["exec_rate_deploy"]) if rate <= max_rate]
+    command = ["cg-train", "--preset", cfg["preset"], "--dataset", cfg["dataset"], "--depth", str(cfg["depth"]),
+               "--epochs", str(cfg["epochs"]), "--warmup-epochs", str(cfg["warmup_epochs"]),
+               "--batch-size", str(cfg["batch_size"]), "--lr", str(cfg["lr"]), "--seed", str(cfg["seed"]),
+               "--gated", "false", "--removed-blocks", ",".join(map(str, removed)), "--out", str(out)]
+    if cfg.get("data_dir"):
+        command += ["--data-dir", cfg["data_dir"]]
+    return command
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--out", type=Path, help="default: RUN_DIR-static")
+    parser.add_argument("--max-rate", type=float, default=0.05)
+    parser.add_argument("--run", action="store_true", help="run the command instead of printing it")
+    args = parser.parse_args(argv)
+    command = static_command(args.run_dir, args.out or Path(f"{args.run_dir}-static"), args.max_rate)
+    if not args.run:
+        print(shlex.join(command))
+        return 0
+    return subprocess.call(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -52,8 +52,11 @@ def _machine() -> dict:
 
 
 def _plain_export(ckpt_path: Path, data_dir, work: Path) -> Path:
-    """Export the plain ResNet of the same depth (same convolutions, no gates) for the baseline."""
-    from cosinegate.export.cli import main as export_main
+    """Export the plain ResNet of the same depth (same convolutions, no gates) for the baseline.
+    Runs `cg-export` in its own process: stages talk through files."""
+    import subprocess
+    import sys
+
     from cosinegate.train import checkpoint
     ckpt = checkpoint.load(ckpt_path)
     model = checkpoint.build_model(ckpt)
@@ -67,8 +70,10 @@ def _plain_export(ckpt_path: Path, data_dir, work: Path) -> Path:
     argv = [str(plain_ckpt), "--int8", "--out", str(out), "--parity-images", "20", "--no-progress"]
     if data_dir:
         argv += ["--data-dir", str(data_dir)]
-    if export_main(argv) != 0:
-        raise BenchError("exporting the plain baseline failed (see the cg-export line above)")
+    done = subprocess.run([sys.executable, "-m", "cosinegate.export.cli", *argv], capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"exporting the plain baseline failed: {last}")
     return out
 
 

@@ -1,0 +1,110 @@
+"""`cg-bench` on a tiny export: the bench.json contract, the report, and bad input."""
+import json
+import shutil
+
+import pytest
+
+from cosinegate.bench.cli import main as bench_main
+
+pytestmark = pytest.mark.slow  # exports a model and runs every runtime
+
+RUNTIMES = ("torch", "onnxruntime", "tflite_int8", "tflm")
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    from cosinegate.export.cli import main as export_main
+    from cosinegate.train.cli import main as train_main
+    root = tmp_path_factory.mktemp("bench")
+    assert train_main(["--preset", "demo", "--out", str(root / "run"), "--depth", "8", "--epochs", "2",
+                       "--warmup-epochs", "1", "--threads", "1", "--no-progress"]) == 0
+    assert export_main([str(root / "run" / "best.pt"), "--int8", "--out", str(root / "export"),
+                        "--parity-images", "40", "--calibration-images", "60", "--no-progress"]) == 0
+    return root / "export"
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tiny_export, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_out") / "b"
+    assert bench_main([str(tiny_export), "--out", str(out), "--images", "60", "--latency-runs", "5",
+                       "--latency-warmup", "1", "--no-progress"]) == 0
+    return out
+
+
+def test_bench_json_contract(bench_dir):
+    bench = json.loads((bench_dir / "bench.json").read_text())
+    assert set(RUNTIMES) <= set(bench["runtimes"])
+    for name in RUNTIMES:
+        r = bench["runtimes"][name]
+        for key in ("skip_rate", "exec_rate_per_block", "accuracy", "gate_agreement_vs_torch",
+                    "adaptivity", "distinct_paths", "mac_ratio_std"):
+            assert key in r, (name, key)
+        assert len(r["exec_rate_per_block"]) == 3 and r["images"] == 60
+        assert 0 <= r["skip_rate"] <= 1 and 0 <= r["accuracy"] <= 1
+    assert bench["runtimes"]["torch"]["gate_agreement_vs_torch"] == 1.0
+    assert bench["runtimes"]["onnxruntime"]["gate_agreement_vs_torch"] == 1.0
+    for variant in ("onnxruntime/gated", "onnxruntime/all_on", "onnxruntime/plain",
+                    "tflite_int8/gated", "tflite_int8/all_on", "tflite_int8/plain"):
+        assert bench["latency"][variant]["median_ms"] > 0
+    assert bench["command"].startswith("cg-bench") and bench["machine"]["torch"]
+    assert bench["qemu"] is None and "no TFLM library" in bench["qemu_note"]
+
+
+def test_report_and_plots(bench_dir):
+    text = (bench_dir / "BENCH.md").read_text()
+    assert "| tflm |" in text and "Host latency" in text
+    for name in ("exec_rates.png", "latency.png", "mac_ratio_hist.png", "accuracy.png"):
+        assert (bench_dir / "plots" / name).stat().st_size > 1000
+
+
+def test_firmware_log_is_compared_with_torch(tiny_export, bench_dir, tmp_path):
+    bench = json.loads((bench_dir / "bench.json").read_text())
+    rates = bench["runtimes"]["torch"]["exec_rate_per_block"]
+    assert all(r in (0.0, 1.0) or 0 < r < 1 for r in rates)
+    # A recorded log whose decisions copy nothing: the bench must parse it and score agreement.
+    log = tmp_path / "fw.log"
+    log.write_text("junk before boot\n"
+                   "CG-HEADER protocol=1 model=m core=cortex-m4 clock_hz=25000000 cost=instructions "
+                   "arena_bytes=1 arena_used=1 images=2 classes=10 gated_blocks=3\n"
+                   "CG idx=0 label=0 pred=0 gates=111 instructions=1000\n"
+                   "CG idx=1 label=1 pred=1 gates=000 instruc\n")
+    out = tmp_path / "b"
+    assert bench_main([str(tiny_export), "--out", str(out), "--images", "10", "--latency-runs", "2",
+                       "--latency-warmup", "0", "--no-plain", "--firmware-log", str(log), "--no-progress"]) == 0
+    fw = json.loads((out / "bench.json").read_text())["firmware"][str(log)]
+    assert fw["images"] == 2 and fw["cost_unit"] == "instructions" and fw["skipped_lines"] == 1
+    assert 0 <= fw["gate_agreement_vs_torch"] <= 1
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("empty", "export_report.json is missing"),
+    ("format", "export format"),
+    ("no_tflite", "no model_int8.tflite"),
+])
+def test_bad_export_gives_one_line(tiny_export, tmp_path, capsys, damage, message):
+    broken = tmp_path / "export"
+    broken.mkdir()
+    if damage != "empty":
+        for f in tiny_export.iterdir():
+            shutil.copy(f, broken / f.name)
+    if damage == "format":
+        report = json.loads((broken / "export_report.json").read_text())
+        report["format"] = 999
+        (broken / "export_report.json").write_text(json.dumps(report))
+    if damage == "no_tflite":
+        (broken / "model_int8.tflite").unlink()
+    out = tmp_path / "out"
+    assert bench_main([str(broken), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cg-bench: error:") and message in err and "\n" not in err
+    assert not (out / "bench.json").exists()
+
+
+def test_log_without_protocol_lines(tiny_export, tmp_path, capsys):
+    log = tmp_path / "noise.log"
+    log.write_text("hello\nworld\n")
+    out = tmp_path / "out"
+    assert bench_main([str(tiny_export), "--out", str(out), "--images", "5", "--no-plain",
+                       "--firmware-log", str(log), "--no-progress"]) == 1
+    assert "no CosineGate protocol line" in capsys.readouterr().err
+    assert not (out / "bench.json").exists()

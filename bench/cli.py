@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--serial-timeout", type=float, default=30.0, metavar="S")
     parser.add_argument("--tflm-root", type=Path, default=os.environ.get("CG_TFLM_ROOT"),
                         help="TFLM tree with built libraries: run the QEMU Cortex-M4 port (default: $CG_TFLM_ROOT)")
+    parser.add_argument("--qemu-images", type=int, default=10, metavar="N",
+                        help="test images embedded in the QEMU firmware (default 10)")
+    parser.add_argument("--qemu-per-block", action="store_true",
+                        help="also build one firmware per gated block (only that block on) for per-block costs")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 

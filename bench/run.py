@@ -174,7 +174,10 @@ def run_bench(args, command: str) -> dict:
     qemu = None
     if args.tflm_root:
         from cosinegate.bench.qemu_bench import qemu_counts
-        qemu = qemu_counts(args.export_dir, Path(args.tflm_root), report, macs, gated, progress)
+        qemu = qemu_counts(args.export_dir, Path(args.tflm_root), report, macs, gated, progress,
+                           images=args.qemu_images, per_block=args.qemu_per_block, data_dir=data_dir)
+        for kernels, text in qemu.pop("logs").items():  # the raw firmware output, for cg-bench --firmware-log
+            atomic.write_text(Path(args.out) / f"qemu_{kernels}.log", text)
     bench = {
         "command": command, "machine": _machine(), "export_dir": str(args.export_dir),
         "checkpoint": str(ckpt_path), "dataset": report["dataset"], "images": int(len(labels)),

@@ -21,16 +21,19 @@ BYTES_PER_LINE = 12
 ARENA_ALIGNMENT_SLACK = 16
 
 # Builtin names whose MicroMutableOpResolver method is not the CamelCase of the name.
+# (Checked against every Add* of TFLM's micro_mutable_op_resolver.h.)
 _RESOLVER_METHOD_EXCEPTIONS = {
     "BATCH_MATMUL": "BatchMatMul",
+    "CUMSUM": "CumSum",
+    "PADV2": "PadV2",
     "UNIDIRECTIONAL_SEQUENCE_LSTM": "UnidirectionalSequenceLSTM",
-    "LOGICAL_AND": "LogicalAnd",
 }
-# Ops with an int8-only TFLM kernel (Register_<OP>_INT8): smaller, and faster with CMSIS-NN.
+# Ops with an int8-only TFLM kernel (Register_<OP>_INT8, smaller and with CMSIS-NN faster)
+# declared by the headers micro_mutable_op_resolver.h includes (PAD and TRANSPOSE are not).
 INT8_KERNEL_OPS = frozenset({
     "ADD", "AVERAGE_POOL_2D", "BATCH_MATMUL", "CONV_2D", "DEPTHWISE_CONV_2D",
-    "FULLY_CONNECTED", "MAXIMUM", "MAX_POOL_2D", "MINIMUM", "MUL", "PAD", "SOFTMAX", "SVDF",
-    "TRANSPOSE", "TRANSPOSE_CONV", "UNIDIRECTIONAL_SEQUENCE_LSTM",
+    "FULLY_CONNECTED", "MAXIMUM", "MAX_POOL_2D", "MINIMUM", "MUL", "SOFTMAX", "SVDF",
+    "TRANSPOSE_CONV", "UNIDIRECTIONAL_SEQUENCE_LSTM",
 })
 
 

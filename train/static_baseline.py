@@ -1,10 +1,12 @@
-"""The static baseline of a gated run (issue 7): delete the blocks its deploy gates always skip,
-drop the gates, train with the same schedule.
+"""The static baseline of a gated run (issue 7): the same network with the blocks its gates skip
+most deleted and no gates at all, trained with the same schedule, at equal mean executed work.
 
-    python -m cosinegate.train.static_baseline RUN_DIR [--out DIR] [--max-rate 0.05] [--run]
+    python -m cosinegate.train.static_baseline RUN_DIR [--out DIR] [--run]
 
-Prints the `cg-train` command (and runs it with --run). A block counts as always skipped when its
-deploy execution rate on the test set, in the run's last epoch, is at most --max-rate.
+Prints the `cg-train` command (and runs it with --run). From the run's last epoch it takes the
+mean number of blocks the deploy gates skip per image, rounds it to k, and deletes the k blocks
+with the lowest execution rates: with frozen routing these are exactly the always-skipped
+blocks; with input-adaptive routing the static network spends about the same mean MACs.
 """
 import argparse
 import json
@@ -16,16 +18,17 @@ from pathlib import Path
 import yaml
 
 
-def static_command(run_dir: Path, out: Path, max_rate: float) -> list[str]:
+def static_command(run_dir: Path, out: Path) -> list[str]:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     if "exec_rate_deploy" not in last:
         raise SystemExit(f"static_baseline: error: {run_dir} is not a gated run")
     # exec_rate_deploy lists gated blocks only; with every block gated they are blocks 0..n-1.
-    gated = [i for i in range(len(last["exec_rate_deploy"]))] if cfg["gate_downsample"] else None
-    if gated is None:
+    if not cfg["gate_downsample"]:
         raise SystemExit("static_baseline: error: runs with --gate-downsample false are not supported")
-    removed = [i for i, rate in zip(gated, last["exec_rate_deploy"]) if rate <= max_rate]
+    rates = last["exec_rate_deploy"]
+    k = round(sum(1.0 - r for r in rates))
+    removed = sorted(sorted(range(len(rates)), key=lambda i: rates[i])[:k])
     command = ["cg-train", "--preset", cfg["preset"], "--dataset", cfg["dataset"], "--depth", str(cfg["depth"]),
                "--epochs", str(cfg["epochs"]), "--warmup-epochs", str(cfg["warmup_epochs"]),
                "--batch-size", str(cfg["batch_size"]), "--lr", str(cfg["lr"]), "--seed", str(cfg["seed"]),
@@ -39,10 +42,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, help="default: RUN_DIR-static")
-    parser.add_argument("--max-rate", type=float, default=0.05)
     parser.add_argument("--run", action="store_true", help="run the command instead of printing it")
     args = parser.parse_args(argv)
-    command = static_command(args.run_dir, args.out or Path(f"{args.run_dir}-static"), args.max_rate)
+    command = static_command(args.run_dir, args.out or Path(f"{args.run_dir}-static"))
     if not args.run:
         print(shlex.join(command))
         return 0

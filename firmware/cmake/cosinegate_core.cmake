@@ -55,10 +55,12 @@ target_include_directories(tflm SYSTEM INTERFACE ${TFLM_INCLUDE_DIRS})
 get_filename_component(CG_FIRMWARE_DIR "${CMAKE_CURRENT_LIST_DIR}/.." ABSOLUTE)
 add_library(cosinegate_core OBJECT
     "${CG_FIRMWARE_DIR}/core/main_functions.cc"
+    "${CG_FIRMWARE_DIR}/core/tflm_log.cc"
     "${CG_MODEL_DIR}/model_data.cc"
     "${CG_IMAGES_DIR}/test_images.cc")
-target_include_directories(cosinegate_core PUBLIC "${CG_FIRMWARE_DIR}" "${CG_MODEL_DIR}"
-                           "${CG_IMAGES_DIR}")
+# Images first: an export folder may hold test_images.h of its own.
+target_include_directories(cosinegate_core PUBLIC "${CG_FIRMWARE_DIR}" "${CG_IMAGES_DIR}"
+                           "${CG_MODEL_DIR}")
 target_compile_options(cosinegate_core PUBLIC
     -fno-rtti -fno-exceptions -fno-threadsafe-statics -ffunction-sections -fdata-sections
     -Wall -Wextra)

@@ -6,8 +6,11 @@
 #ifndef FIRMWARE_CORE_COST_METER_H_
 #define FIRMWARE_CORE_COST_METER_H_
 
+// C linkage gives the QEMU plugin plain symbol names to look up.
+extern "C" {
 void CgCostMeterBegin();
 void CgCostMeterEnd();
 void CgCostMeterReport();
+}
 
 #endif  // FIRMWARE_CORE_COST_METER_H_

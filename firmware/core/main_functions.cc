@@ -11,6 +11,7 @@
 // from cosinegate.export.test_images (test_images.h). Build: see firmware/README.md.
 #include "core/main_functions.h"
 
+#include <algorithm>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
@@ -20,7 +21,6 @@
 #include "core/text_output.h"
 #include "model_data.h"
 #include "model_settings.h"
-#include "tensorflow/lite/micro/cortex_m_generic/debug_log_callback.h"
 #include "tensorflow/lite/micro/micro_interpreter.h"
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 #include "tensorflow/lite/schema/schema_generated.h"
@@ -35,7 +35,7 @@ constexpr int kArenaSize = CG_ARENA_BYTES;
 constexpr int kArenaSize = kTensorArenaSize;
 #endif
 constexpr int kProtocolVersion = 1;
-constexpr int kLineSize = 160;
+constexpr int kLineSize = 256;
 
 alignas(16) uint8_t tensor_arena[kArenaSize];
 
@@ -67,17 +67,23 @@ void WriteLine(const char* format, ...) {
   CgWriteText(line);
 }
 
-// TFLM's own messages (e.g. which op is missing, how many arena bytes are short)
-// come out as comment lines so the protocol parser skips them.
-void WriteTflmMessage(const char* message) {
-  CgWriteText("# TFLM: ");
-  CgWriteText(message);
-  CgWriteText("\n");
-}
-
 [[noreturn]] void Fail(const char* reason, const char* explanation) {
   WriteLine("CG-ERROR reason=%s %s\n", reason, explanation);
   CgBoardStop(false);
+}
+
+// Name of the first op the model uses that RegisterOps() did not register, or nullptr.
+const char* FirstUnregisteredOp(const tflite::Model* model, const CgOpResolver& op_resolver) {
+  if (model->operator_codes() == nullptr) return nullptr;
+  for (const tflite::OperatorCode* code : *model->operator_codes()) {
+    // Schema 3a keeps codes above 127 only in builtin_code: the larger field is the op.
+    const int builtin = std::max<int>(code->deprecated_builtin_code(), code->builtin_code());
+    const auto op = static_cast<tflite::BuiltinOperator>(builtin);
+    if (op != tflite::BuiltinOperator_CUSTOM && op_resolver.FindOp(op) == nullptr) {
+      return tflite::EnumNameBuiltinOperator(op);
+    }
+  }
+  return nullptr;
 }
 
 bool HasShape(const TfLiteTensor* tensor, const int* dims, int rank) {
@@ -137,7 +143,6 @@ void WriteSummary() {
 
 void setup() {
   board = CgBoardInit();
-  RegisterDebugLogCallback(WriteTflmMessage);
 
   const tflite::Model* model = tflite::GetModel(g_cosinegate_model_data);
   if (model->version() != TFLITE_SCHEMA_VERSION) {
@@ -153,18 +158,35 @@ void setup() {
     Fail("op", "registering the exported op list failed (kNumOps too small?)");
   }
 
+  // The export measured the arena on a 64-bit host, an upper bound; a smaller arena
+  // may fit (see arena_used in the header). If it does not, TFLM can stop in an
+  // assertion ("HALTED") while allocating IF subgraphs instead of failing cleanly.
+  if (kArenaSize < kTensorArenaSize) {
+    WriteLine("# arena of %d bytes is below the %d bytes the export measured; "
+              "if TFLM stops with HALTED, the arena is too small\n",
+              kArenaSize, kTensorArenaSize);
+  }
+
+  const char* missing_op = FirstUnregisteredOp(model, op_resolver);
+  if (missing_op != nullptr) {
+    char explanation[kLineSize];
+    snprintf(explanation, sizeof explanation,
+             "the model uses %s, which model_settings.h does not list; regenerate it from "
+             "this export (python -m cosinegate.export.carray)", missing_op);
+    Fail("op", explanation);
+  }
+
   static tflite::MicroInterpreter static_interpreter(model, op_resolver, tensor_arena,
                                                      kArenaSize);
   interpreter = &static_interpreter;
   if (interpreter->AllocateTensors() != kTfLiteOk) {
-    // TFLM has printed the cause: a missing op ("Didn't find op for builtin
-    // opcode") or the arena shortfall ("Failed to resize buffer ... missing").
+    // TFLM has printed the shortfall of the allocation that failed ('# TFLM:' lines).
     char explanation[kLineSize];
     snprintf(explanation, sizeof explanation,
-             "AllocateTensors failed (see '# TFLM:' lines): an op missing from "
-             "model_settings.h, or the arena of %d bytes is too small; export measured %d",
+             "AllocateTensors failed with a %d-byte arena (the export measured %d); add "
+             "the shortfall TFLM reports above and rebuild with CG_ARENA_BYTES",
              kArenaSize, kTensorArenaSize);
-    Fail(kArenaSize < kTensorArenaSize ? "arena" : "op", explanation);
+    Fail("arena", explanation);
   }
   CheckInputAndOutputs();
 

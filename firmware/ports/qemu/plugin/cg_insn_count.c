@@ -7,10 +7,12 @@
  * different key. Counts are deterministic with `-icount shift=0`.
  *
  * Build:  cc -shared -fPIC -O2 -o libcg_insn_count.so cg_insn_count.c
- * Run:    qemu-system-arm -M mps2-an386 -icount shift=0 -semihosting -nographic \
+ * Run:    qemu-system-arm -M mps2-an386 -nographic -semihosting -icount shift=0 -d plugin \
  *           -plugin ./libcg_insn_count.so,begin=0x...,end=0x...,report=0x... -kernel fw.elf
  * (begin/end/report are the symbol addresses of the three markers; bench/qemu.py
- * reads them with arm-none-eabi-nm.)
+ * reads them with arm-none-eabi-nm.) `-d plugin` enables qemu_plugin_outs(), which
+ * writes to QEMU's log on stderr, where QEMU 7.2 also writes the semihosting console,
+ * both from the vCPU thread, so the text arrives in execution order.
  *
  * Written against the public plugin API, version 1 (QEMU 7.x/8.x); the few
  * declarations it needs are repeated here so no QEMU headers are required.

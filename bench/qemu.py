@@ -1,0 +1,224 @@
+"""Build the QEMU firmware port (Cortex-M4, mps2-an386) for an export and run it.
+
+The cost under QEMU is instructions executed inside Invoke(), counted by the project's
+TCG plugin (firmware/ports/qemu/plugin) with `-icount shift=0`, so counts repeat exactly.
+Needs arm-none-eabi-gcc + newlib, cmake, qemu-system-arm and a host C compiler, plus a
+TFLM library built by TFLM's own Makefile (firmware/README.md says how).
+
+    python -m cosinegate.bench.qemu EXPORT_DIR --tflm-root /path/to/tflite-micro \
+        [--kernels reference cmsis_nn] [--images-dir DIR] [--build-dir DIR]
+
+From Python:
+    lib = find_tflm_library(tflm_root, "cmsis_nn")
+    elf = build_firmware(export_dir, tflm_root, lib, "cmsis_nn", build_dir)
+    result = run_firmware(elf, build_plugin(build_dir))     # result.log is a RunLog
+"""
+import argparse
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from cosinegate.bench.protocol import RunLog, parse_text
+
+FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
+QEMU_PORT_DIR = FIRMWARE_DIR / "ports" / "qemu"
+TOOLCHAIN_FILE = FIRMWARE_DIR / "cmake" / "arm-none-eabi.cmake"
+PLUGIN_SOURCE = QEMU_PORT_DIR / "plugin" / "cg_insn_count.c"
+KERNELS = ("reference", "cmsis_nn")
+# TFLM's TARGET_ARCH for mps2-an386's Cortex-M4F, and the matching GCC flags.
+TFLM_TARGET_ARCH = "cortex-m4+fp"
+MARKERS = {"begin": "CgCostMeterBegin", "end": "CgCostMeterEnd", "report": "CgCostMeterReport"}
+RUN_TIMEOUT_S = 600
+# What TFLM prints (through the "# TFLM: " log) before it spins forever on a failed check.
+TFLM_HALT_MESSAGE = "HALTED"
+
+
+class FirmwareBuildError(RuntimeError):
+    """Configuring, building or running the firmware failed; the message holds the tool output."""
+
+
+@dataclass(frozen=True)
+class QemuResult:
+    log: RunLog
+    output: str            # everything QEMU printed (firmware text and plugin counts)
+    returncode: int        # 0 when the firmware stopped with every inference ok
+
+
+@dataclass(frozen=True)
+class FirmwareSize:
+    text: int              # bytes: code, read-only data (the model, the images), exidx
+    data: int              # initialised RAM, also stored in flash
+    bss: int               # zeroed RAM: the tensor arena, interpreter state
+    stack: int             # main stack reserved by the linker script
+
+    @property
+    def flash(self) -> int:
+        return self.text + self.data
+
+    @property
+    def ram(self) -> int:
+        return self.data + self.bss
+
+
+def missing_tools() -> list[str]:
+    """Executables this module needs that are not on PATH."""
+    tools = ["arm-none-eabi-g++", "arm-none-eabi-nm", "arm-none-eabi-size", "cmake",
+             "qemu-system-arm", "cc"]
+    return [tool for tool in tools if shutil.which(tool) is None]
+
+
+def find_tflm_library(tflm_root, kernels: str, target_arch: str = TFLM_TARGET_ARCH) -> Path:
+    """libtensorflow-microlite.a that TFLM's Makefile built under tflm_root/gen for `kernels`.
+
+    TFLM names its output folder cortex_m_generic_<arch>_<build type>[_cmsis_nn]_gcc.
+    """
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    candidates = sorted(Path(tflm_root).glob(
+        f"gen/cortex_m_generic_{target_arch}_*_gcc/lib/libtensorflow-microlite.a"))
+    matching = [lib for lib in candidates
+                if ("_cmsis_nn_" in lib.parent.parent.name) == (kernels == "cmsis_nn")]
+    if not matching:
+        raise FileNotFoundError(
+            f"no {kernels} TFLM library for {target_arch} under {tflm_root}/gen; build it with "
+            "TFLM's Makefile as firmware/README.md shows")
+    # Prefer the default build type (keeps TFLM's error messages).
+    return next((lib for lib in matching if "_default_" in str(lib)), matching[0])
+
+
+def _run(command: list, what: str, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    if result.returncode != 0:
+        raise FirmwareBuildError(f"{what} failed ({' '.join(map(str, command))}):\n"
+                                 f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def build_plugin(build_dir) -> Path:
+    """Compile the instruction-count TCG plugin with the host C compiler (once)."""
+    plugin = Path(build_dir) / "libcg_insn_count.so"
+    if not plugin.exists() or plugin.stat().st_mtime < PLUGIN_SOURCE.stat().st_mtime:
+        plugin.parent.mkdir(parents=True, exist_ok=True)
+        _run(["cc", "-shared", "-fPIC", "-O2", "-Wall", "-o", plugin, PLUGIN_SOURCE],
+             "building the QEMU plugin")
+    return plugin
+
+
+def build_firmware(export_dir, tflm_root, tflm_lib, kernels: str, build_dir,
+                   images_dir=None, arena_bytes: int | None = None) -> Path:
+    """Configure and build the QEMU port with CMake; returns the .elf path."""
+    build_dir = Path(build_dir)
+    configure = [
+        "cmake", "-S", QEMU_PORT_DIR, "-B", build_dir,
+        f"-DCMAKE_TOOLCHAIN_FILE={TOOLCHAIN_FILE}",
+        "-DCMAKE_BUILD_TYPE=Release",
+        f"-DTFLM_ROOT={Path(tflm_root).resolve()}",
+        f"-DTFLM_LIB={Path(tflm_lib).resolve()}",
+        f"-DCG_TFLM_KERNELS={kernels}",
+        f"-DCG_MODEL_DIR={Path(export_dir).resolve()}",
+        f"-DCG_IMAGES_DIR={Path(images_dir or export_dir).resolve()}",
+        f"-DCG_ARENA_BYTES={arena_bytes or 0}",
+    ]
+    _run(configure, "cmake configure")
+    _run(["cmake", "--build", build_dir, "-j2"], "cmake build")
+    return build_dir / "cosinegate_qemu.elf"
+
+
+def marker_addresses(elf) -> dict[str, int]:
+    """Addresses of the cost-meter markers, for the plugin's begin=/end=/report= arguments."""
+    symbols = {}
+    for line in _run(["arm-none-eabi-nm", elf], "nm").stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            symbols[parts[2]] = int(parts[0], 16)
+    missing = [name for name in MARKERS.values() if name not in symbols]
+    if missing:
+        raise FirmwareBuildError(f"{elf} lacks the marker functions {missing}")
+    return {key: symbols[name] for key, name in MARKERS.items()}
+
+
+def qemu_command(elf, plugin) -> list[str]:
+    markers = ",".join(f"{key}=0x{address:x}" for key, address in marker_addresses(elf).items())
+    return ["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none",
+            "-serial", "none", "-semihosting-config", "enable=on,target=native",
+            "-icount", "shift=0", "-d", "plugin", "-plugin", f"{plugin},{markers}",
+            "-kernel", str(elf)]
+
+
+def run_firmware(elf, plugin, timeout_s: float = RUN_TIMEOUT_S) -> QemuResult:
+    """Run the firmware to its end under QEMU and parse what it printed.
+
+    Raises FirmwareBuildError when TFLM halts in an assertion (it then spins forever,
+    e.g. with a far too small arena) or the run exceeds `timeout_s`.
+    """
+    # One stream: the plugin's " instructions=N" lands inside the firmware's line.
+    process = subprocess.Popen(qemu_command(elf, plugin), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, errors="replace")
+    timed_out = threading.Event()
+
+    def stop_on_timeout():
+        timed_out.set()
+        process.kill()
+
+    watchdog = threading.Timer(timeout_s, stop_on_timeout)
+    watchdog.start()
+    lines, problem = [], None
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.rstrip().endswith(TFLM_HALT_MESSAGE):
+                problem = "TFLM halted in an assertion"
+                process.kill()
+        returncode = process.wait()
+    finally:
+        watchdog.cancel()
+    if timed_out.is_set():
+        problem = f"did not finish within {timeout_s:g} s"
+    output = "".join(lines)
+    if problem:
+        raise FirmwareBuildError(f"{elf}: {problem}; last output:\n{output[-2000:]}")
+    return QemuResult(log=parse_text(output), output=output, returncode=returncode)
+
+
+def firmware_size(elf) -> FirmwareSize:
+    """Section sizes from `arm-none-eabi-size -A`."""
+    sizes = {}
+    for line in _run(["arm-none-eabi-size", "-A", elf], "size").stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith("."):
+            sizes[parts[0]] = int(parts[1])
+    return FirmwareSize(text=sizes.get(".text", 0) + sizes.get(".ARM.exidx", 0),
+                        data=sizes.get(".data", 0), bss=sizes.get(".bss", 0),
+                        stack=sizes.get(".stack", 0))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("export_dir", type=Path)
+    parser.add_argument("--tflm-root", type=Path, required=True,
+                        help="tflite-micro checkout where TFLM's Makefile built the libraries")
+    parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
+    parser.add_argument("--images-dir", type=Path, help="test_images.cc folder (default: export)")
+    parser.add_argument("--build-dir", type=Path, default=Path("build/firmware-qemu"))
+    args = parser.parse_args(argv)
+    plugin = build_plugin(args.build_dir)
+    for kernels in args.kernels:
+        lib = find_tflm_library(args.tflm_root, kernels)
+        elf = build_firmware(args.export_dir, args.tflm_root, lib, kernels,
+                             args.build_dir / kernels, args.images_dir)
+        result = run_firmware(elf, plugin)
+        size = firmware_size(elf)
+        costs = [i.cost for i in result.log.inferences if i.cost is not None]
+        print(f"[{kernels}] {result.log.header}")
+        print(f"[{kernels}] flash={size.flash} B ram={size.ram} B (+{size.stack} B stack) "
+              f"accuracy={result.log.accuracy:.3f} "
+              f"instructions/inference min={min(costs, default=0)} max={max(costs, default=0)} "
+              f"mean={sum(costs) / max(len(costs), 1):.0f}")
+        for error in result.log.errors:
+            print(f"[{kernels}] firmware error: {error.reason}: {error.message}")
+
+
+if __name__ == "__main__":
+    main()

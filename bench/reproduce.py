@@ -1,0 +1,91 @@
+"""Reproduce the CIFAR-10 table: train, export int8 and bench each configuration, resumably.
+
+    python -m cosinegate.bench.reproduce --root runs/cifar10 --epochs 10 --warmup-epochs 3 \
+        --data-dir ../shared/data resnet20 balanced aggressive conservative
+    python -m cosinegate.bench.results runs/cifar10 --out RESULTS.md
+
+Each configuration gets ROOT/NAME/{run,export,bench}. A configuration is a preset name, optionally
+with cg-train flags after a colon: `balanced_adaptive:balanced --gate-init open --lambda-adapt 2`.
+Finished stages are skipped and an interrupted training run is resumed, so the command can be
+repeated across sessions until everything is there. The paper's protocol is `--epochs 160
+--warmup-epochs 40` (the presets' default); anything shorter is recorded in each run's config and
+labelled in RESULTS.md.
+"""
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+
+def parse_config(spec: str) -> tuple[str, list[str]]:
+    """`name` or `name:preset --flag value ...` -> (name, cg-train arguments)."""
+    if ":" not in spec:
+        return spec, ["--preset", spec]
+    name, rest = spec.split(":", 1)
+    words = shlex.split(rest)
+    return name, ["--preset", words[0], *words[1:]]
+
+
+def _call(argv: list[str]) -> int:
+    print("reproduce: $", shlex.join(argv), flush=True)
+    return subprocess.call(argv)
+
+
+def run_one(name: str, train_args: list[str], args) -> int:
+    folder = args.root / name
+    run, export, bench = folder / "run", folder / "export", folder / "bench"
+    py = sys.executable
+    schedule = ["--epochs", str(args.epochs), "--warmup-epochs", str(args.warmup_epochs)]
+    common = ["--data-dir", str(args.data_dir)] if args.data_dir else []
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    last = run / "last.pt"
+    done = last.exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= args.epochs
+    if not done:
+        argv = ([py, "-m", "cosinegate.train.cli", "--resume", str(run), "--no-progress"] if last.exists()
+                else [py, "-m", "cosinegate.train.cli", *train_args, *schedule, *common, *threads,
+                      "--out", str(run), "--no-progress"])
+        if args.stop_after:
+            argv += ["--stop-after", str(args.stop_after)]
+        if _call(argv) != 0:
+            return 1
+        if len((run / "metrics.jsonl").read_text().splitlines()) < args.epochs:
+            print(f"reproduce: {name}: training paused (--stop-after); run the same command again")
+            return 0
+    if not (export / "export_report.json").exists():
+        if _call([py, "-m", "cosinegate.export.cli", str(run / "best.pt"), "--int8", "--out", str(export),
+                  "--parity-images", str(args.images), "--no-progress", *common]) != 0:
+            return 1
+    if not (bench / "bench.json").exists():
+        tflm = ["--tflm-root", str(args.tflm_root)] if args.tflm_root else []
+        if _call([py, "-m", "cosinegate.bench.cli", str(export), "--out", str(bench), "--images",
+                  str(args.images), "--no-progress", *common, *tflm]) != 0:
+            return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("configs", nargs="+", help="preset names or name:preset --flags")
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--epochs", type=int, default=160)
+    parser.add_argument("--warmup-epochs", type=int, default=40)
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--images", type=int, default=10000, help="test images for parity and bench")
+    parser.add_argument("--stop-after", type=int, help="train at most N epochs per configuration this call")
+    parser.add_argument("--tflm-root", type=Path, help="also run the QEMU Cortex-M4 bench")
+    args = parser.parse_args(argv)
+    status = 0
+    for spec in args.configs:
+        name, train_args = parse_config(spec)
+        status |= run_one(name, train_args, args)
+    (args.root / "reproduce_command.json").write_text(json.dumps({"argv": sys.argv}, indent=1))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""`cg-export`: turn a `cg-train` checkpoint into deployable files where a skipped block does not run.
+
+    cg-export runs/demo/best.pt --int8 --out exports/demo
+    cg-export runs/cifar/best.pt --int8 --data-dir ../shared/data --parity-images 500 --out exports/c10
+
+Writes into --out: model.onnx (opset 18, one `If` per gated block, outputs logits and gates) and
+export_report.json; with --int8 also model_int8.tflite (full int8, one `IF` per gated block,
+outputs logits and gate_{i}) and the firmware sources model_data.cc/.h and model_settings.h.
+Everything is written to a staging folder first: on an error nothing in --out changes.
+"""
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+EXIT_ERROR = 1
+
+
+class ExportError(RuntimeError):
+    """The checkpoint cannot be exported (wrong version, unexpected model)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cg-export", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("checkpoint", type=Path, help="a cg-train checkpoint (best.pt / last.pt)")
+    parser.add_argument("--out", type=Path, required=True, help="export folder (created)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write the int8 TFLite model and the firmware sources")
+    parser.add_argument("--data-dir", help="dataset root for calibration and parity images "
+                                           "(default: the checkpoint's training data_dir)")
+    parser.add_argument("--parity-images", type=int, default=500, metavar="N",
+                        help="test images for the parity checks (default 500; fewer if the split is smaller)")
+    parser.add_argument("--calibration-images", type=int, default=None, metavar="N",
+                        help="training images for int8 calibration (default 300)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+@contextlib.contextmanager
+def _stage(name: str):
+    """One printed line per stage: name, wall time, and the short result the stage sets."""
+    t0, note = time.perf_counter(), {}
+    yield note
+    print(f"cg-export: {name:<14} {time.perf_counter() - t0:6.1f}s  {note.get('text', '')}".rstrip(),
+          flush=True)
+
+
+def _check_version(ckpt: dict) -> None:
+    from cosinegate.version import __version__
+    theirs = str(ckpt.get("version", "?"))
+    if theirs.split(".")[:2] != __version__.split(".")[:2]:
+        raise ExportError(f"checkpoint was written by cosinegate {theirs}; this is {__version__}, "
+                          "which exports checkpoints of the same major.minor version")
+
+
+def _file_sizes(folder: Path) -> dict:
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def export_checkpoint(args, stage_dir: Path) -> dict:
+    """Run every stage, writing into `stage_dir`; returns the report."""
+    import torch
+
+    from cosinegate import atomic
+    from cosinegate.export import onnx_export, parity
+    from cosinegate.train.checkpoint import build_model, load
+    from cosinegate.train.data import dataset_info, load_arrays
+    from cosinegate.train.model import macs_breakdown
+    from cosinegate.version import EXPORT_FORMAT, __version__
+
+    torch.set_num_threads(1)
+    stage = _stage
+    progress = not args.no_progress
+    with stage("freeze") as note:
+        from cosinegate.export.freeze import freeze
+        ckpt = load(args.checkpoint)
+        _check_version(ckpt)
+        model = build_model(ckpt)
+        frozen = freeze(model)
+        gated = frozen.gated_indices
+        cfg = model.cfg
+        info = dataset_info(ckpt["config"]["dataset"])
+        if (cfg.input_size, cfg.input_size, cfg.in_channels) != tuple(info.shape):
+            raise ExportError(f"model input {cfg.input_size}x{cfg.input_size}x{cfg.in_channels} "
+                              f"does not match dataset {ckpt['config']['dataset']} {info.shape}")
+        note["text"] = (f"{len(frozen.blocks)} blocks, {len(gated)} gated" if gated else
+                        f"{len(frozen.blocks)} blocks, plain ResNet: no gated blocks, "
+                        "exported without If")
+    data_dir = args.data_dir if args.data_dir is not None else ckpt["config"].get("data_dir")
+    nchw = (1, cfg.in_channels, cfg.input_size, cfg.input_size)
+
+    with stage("data") as note:  # before the slow stages: a missing dataset fails fast
+        test_images, test_labels = load_arrays(ckpt["config"]["dataset"], data_dir, "test")
+        count = min(args.parity_images, len(test_images))
+        x_test, labels = parity.float_inputs(test_images[:count], info), test_labels[:count]
+        if args.int8:
+            from cosinegate.export import quantize
+            calibration = quantize.calibration_images(
+                ckpt["config"]["dataset"], data_dir,
+                args.calibration_images or quantize.DEFAULT_CALIBRATION_IMAGES)
+        note["text"] = (f"{count} test images for parity"
+                        + (f", {len(calibration)} training images for calibration" if args.int8 else ""))
+
+    with stage("onnx") as note:
+        deploy = onnx_export.export_deploy(frozen, nchw)
+        onnx_bytes = deploy.SerializeToString()
+        atomic.write_bytes(stage_dir / "model.onnx", onnx_bytes)
+        note["text"] = f"model.onnx, opset {onnx_export.OPSET}, {len(gated)} If"
+
+    report_input = {"shape": [1, cfg.input_size, cfg.input_size, cfg.in_channels],
+                    "scale": None, "zero_point": None, "mean": list(info.mean),
+                    "std": list(info.std), "layout": "NHWC"}
+    int8 = {}
+    if args.int8:
+        from cosinegate.export import restructure, tflm
+        with stage("int8 convert") as note:
+            all_compute = quantize.convert_int8(onnx_export.export_all_compute(frozen, nchw),
+                                                calibration)
+            note["text"] = f"all-compute model, {len(all_compute)} bytes"
+        with stage("restructure") as note:
+            tflite = restructure.restructure(all_compute, gated)
+            restructure.validate_int8(tflite, len(gated))
+            tflm.check_tflm_ops(tflite)
+            arena = tflm.measure_arena(tflite)
+            atomic.write_bytes(stage_dir / "model_int8.tflite", tflite)
+            ops = restructure.op_names(tflite)
+            scale, zero_point = restructure.input_quantization(tflite)
+            report_input.update(scale=scale, zero_point=zero_point)
+            note["text"] = f"{len(gated)} IF, TFLM arena {arena} B, ops {' '.join(ops)}"
+        int8 = {"tflm_arena_bytes": arena, "tflm_ops": ops, "calibration_images": len(calibration)}
+
+    with stage("parity") as note:
+        checks = parity.onnx_parity(model, onnx_bytes, x_test, progress)
+        if args.int8:
+            checks.update(parity.int8_parity(model, tflite, all_compute, gated, x_test, labels,
+                                             scale, zero_point, arena, progress))
+        checks = {"images": count, "split": "test", **checks}
+        note["text"] = _parity_line(checks)
+
+    macs = macs_breakdown(cfg)
+    report = {
+        "format": EXPORT_FORMAT, "version": __version__,
+        "checkpoint": {"path": str(args.checkpoint), "epoch": ckpt.get("epoch"),
+                       "version": ckpt.get("version")},
+        "dataset": ckpt["config"]["dataset"], "num_classes": cfg.num_classes,
+        "gated_blocks": len(gated), "gated_indices": gated, "plain": not gated,
+        "macs_full": macs["full_total"], "macs_plain": macs["plain_total"],
+        "macs_per_block": macs["blocks"], "macs_controllers": macs["controllers"],
+        "input": report_input, "onnx_opset": onnx_export.OPSET,
+        "notes": [] if gated else ["plain ResNet (no gated blocks): exported without If/IF; "
+                                   "outputs hold only the logits"],
+        **int8,
+        "parity": checks,
+    }
+    if args.int8:
+        with stage("C sources") as note:
+            from cosinegate.export.carray import write_model_sources
+            written = write_model_sources(stage_dir / "model_int8.tflite", report, stage_dir,
+                                          generated_by="cg-export")
+            note["text"] = ", ".join(p.name for p in written)
+    report["file_bytes"] = _file_sizes(stage_dir)
+    report["files"] = sorted([*report["file_bytes"], "export_report.json"])
+    atomic.write_text(stage_dir / "export_report.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _parity_line(checks: dict) -> str:
+    onnx_check = checks["onnx_vs_pytorch"]
+    parts = [f"{checks['images']} images: onnx gates "
+             f"{'identical' if onnx_check['gates_identical'] else 'DIFFER'}, "
+             f"max |dlogit| {onnx_check['max_abs_logit_diff']:.1e}"]
+    if "int8_vs_float" in checks:
+        q, m = checks["int8_vs_float"], checks["tflm_vs_tflite_ref"]
+        gate = "n/a" if q["gate_agreement"] is None else f"{q['gate_agreement']:.2%}"
+        parts.append(f"int8 top-1 {q['top1_agreement']:.2%} gates {gate}")
+        parts.append(f"tflm bit-exact {m['bit_exact_fraction']:.2%} (max {m['max_lsb_diff']} LSB)")
+    return "; ".join(parts)
+
+
+def _publish(stage_dir: Path, out_dir: Path) -> None:
+    """Move the finished files into the export folder (each replace is atomic)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(stage_dir.iterdir()):
+        os.replace(path, out_dir / path.name)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.parity_images < 1:
+        print("cg-export: error: --parity-images must be at least 1", file=sys.stderr)
+        return EXIT_ERROR
+    from cosinegate.export.onnx_to_tf import TranslateError
+    from cosinegate.export.restructure import RestructureError
+    from cosinegate.export.tflm import TflmError
+    from cosinegate.train.checkpoint import CheckpointError
+    from cosinegate.train.data import DataError
+    expected = (CheckpointError, DataError, ExportError, TranslateError, RestructureError,
+                TflmError, OSError)
+    out_dir = args.out
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging-"))
+    try:
+        report = export_checkpoint(args, stage_dir)
+        _publish(stage_dir, out_dir)
+    except expected as e:
+        print(f"cg-export: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    print(f"cg-export: done, {len(report['files'])} files in {out_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

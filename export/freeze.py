@@ -1,0 +1,198 @@
+"""Freeze a trained CosineGate ResNet into the two batch-1 float networks the exporter converts.
+
+BatchNorm is folded into every convolution, and each gated block's controller, CIR estimate,
+gamma and 0.45 threshold become one condition computed from the block input x alone,
+`w . relu(W1 GAP(x) + b1) + b > 0` (`cosinegate.train.gate.fold_deploy_gate`). Two modules share
+those frozen weights:
+
+  DeployNet      one `torch.cond` per gated block (then: convolutions + residual add, else: the
+                 shortcut): exported to ONNX with a real `If` per block. Returns (logits, gates).
+  AllComputeNet  every block computed, no control flow; besides the logits it exposes, per block,
+                 the tensors the int8 flatbuffer surgery needs (see `AllComputeNet.forward`).
+
+    frozen = freeze(build_model(load("runs/demo/best.pt")))
+    logits, gates = DeployNet(frozen)(x)      # x (1, C, H, W) float, normalised
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cosinegate.train.gate import fold_deploy_gate
+
+
+@dataclass
+class FrozenConv:
+    weight: torch.Tensor   # (cout, cin, 3, 3), BatchNorm scale folded in
+    bias: torch.Tensor     # (cout,), BatchNorm shift
+    stride: int
+
+
+@dataclass
+class FrozenGate:
+    fc1_weight: torch.Tensor   # (hidden, cin)
+    fc1_bias: torch.Tensor     # (hidden,)
+    weight: torch.Tensor       # (1, hidden): the folded heads, gamma and threshold
+    bias: torch.Tensor         # (1,)
+
+
+@dataclass
+class FrozenBlock:
+    index: int
+    conv1: FrozenConv
+    conv2: FrozenConv
+    stride: int
+    in_channels: int
+    out_channels: int
+    gate: FrozenGate | None    # None: an ungated block, always computed
+
+
+@dataclass
+class FrozenModel:
+    stem: FrozenConv
+    blocks: list
+    fc_weight: torch.Tensor    # (classes, channels)
+    fc_bias: torch.Tensor      # (classes,)
+
+    @property
+    def gated_indices(self) -> list[int]:
+        return [b.index for b in self.blocks if b.gate is not None]
+
+
+def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> FrozenConv:
+    """conv followed by eval-mode BN as one convolution with bias (computed in float64)."""
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)   # (cout,)
+    weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+    bias = bn.bias.double() - bn.running_mean.double() * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias.double() * scale
+    return FrozenConv(weight.float().detach(), bias.float().detach(), conv.stride[0])
+
+
+def freeze(model) -> FrozenModel:
+    """The frozen float weights of a `CosineGateResNet` (in eval mode)."""
+    blocks = []
+    for i, blk in enumerate(model.blocks):
+        gate = None
+        if blk.gated:
+            w, b = fold_deploy_gate(blk.controller, blk.gamma)
+            fc1 = blk.controller.fc1
+            gate = FrozenGate(fc1.weight.detach().float(), fc1.bias.detach().float(),
+                              w.float().view(1, -1), b.float().view(1))
+        blocks.append(FrozenBlock(i, fold_bn(blk.conv1, blk.bn1), fold_bn(blk.conv2, blk.bn2),
+                                  blk.stride, blk.conv1.in_channels, blk.out_channels, gate))
+    stem_conv, stem_bn = model.stem[0], model.stem[1]
+    return FrozenModel(fold_bn(stem_conv, stem_bn), blocks, model.fc.weight.detach().float(),
+                       model.fc.bias.detach().float())
+
+
+class _FrozenModule(nn.Module):
+    """Holds a FrozenModel's tensors as buffers so the ONNX exporter stores them as initializers."""
+
+    def __init__(self, frozen: FrozenModel):
+        super().__init__()
+        self.frozen = frozen
+        self.gated_indices = frozen.gated_indices
+        self._strides = {}
+        self._add_conv("stem", frozen.stem)
+        for b in frozen.blocks:
+            self._add_conv(f"b{b.index}_conv1", b.conv1)
+            self._add_conv(f"b{b.index}_conv2", b.conv2)
+            if b.gate is not None:
+                for name in ("fc1_weight", "fc1_bias", "weight", "bias"):
+                    self.register_buffer(f"b{b.index}_gate_{name}", getattr(b.gate, name).clone())
+        self.register_buffer("fc_weight", frozen.fc_weight.clone())
+        self.register_buffer("fc_bias", frozen.fc_bias.clone())
+
+    def _add_conv(self, name: str, conv: FrozenConv) -> None:
+        self.register_buffer(f"{name}_weight", conv.weight.clone())
+        self.register_buffer(f"{name}_bias", conv.bias.clone())
+        self._strides[name] = conv.stride
+
+    def conv(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias"),
+                        stride=self._strides[name], padding=1)
+
+    def shortcut(self, block: FrozenBlock, x: torch.Tensor) -> torch.Tensor:
+        """Option A: identity, or subsample by 2 and zero-pad the new channels."""
+        if block.stride == 1 and block.in_channels == block.out_channels:
+            return x
+        x = x[:, :, ::block.stride, ::block.stride]
+        extra = block.out_channels - block.in_channels
+        return F.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
+
+    def residual_sum(self, block: FrozenBlock, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The computed block: relu(s + conv2(relu(conv1(x))))."""
+        r = self.conv(f"b{block.index}_conv2", F.relu(self.conv(f"b{block.index}_conv1", x)))
+        return F.relu(s + r)
+
+    def gate_logit(self, block: FrozenBlock, x: torch.Tensor) -> torch.Tensor:
+        """Folded deploy logit (1, 1); the block runs when it is > 0."""
+        p = f"b{block.index}_gate_"
+        h = F.relu(F.linear(x.mean(dim=(2, 3)), getattr(self, p + "fc1_weight"),
+                            getattr(self, p + "fc1_bias")))                      # (1, hidden)
+        return F.linear(h, getattr(self, p + "weight"), getattr(self, p + "bias"))  # (1, 1)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.mean(dim=(2, 3)), self.fc_weight, self.fc_bias)        # (1, classes)
+
+
+class DeployNet(_FrozenModule):
+    """Batch-1 deploy network: a gated block runs its convolutions only when its gate opens.
+    Returns (logits (1, classes), gates (1, n_gated) float 0/1), or only the logits when no
+    block is gated (a plain ResNet)."""
+
+    def forward(self, x: torch.Tensor):
+        x = F.relu(self.conv("stem", x))                                         # (1, C, H, W)
+        gates = []
+        for block in self.frozen.blocks:
+            s = self.shortcut(block, x)
+            if block.gate is None:
+                x = self.residual_sum(block, x, s)
+                continue
+            pred = (self.gate_logit(block, x) > 0).reshape(())                   # bool scalar
+            x = torch.cond(pred, _Branch(self, block, True), _Branch(self, block, False), (x, s))
+            gates.append(pred.to(torch.float32).reshape(1))
+        if not gates:
+            return self.head(x)
+        return self.head(x), torch.cat(gates).reshape(1, -1)                    # (1, n_gated)
+
+
+class _Branch(nn.Module):
+    """One side of a block's `If`; the module name becomes the subgraph's name in the export."""
+
+    def __init__(self, net: _FrozenModule, block: FrozenBlock, computed: bool):
+        super().__init__()
+        self.net, self.block, self.computed = net, block, computed
+        self.__name__ = f"block{block.index}_{'then' if computed else 'else'}"
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        if self.computed:
+            return self.net.residual_sum(self.block, x, s)
+        # relu(s) == s (s >= 0): a skipped block's output, and not an alias of the input,
+        # which torch.cond refuses.
+        return F.relu(s)
+
+
+class AllComputeNet(_FrozenModule):
+    """Every block computed; the source of the int8 model before its `IF`s are carved out.
+
+    Returns a dict: `logits` (1, classes), `stem` (the stem output), and per block i `y{i}` (its
+    output); per gated block also `pred{i}` (bool (1,), folded logit > 0) and, when its shortcut
+    is not the identity, `s{i}`. Block i's input is `y{i-1}` (or `stem`).
+    """
+
+    def forward(self, x: torch.Tensor) -> dict:
+        x = F.relu(self.conv("stem", x))
+        out = {"stem": x}
+        for block in self.frozen.blocks:
+            s = self.shortcut(block, x)
+            if block.gate is not None:
+                out[f"pred{block.index}"] = self.gate_logit(block, x).reshape(1) > 0
+                if s is not x:
+                    out[f"s{block.index}"] = s
+            x = self.residual_sum(block, x, s)
+            out[f"y{block.index}"] = x
+        out["logits"] = self.head(x)
+        return out

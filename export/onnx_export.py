@@ -1,0 +1,87 @@
+"""ONNX export of the frozen networks (opset 18, batch 1) through `torch.onnx.export(dynamo=True)`.
+
+`export_deploy` gives `model.onnx`: input `input` (1, C, H, W) float, outputs `logits`
+(1, classes) and `gates` (1, n_gated) float 0/1 (absent for a plain ResNet), one `If` per gated
+block whose subgraphs are
+renamed `block{i}_then` / `block{i}_else` (`torch.cond` lowers to real `If` nodes at opset 18;
+lower opsets fail). `export_all_compute` gives the control-flow-free graph the int8 path starts
+from. `force_onnx_gates` is the ONNX counterpart of `restructure.force_gates`.
+
+    deploy = export_deploy(frozen, (1, 3, 32, 32))
+"""
+import contextlib
+import io
+import warnings
+
+import onnx
+import torch
+
+from cosinegate.export.freeze import AllComputeNet, DeployNet, FrozenModel
+
+OPSET = 18
+
+
+def _export(module: torch.nn.Module, shape, output_names) -> onnx.ModelProto:
+    x = torch.zeros(shape)
+    # The exporter narrates each step on stdout and warns about its own internals: keep the
+    # CLI's one-line-per-stage output readable.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module.eval(), (x,), dynamo=True, opset_version=OPSET,
+                                    input_names=["input"], output_names=output_names,
+                                    verbose=False)
+    model = program.model_proto
+    _strip_metadata(model.graph)
+    return model
+
+
+def _strip_metadata(graph: onnx.GraphProto) -> None:
+    """Drop the exporter's per-node metadata (Python stack traces with absolute paths and
+    process-wide counters), which would make two exports of one checkpoint differ."""
+    del graph.metadata_props[:]
+    for info in list(graph.value_info) + list(graph.input) + list(graph.output):
+        del info.metadata_props[:]
+    for node in graph.node:
+        del node.metadata_props[:]
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _strip_metadata(attr.g)
+
+
+def export_deploy(frozen: FrozenModel, input_shape) -> onnx.ModelProto:
+    """The deploy network with one `If` per gated block; checked with `onnx.checker`."""
+    outputs = ["logits", "gates"] if frozen.gated_indices else ["logits"]
+    model = _export(DeployNet(frozen), input_shape, outputs)
+    branches = [n for n in model.graph.node if n.op_type == "If"]
+    if len(branches) != len(frozen.gated_indices):
+        raise RuntimeError(f"expected {len(frozen.gated_indices)} If nodes, the exporter "
+                           f"produced {len(branches)}")
+    for node, index in zip(branches, frozen.gated_indices):
+        node.name = f"block{index}_if"
+        for attr in node.attribute:
+            role = {"then_branch": "then", "else_branch": "else"}[attr.name]
+            attr.g.name = f"block{index}_{role}"
+    model.graph.name = "cosinegate_deploy"
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def export_all_compute(frozen: FrozenModel, input_shape) -> onnx.ModelProto:
+    """Every block computed; outputs named as in `AllComputeNet.forward`."""
+    net = AllComputeNet(frozen)
+    with torch.no_grad():
+        names = list(net(torch.zeros(input_shape)))
+    return _export(net, input_shape, names)
+
+
+def force_onnx_gates(model: onnx.ModelProto, on: bool) -> onnx.ModelProto:
+    """A copy whose every `If` condition is the constant `on` (all blocks computed / skipped);
+    its `gates` output still reports what the controllers decided."""
+    forced = onnx.ModelProto()
+    forced.CopyFrom(model)
+    constant = onnx.helper.make_tensor("forced_gate", onnx.TensorProto.BOOL, [], [on])
+    forced.graph.initializer.append(constant)
+    for node in forced.graph.node:
+        if node.op_type == "If":
+            node.input[0] = "forced_gate"
+    return forced

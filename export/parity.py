@@ -1,0 +1,148 @@
+"""Host-side parity of the exported models against each other, on real images.
+
+  onnx_vs_pytorch           PyTorch deploy mode vs onnxruntime: identical gates, logits ~1e-7
+  int8_vs_float             int8 TFLite (tf.lite.Interpreter) vs the float model: top-1 and gates
+  tflm_vs_tflite_ref        TFLite reference kernels vs TFLM: share of bit-exact logits, largest
+                            difference in LSB, gate agreement
+  forced_on_vs_all_compute  force_gates(on) vs the unrestructured all-compute int8 model: bitwise
+
+    x = float_inputs(images, info)                    # images, labels: load_arrays(..., "test")
+    checks = {**onnx_parity(model, onnx_bytes, x),
+              **int8_parity(model, gated, all_compute, gated_indices, x, labels,
+                            input_scale, input_zero_point, arena_size)}
+"""
+import warnings
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cosinegate.export.native import import_tensorflow
+from cosinegate.export.restructure import force_gates
+
+
+def _progress(items, desc: str, enabled: bool):
+    return tqdm(items, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+
+
+def float_inputs(images: np.ndarray, info) -> np.ndarray:
+    """uint8 NHWC -> normalised float32 NCHW (the PyTorch/ONNX input)."""
+    from cosinegate.train.data import normalize
+    return normalize(images, info).numpy()
+
+
+def quantize_inputs(x_nchw: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """float NCHW -> int8 NHWC with the model's input quantisation (round half away from zero,
+    as TFLite's QUANTIZE does)."""
+    scaled = x_nchw.transpose(0, 2, 3, 1) / np.float32(scale)
+    rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+    return np.clip(rounded + zero_point, -128, 127).astype(np.int8)
+
+
+def pytorch_deploy(model, x_nchw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The PyTorch reference: logits (N, classes) and gates (N, n_gated) in deploy mode."""
+    with torch.no_grad():
+        logits, stats = model(torch.from_numpy(x_nchw), "deploy")
+    gates = (torch.stack([st["g"] for st in stats], 1) if stats
+             else torch.zeros(len(x_nchw), 0))
+    return logits.numpy(), gates.numpy() > 0.5
+
+
+class TfliteRunner:
+    """Batch-1 tf.lite.Interpreter through its signature: returns (logits int8 (1, classes),
+    gates bool (n_gated,)) read from the outputs named `logits` and `gate_names`. Default kernels
+    without XNNPACK (which does not take IF), or the reference kernels."""
+
+    def __init__(self, tflite_bytes: bytes, gate_names, reference_kernels: bool = False):
+        tf = import_tensorflow()
+        resolver = tf.lite.experimental.OpResolverType
+        with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated" (LiteRT's is not installed)
+            warnings.simplefilter("ignore")
+            self.interpreter = tf.lite.Interpreter(
+            model_content=tflite_bytes, num_threads=1,
+            experimental_op_resolver_type=(resolver.BUILTIN_REF if reference_kernels
+                                           else resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+        self.signature = self.interpreter.get_signature_runner()
+        self.gate_names = list(gate_names)
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.signature(input=x)
+        gates = np.array([bool(out[name].reshape(-1)[0]) for name in self.gate_names], dtype=bool)
+        return out["logits"].copy(), gates
+
+
+def _run_all(runner, xs: np.ndarray, desc: str, progress: bool):
+    results = [runner(xs[i:i + 1]) for i in _progress(range(len(xs)), desc, progress)]
+    return np.concatenate([r[0] for r in results]), np.stack([r[1] for r in results])
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float | None:
+    return float(np.mean(a == b)) if a.size else None
+
+
+def _max_lsb(a: np.ndarray, b: np.ndarray) -> int:
+    """Largest difference between two int8 arrays, in quantisation steps."""
+    return int(np.abs(a.astype(np.int32) - b.astype(np.int32)).max())
+
+
+def onnx_parity(model, onnx_bytes: bytes, x_nchw: np.ndarray, progress: bool = True) -> dict:
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    ref_logits, ref_gates = pytorch_deploy(model, x_nchw)
+    results = [session.run(None, {"input": x_nchw[i:i + 1]})
+               for i in _progress(range(len(x_nchw)), "parity onnx", progress)]
+    logits = np.concatenate([r[0] for r in results])
+    gates = np.concatenate([r[1] for r in results]) > 0.5 if len(results[0]) > 1 else ref_gates
+    return {"onnx_vs_pytorch": {
+        "gate_agreement": _agreement(gates, ref_gates),
+        "gates_identical": bool(np.array_equal(gates, ref_gates)),
+        "max_abs_logit_diff": float(np.abs(logits - ref_logits).max()),
+        "top1_agreement": _agreement(logits.argmax(1), ref_logits.argmax(1)),
+    }}
+
+
+def int8_parity(model, gated: bytes, all_compute: bytes, gated_indices: list[int],
+                x_nchw: np.ndarray, labels: np.ndarray, input_scale: float,
+                input_zero_point: int, arena_size: int, progress: bool = True) -> dict:
+    from cosinegate.export.tflm import TflmRunner
+    xq = quantize_inputs(x_nchw, input_scale, input_zero_point)
+    ref_logits, ref_gates = pytorch_deploy(model, x_nchw)
+    gate_names = [f"gate_{i}" for i in gated_indices]
+    logits, gates = _run_all(TfliteRunner(gated, gate_names), xq, "parity int8", progress)
+    ref_k_logits, ref_k_gates = _run_all(TfliteRunner(gated, gate_names, reference_kernels=True),
+                                         xq, "parity ref kernels", progress)
+    # + 16: the slack the firmware adds for aligning the arena start (carray.py)
+    micro = TflmRunner(gated, arena_size + 16, num_outputs=1 + len(gated_indices))
+    tflm_logits, tflm_gates = _run_all(micro, xq, "parity tflm", progress)
+    on_logits, on_gates = _run_all(TfliteRunner(force_gates(gated, on=True), gate_names), xq,
+                                   "parity forced", progress)
+    all_logits, all_gates = _run_all(TfliteRunner(all_compute, [f"pred{i}" for i in gated_indices]),
+                                     xq, "parity all-compute", progress)
+    return {
+        "int8_vs_float": {
+            "top1_agreement": _agreement(logits.argmax(1), ref_logits.argmax(1)),
+            "gate_agreement": _agreement(gates, ref_gates),
+            "accuracy_float": _agreement(ref_logits.argmax(1), labels),
+            "accuracy_int8": _agreement(logits.argmax(1), labels),
+            "gate_open_rate_float": ref_gates.mean(0).round(4).tolist(),
+            "gate_open_rate_int8": gates.mean(0).round(4).tolist(),
+        },
+        "tflm_vs_tflite_ref": {
+            "bit_exact_fraction": _agreement(np.all(tflm_logits == ref_k_logits, 1), True),
+            "max_lsb_diff": _max_lsb(tflm_logits, ref_k_logits),
+            "gate_agreement": _agreement(tflm_gates, ref_k_gates),
+        },
+        "tflm_vs_tflite": {
+            "gate_agreement": _agreement(tflm_gates, gates),
+            "max_lsb_diff": _max_lsb(tflm_logits, logits),
+        },
+        "forced_on_vs_all_compute": {
+            "bit_exact_fraction": _agreement(np.all(on_logits == all_logits, 1), True),
+            "max_lsb_diff": _max_lsb(on_logits, all_logits),
+            "forced_gates_all_on": bool(on_gates.all()),
+            # the restructured model's predicates are the all-compute model's, unchanged
+            "gates_match_all_compute": bool(np.array_equal(gates, all_gates)),
+        },
+    }

@@ -1,0 +1,317 @@
+"""Flatbuffer surgery: carve one TFLite `IF` per gated block out of the all-compute int8 model.
+
+Input: the int8 flatbuffer of `AllComputeNet` (`quantize.convert_int8`), whose signature names the
+extra outputs `stem`, `y{i}` (block outputs), `s{i}` (non-identity shortcuts) and `pred{i}`
+(bool (1,) gate predicates). For every gated block i with input x, shortcut s, output y:
+
+  then-subgraph `block{i}_then`  the ops between x/s and y that neither s nor the predicate needs
+                                 (the block's int8 convolutions and residual add), moved over
+                                 with copies of their tensors (constant buffers are shared)
+  else-subgraph `block{i}_else`  QUANTIZE int8 -> int8: s requantised to y's scale/zero point
+  main graph                     IF(pred, x[, s]) -> y, ops re-sorted topologically
+
+The predicate tensors themselves become outputs 1..N named `gate_{i}` (output 0 is `logits`);
+the other surgery-only outputs are dropped and unused tensors and buffers deleted, so TFLM does
+not allocate them. Uses the TFLite schema object API, never hand-parsed bytes.
+
+    gated = restructure(all_compute_int8_bytes, gated_indices=[0, 1, 2])
+    all_on = force_gates(gated, on=True)     # every IF predicate a constant: all blocks computed
+"""
+import copy
+
+import numpy as np
+
+from cosinegate.export.native import import_tensorflow
+
+
+class RestructureError(RuntimeError):
+    """The int8 graph does not have the shape the surgery expects."""
+
+
+def _schema():
+    import_tensorflow()
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+    return schema, flatbuffer_utils
+
+
+def read_model(tflite_bytes: bytes):
+    """The flatbuffer as a mutable `ModelT` (schema object API)."""
+    _, fbu = _schema()
+    return fbu.read_model_from_bytearray(bytearray(tflite_bytes))
+
+
+def write_model(model) -> bytes:
+    _, fbu = _schema()
+    return bytes(fbu.convert_object_to_bytearray(model))
+
+
+def builtin_code(opcode) -> int:
+    # Codes >= 127 live in builtinCode only; older files hold small codes in the deprecated field.
+    return max(opcode.builtinCode, opcode.deprecatedBuiltinCode)
+
+
+def builtin_names() -> dict[int, str]:
+    schema, _ = _schema()
+    return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+
+def op_names(tflite_bytes: bytes) -> list[str]:
+    """Sorted builtin op names used in any subgraph (e.g. ['ADD', 'CONV_2D', 'IF', ...])."""
+    model, names = read_model(tflite_bytes), builtin_names()
+    return sorted({names[builtin_code(model.operatorCodes[op.opcodeIndex])]
+                   for sg in model.subgraphs for op in (sg.operators or [])})
+
+
+def input_quantization(tflite_bytes: bytes) -> tuple[float, int]:
+    """(scale, zero_point) of input 0."""
+    model = read_model(tflite_bytes)
+    main = model.subgraphs[0]
+    q = main.tensors[main.inputs[0]].quantization
+    return float(q.scale[0]), int(q.zeroPoint[0])
+
+
+def validate_int8(tflite_bytes: bytes, num_gated: int) -> None:
+    """Raise RestructureError unless the model is the deployable contract: int8 NHWC input,
+    int8 logits then `num_gated` bool [1] gates, one IF per gated block whose then-subgraph
+    holds int8 convolutions, and no FLOAT32 tensor in any subgraph."""
+    schema, _ = _schema()
+    model = read_model(tflite_bytes)
+    main, types = model.subgraphs[0], schema.TensorType
+    floats = [(k, t.name.decode()) for k, sg in enumerate(model.subgraphs) for t in sg.tensors
+              if t.type == types.FLOAT32]
+    if floats:
+        raise RestructureError(f"{len(floats)} FLOAT32 tensors left, e.g. {floats[0][1]!r} "
+                               f"in subgraph {floats[0][0]}")
+    (x,), outputs = main.inputs, list(main.outputs)
+    if main.tensors[x].type != types.INT8 or len(main.tensors[x].shape) != 4:
+        raise RestructureError("input 0 is not an int8 NHWC tensor")
+    if main.tensors[outputs[0]].type != types.INT8 or len(outputs) != 1 + num_gated:
+        raise RestructureError(f"expected int8 logits and {num_gated} gate outputs")
+    if any(main.tensors[t].type != types.BOOL or list(main.tensors[t].shape) != [1]
+           for t in outputs[1:]):
+        raise RestructureError("gate outputs must be bool [1] tensors")
+    def code(op):
+        return builtin_code(model.operatorCodes[op.opcodeIndex])
+
+    branches = [op for op in main.operators if code(op) == schema.BuiltinOperator.IF]
+    if len(branches) != num_gated or [op.inputs[0] for op in branches] != outputs[1:]:
+        raise RestructureError(f"expected {num_gated} IF ops whose predicates are the gate outputs")
+    for op in branches:
+        then_sg = model.subgraphs[op.builtinOptions.thenSubgraphIndex]
+        convs = [o for o in then_sg.operators if code(o) == schema.BuiltinOperator.CONV_2D]
+        if not convs or any(then_sg.tensors[o.inputs[1]].type != types.INT8 for o in convs):
+            raise RestructureError(f"then-subgraph {then_sg.name.decode()} has no int8 convolution")
+
+
+def _opcode_index(model, code: int, version: int) -> int:
+    """Index of the operator code for builtin `code`, appended when the model lacks it."""
+    schema, _ = _schema()
+    for i, opcode in enumerate(model.operatorCodes):
+        if builtin_code(opcode) == code:
+            return i
+    opcode = schema.OperatorCodeT()
+    opcode.builtinCode = code
+    opcode.deprecatedBuiltinCode = min(code, schema.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
+    opcode.version = version
+    model.operatorCodes.append(opcode)
+    return len(model.operatorCodes) - 1
+
+
+def _is_constant(model, tensor) -> bool:
+    data = model.buffers[tensor.buffer].data
+    return data is not None and len(data) > 0
+
+
+def _producers(sg) -> dict[int, int]:
+    return {t: k for k, op in enumerate(sg.operators) for t in op.outputs if t >= 0}
+
+
+def _ancestors(sg, tensors, producers) -> set[int]:
+    """Indices of the ops that (transitively) produce `tensors`."""
+    seen, stack = set(), [producers[t] for t in tensors if t in producers]
+    while stack:
+        k = stack.pop()
+        if k not in seen:
+            seen.add(k)
+            stack.extend(producers[t] for t in sg.operators[k].inputs if t in producers)
+    return seen
+
+
+def _toposort(sg) -> None:
+    """Re-order ops so each runs after its inputs' producers; ties keep the current order."""
+    producers = _producers(sg)
+    pending = list(range(len(sg.operators)))
+    ready_tensors = {t for t in range(len(sg.tensors)) if t not in producers}
+    order = []
+    while pending:
+        for pos, k in enumerate(pending):
+            if all(t < 0 or t in ready_tensors for t in sg.operators[k].inputs):
+                break
+        else:
+            raise RestructureError("the main graph has a cycle after inserting IF ops")
+        order.append(pending.pop(pos))
+        ready_tensors.update(sg.operators[k].outputs)
+    sg.operators = [sg.operators[k] for k in order]
+
+
+def _new_subgraph(name: str):
+    schema, _ = _schema()
+    sg = schema.SubGraphT()
+    sg.name, sg.tensors, sg.operators = name.encode(), [], []
+    return sg
+
+
+def _carve_block(model, index: int, x: int, s: int, y: int, pred: int) -> None:
+    """Replace block `index`'s computed path in subgraph 0 by IF(pred, x[, s]) -> y."""
+    schema, _ = _schema()
+    main = model.subgraphs[0]
+    producers = _producers(main)
+    keep = _ancestors(main, [x, s, pred], producers)
+    moved = sorted(_ancestors(main, [y], producers) - keep)
+    if not moved:
+        raise RestructureError(f"block {index}: found no ops between its input and output")
+    moved_set = set(moved)
+    inner = {t for k in moved for t in main.operators[k].outputs} - {y}
+    if any(t in inner for k, op in enumerate(main.operators) if k not in moved_set
+           for t in op.inputs) or inner & set(main.outputs):
+        raise RestructureError(f"block {index}: an inner tensor is used outside the block")
+    branch_inputs = [x] if s == x else [x, s]
+    external = {t for k in moved for t in main.operators[k].inputs
+                if t >= 0 and t not in inner and not _is_constant(model, main.tensors[t])}
+    if not external <= set(branch_inputs):
+        raise RestructureError(f"block {index}: its ops read tensors other than x and s")
+
+    then_sg, else_sg = _new_subgraph(f"block{index}_then"), _new_subgraph(f"block{index}_else")
+
+    def local(sg, mapping, t):
+        if t < 0:
+            return t
+        if t not in mapping:
+            mapping[t] = len(sg.tensors)
+            sg.tensors.append(copy.deepcopy(main.tensors[t]))
+        return mapping[t]
+
+    then_map = {}
+    then_sg.inputs = [local(then_sg, then_map, t) for t in branch_inputs]
+    for k in moved:
+        op = copy.deepcopy(main.operators[k])
+        op.inputs = [local(then_sg, then_map, t) for t in op.inputs]
+        op.outputs = [local(then_sg, then_map, t) for t in op.outputs]
+        then_sg.operators.append(op)
+    then_sg.outputs = [then_map[y]]
+
+    # Skipped: y = relu(s) = s (s >= 0), requantised from s's scale/zero point to y's.
+    else_map = {}
+    else_sg.inputs = [local(else_sg, else_map, t) for t in branch_inputs]
+    requantize = schema.OperatorT()
+    requantize.opcodeIndex = _opcode_index(model, schema.BuiltinOperator.QUANTIZE, 1)
+    requantize.inputs = [else_map[s]]
+    requantize.outputs = [local(else_sg, else_map, y)]
+    else_sg.operators.append(requantize)
+    else_sg.outputs = [else_map[y]]
+
+    model.subgraphs.extend([then_sg, else_sg])
+    options = schema.IfOptionsT()
+    options.thenSubgraphIndex = len(model.subgraphs) - 2
+    options.elseSubgraphIndex = len(model.subgraphs) - 1
+    branch = schema.OperatorT()
+    branch.opcodeIndex = _opcode_index(model, schema.BuiltinOperator.IF, 1)
+    branch.inputs, branch.outputs = [pred, *branch_inputs], [y]
+    branch.builtinOptionsType, branch.builtinOptions = schema.BuiltinOptions.IfOptions, options
+    main.operators = [op for k, op in enumerate(main.operators) if k not in moved_set] + [branch]
+
+
+def _compact_tensors(model, sg, signature=None) -> None:
+    """Delete tensors no op, input or output of `sg` refers to, renumbering the rest."""
+    used = set(sg.inputs) | set(sg.outputs)
+    for op in sg.operators:
+        used.update(t for t in list(op.inputs) + list(op.outputs) if t >= 0)
+    new_index = {old: new for new, old in enumerate(sorted(used))}
+    sg.tensors = [sg.tensors[old] for old in sorted(used)]
+    remap = lambda ts: [new_index[t] if t >= 0 else t for t in ts]  # noqa: E731
+    for op in sg.operators:
+        op.inputs, op.outputs = remap(op.inputs), remap(op.outputs)
+    sg.inputs, sg.outputs = remap(sg.inputs), remap(sg.outputs)
+    if signature is not None:
+        for entry in list(signature.inputs) + list(signature.outputs):
+            entry.tensorIndex = new_index[entry.tensorIndex]
+
+
+def _compact_buffers(model) -> None:
+    """Delete buffers no tensor or metadata refers to; buffer 0 stays the empty sentinel."""
+    used = {0} | {t.buffer for sg in model.subgraphs for t in sg.tensors}
+    used |= {m.buffer for m in (model.metadata or [])}
+    new_index = {old: new for new, old in enumerate(sorted(used))}
+    model.buffers = [model.buffers[old] for old in sorted(used)]
+    for sg in model.subgraphs:
+        for t in sg.tensors:
+            t.buffer = new_index[t.buffer]
+    for m in model.metadata or []:
+        m.buffer = new_index[m.buffer]
+
+
+def _set_outputs(model, named: list[tuple[str, int]]) -> None:
+    """Subgraph 0 outputs and signature outputs become `named`, in order; tensors renamed."""
+    schema, _ = _schema()
+    main, signature = model.subgraphs[0], model.signatureDefs[0]
+    main.outputs = [t for _, t in named]
+    signature.outputs = []
+    for name, t in named:
+        main.tensors[t].name = name.encode()
+        entry = schema.TensorMapT()
+        entry.name, entry.tensorIndex = name.encode(), t
+        signature.outputs.append(entry)
+
+
+def restructure(tflite_bytes: bytes, gated_indices: list[int]) -> bytes:
+    """The deployable int8 model: one IF per gated block, outputs `logits`, `gate_{i}`..."""
+    model = read_model(tflite_bytes)
+    if len(model.subgraphs) != 1 or not model.signatureDefs:
+        raise RestructureError("expected the single-subgraph all-compute model with a signature")
+    signature = model.signatureDefs[0]
+    named = {(e.name.decode() if isinstance(e.name, bytes) else e.name): e.tensorIndex
+             for e in signature.outputs}
+    for i in gated_indices:
+        x = named["stem"] if i == 0 else named[f"y{i - 1}"]
+        _carve_block(model, i, x, named.get(f"s{i}", x), named[f"y{i}"], named[f"pred{i}"])
+    _set_outputs(model, [("logits", named["logits"])]
+                 + [(f"gate_{i}", named[f"pred{i}"]) for i in gated_indices])
+    main = model.subgraphs[0]
+    _toposort(main)
+    _compact_tensors(model, main, signature)
+    _compact_buffers(model)
+    return write_model(model)
+
+
+def force_gates(tflite_bytes: bytes, on: bool) -> bytes:
+    """Every IF predicate replaced by a constant: all gated blocks computed (`on`) or all skipped.
+
+    The controllers still run (their decision lands in an unused tensor `gate_{i}_controller`),
+    so instruction counts of the forced models bracket the deployed model's. Outputs `gate_{i}`
+    become the constants, i.e. they still are the IF predicates.
+    """
+    schema, _ = _schema()
+    model = read_model(tflite_bytes)
+    main = model.subgraphs[0]
+    if_code = schema.BuiltinOperator.IF
+    branches = [op for op in main.operators
+                if builtin_code(model.operatorCodes[op.opcodeIndex]) == if_code]
+    if not branches:
+        return write_model(model)
+    constant = schema.BufferT()
+    constant.data = np.array([1 if on else 0], dtype=np.uint8)
+    model.buffers.append(constant)
+    for op in branches:
+        old = op.inputs[0]
+        forced = copy.deepcopy(main.tensors[old])
+        forced.buffer = len(model.buffers) - 1
+        main.tensors[old].name = main.tensors[old].name + b"_controller"
+        main.tensors.append(forced)
+        new = len(main.tensors) - 1
+        op.inputs[0] = new
+        main.outputs = [new if t == old else t for t in main.outputs]
+        for entry in model.signatureDefs[0].outputs:
+            if entry.tensorIndex == old:
+                entry.tensorIndex = new
+    return write_model(model)

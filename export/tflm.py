@@ -1,0 +1,128 @@
+"""Run an int8 model in the TFLM Python interpreter: op check, arena measurement, inference.
+
+    check_tflm_ops(tflite_bytes)            # TflmError naming any op TFLM cannot run
+    arena = measure_arena(tflite_bytes)      # smallest arena (bytes) that allocates, by bisection
+    runner = TflmRunner(tflite_bytes, arena)
+    logits, gates = runner(x_int8)           # x (1, H, W, C) int8
+
+TFLM reports its errors on the C stderr, not in the exception, so the calls that can fail
+capture file descriptor 2 and turn its text into one line.
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cosinegate.export.native import captured_stderr
+
+# Arena used to tell "cannot run" from "arena too small", and the bisection's upper bound.
+_LARGE_ARENA = 64 << 20
+_ARENA_STEP = 16  # bytes: TFLM aligns arena allocations to 16
+
+
+class TflmError(RuntimeError):
+    """TFLM cannot load or run the model."""
+
+
+def _interpreter(tflite_bytes: bytes, arena_size: int):
+    from tflite_micro.python.tflite_micro import runtime
+    return runtime.Interpreter.from_bytes(tflite_bytes, arena_size=arena_size)
+
+
+def _try_load(tflite_bytes: bytes, arena_size: int) -> tuple[bool, str]:
+    with captured_stderr() as read:
+        try:
+            _interpreter(tflite_bytes, arena_size)
+            ok = True
+        except RuntimeError:
+            ok = False
+        return ok, read()
+
+
+def check_tflm_ops(tflite_bytes: bytes) -> None:
+    """Raise TflmError when TFLM lacks a kernel for an op of the model, or cannot load it."""
+    ok, log = _try_load(tflite_bytes, _LARGE_ARENA)
+    missing = sorted(set(re.findall(r"Didn't find op for builtin opcode '(\w+)'", log)))
+    if missing:
+        raise TflmError(f"TFLM cannot run op{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(missing)}: the model is not deployable")
+    if not ok:
+        last = [line for line in log.splitlines() if line.strip()]
+        raise TflmError(f"TFLM cannot load the model ({last[-1] if last else 'no message'})")
+
+
+def measure_arena(tflite_bytes: bytes) -> int:
+    """Smallest arena size (multiple of 16 bytes) with which TFLM allocates the model.
+
+    TFLM can crash (not just fail) on some too-small arenas, so every probe runs in a forked
+    child of a helper process that has loaded nothing but TFLM (`python -m` this module)."""
+    ok, _ = _try_load(tflite_bytes, _LARGE_ARENA)
+    if not ok:
+        check_tflm_ops(tflite_bytes)  # raises with the reason
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.tflite"
+        path.write_bytes(tflite_bytes)
+        result = subprocess.run([sys.executable, "-m", "cosinegate.export.tflm", str(path)],
+                                capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not result.stdout.strip():
+        raise TflmError(f"TFLM arena measurement failed: {result.stderr.strip()[-300:]}")
+    return int(result.stdout.split()[-1])
+
+
+def _allocates(path: str, arena_size: int) -> bool:
+    """Whether TFLM allocates the model in `arena_size` bytes, tried in a forked child."""
+    pid = os.fork()
+    if pid == 0:  # child: silence TFLM's messages, report through the exit status only
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        try:
+            _interpreter(Path(path).read_bytes(), arena_size)
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def _bisect_arena(path: str) -> int:
+    low, high = 0, _LARGE_ARENA  # low fails, high allocates
+    if not _allocates(path, high):
+        raise TflmError(f"TFLM cannot allocate the model even in {high} bytes")
+    while high - low > _ARENA_STEP:
+        mid = (low + high) // 2 // _ARENA_STEP * _ARENA_STEP
+        if mid <= low:
+            break
+        if _allocates(path, mid):
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+class TflmRunner:
+    """Batch-1 inference in TFLM: returns (logits int8 (1, classes), gates bool (n_gated,))."""
+
+    def __init__(self, tflite_bytes: bytes, arena_size: int, num_outputs: int):
+        with captured_stderr() as read:
+            try:
+                self.interpreter = _interpreter(tflite_bytes, arena_size)
+            except RuntimeError:
+                raise TflmError(f"TFLM cannot load the model: {read().strip()[-200:]}") from None
+        self.num_outputs = num_outputs
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.interpreter.set_input(x, 0)
+        self.interpreter.invoke()
+        logits = self.interpreter.get_output(0).copy()
+        gates = np.array([bool(self.interpreter.get_output(i).reshape(-1)[0])
+                          for i in range(1, self.num_outputs)], dtype=bool)
+        return logits, gates
+
+
+if __name__ == "__main__":  # the arena-measuring helper process: prints the arena size
+    print(_bisect_arena(sys.argv[1]))

@@ -11,9 +11,9 @@ To regenerate them for an existing export:
 import argparse
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from cosinegate import atomic
 
 BYTES_PER_LINE = 12
 # TFLM needs arena_used_bytes() + 16 to allow for aligning the arena start
@@ -117,18 +117,6 @@ constexpr int kNumOps = {len(ops)};
 """
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_model_sources(tflite_path, report: dict, out_dir, *, int8_kernels: bool = True,
                         generated_by: str = "cosinegate.export.carray") -> list[Path]:
     """Write model_data.cc/.h and model_settings.h for `tflite_path` into `out_dir`.
@@ -149,7 +137,7 @@ def write_model_sources(tflite_path, report: dict, out_dir, *, int8_kernels: boo
     }
     written = []
     for name, text in outputs.items():
-        write_text_atomic(out_dir / name, text)
+        atomic.write_text(out_dir / name, text)
         written.append(out_dir / name)
     return written
 

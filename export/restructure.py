@@ -284,8 +284,9 @@ def restructure(tflite_bytes: bytes, gated_indices: list[int]) -> bytes:
     return write_model(model)
 
 
-def force_gates(tflite_bytes: bytes, on: bool) -> bytes:
-    """Every IF predicate replaced by a constant: all gated blocks computed (`on`) or all skipped.
+def force_gates(tflite_bytes: bytes, on) -> bytes:
+    """Every IF predicate replaced by a constant: all gated blocks computed (`on=True`), all
+    skipped (`on=False`), or one decision per IF in graph order (`on=[True, False, ...]`).
 
     The controllers still run (their decision lands in an unused tensor `gate_{i}_controller`),
     so instruction counts of the forced models bracket the deployed model's. Outputs `gate_{i}`
@@ -299,13 +300,19 @@ def force_gates(tflite_bytes: bytes, on: bool) -> bytes:
                 if builtin_code(model.operatorCodes[op.opcodeIndex]) == if_code]
     if not branches:
         return write_model(model)
-    constant = schema.BufferT()
-    constant.data = np.array([1 if on else 0], dtype=np.uint8)
-    model.buffers.append(constant)
-    for op in branches:
+    decisions = [bool(on)] * len(branches) if isinstance(on, (bool, np.bool_)) else [bool(d) for d in on]
+    if len(decisions) != len(branches):
+        raise ValueError(f"{len(decisions)} forced decisions for {len(branches)} IF ops")
+    buffers = {}
+    for value in sorted(set(decisions)):
+        constant = schema.BufferT()
+        constant.data = np.array([int(value)], dtype=np.uint8)
+        model.buffers.append(constant)
+        buffers[value] = len(model.buffers) - 1
+    for op, decision in zip(branches, decisions):
         old = op.inputs[0]
         forced = copy.deepcopy(main.tensors[old])
-        forced.buffer = len(model.buffers) - 1
+        forced.buffer = buffers[decision]
         main.tensors[old].name = main.tensors[old].name + b"_controller"
         main.tensors.append(forced)
         new = len(main.tensors) - 1

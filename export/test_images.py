@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cosinegate.export.carray import write_text_atomic
+from cosinegate import atomic
 
 VALUES_PER_LINE = 16
 
@@ -95,7 +95,7 @@ def write_test_images(images: np.ndarray, labels: np.ndarray, dataset: str, out_
     header, source = render_test_images(images, labels, dataset, generated_by)
     paths = [out_dir / "test_images.h", out_dir / "test_images.cc"]
     for path, text in zip(paths, (header, source)):
-        write_text_atomic(path, text)
+        atomic.write_text(path, text)
     return paths
 
 

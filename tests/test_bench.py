@@ -12,18 +12,6 @@ RUNTIMES = ("torch", "onnxruntime", "tflite_int8", "tflm")
 
 
 @pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory):
-    from cosinegate.export.cli import main as export_main
-    from cosinegate.train.cli import main as train_main
-    root = tmp_path_factory.mktemp("bench")
-    assert train_main(["--preset", "demo", "--out", str(root / "run"), "--depth", "8", "--epochs", "2",
-                       "--warmup-epochs", "1", "--threads", "1", "--no-progress"]) == 0
-    assert export_main([str(root / "run" / "best.pt"), "--int8", "--out", str(root / "export"),
-                        "--parity-images", "40", "--calibration-images", "60", "--no-progress"]) == 0
-    return root / "export"
-
-
-@pytest.fixture(scope="module")
 def bench_dir(tiny_export, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_out") / "b"
     assert bench_main([str(tiny_export), "--out", str(out), "--images", "60", "--latency-runs", "5",

@@ -17,10 +17,11 @@ from cosinegate.export.freeze import freeze
 from cosinegate.export.native import import_tensorflow
 from cosinegate.train import checkpoint
 from cosinegate.train.data import dataset_info, load_arrays
+from conftest import EXPORT_CALIBRATION_IMAGES, EXPORT_PARITY_IMAGES, export_tiny
 
 pytestmark = pytest.mark.slow  # each test runs a converter or reads one's output
-PARITY_IMAGES = 120
-CALIBRATION_IMAGES = 120
+PARITY_IMAGES = EXPORT_PARITY_IMAGES
+CALIBRATION_IMAGES = EXPORT_CALIBRATION_IMAGES
 EXPORT_FILES = {"model.onnx", "model_int8.tflite", "model_data.cc", "model_data.h",
                 "model_settings.h", "export_report.json"}
 
@@ -31,15 +32,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    from cosinegate.train.cli import main as train_main
-    run = tmp_path_factory.mktemp("tiny_run")
-    assert train_main(["--preset", "demo", "--out", str(run), "--depth", "8", "--epochs", "2",
-                       "--warmup-epochs", "1", "--threads", "1", "--no-progress"]) in (0, None)
-    return run / "last.pt"
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +53,12 @@ def tiny(tiny_ckpt):
 
 
 def _export(ckpt, out, *extra):
-    return cli.main([str(ckpt), "--int8", "--out", str(out), "--parity-images", str(PARITY_IMAGES),
-                     "--calibration-images", str(CALIBRATION_IMAGES), "--no-progress", *extra])
+    return export_tiny(ckpt, out, *extra)
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_ckpt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "tiny"
-    assert _export(tiny_ckpt, out) == 0
-    return out
+@pytest.fixture
+def exported(tiny_export):
+    return tiny_export
 
 
 def _gate_names(indices):
@@ -207,6 +196,15 @@ def test_forcing_gates_off_skips_every_block_in_tflite_and_tflm(tiny):
     micro_logits, micro_gates = tflm.TflmRunner(off, tflm.measure_arena(off), 1 + n)(tiny["xq"][:1])
     assert not gates.any() and not micro_gates.any()
     assert np.abs(logits.astype(int) - micro_logits.astype(int)).max() <= 1
+
+
+def test_forcing_one_decision_per_block(tiny):
+    mask = [True, False, True]
+    forced = restructure.force_gates(tiny["gated"], on=mask)
+    _, gates = parity.TfliteRunner(forced, _gate_names(tiny["gated_indices"]))(tiny["xq"][:1])
+    assert gates.tolist() == mask
+    with pytest.raises(ValueError, match="2 forced decisions for 3 IF ops"):
+        restructure.force_gates(tiny["gated"], on=[True, False])
 
 
 def test_forced_onnx_if_conditions(tiny):

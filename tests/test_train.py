@@ -24,7 +24,7 @@ def _metrics(run: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def three_epoch_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "tiny"
     assert main(TINY + ["--out", str(run)]) == 0
     return run
@@ -39,33 +39,33 @@ def test_help_lists_presets(capsys):
         assert name in out and name in presets()
 
 
-def test_run_folder_contract(tiny_run):
+def test_run_folder_contract(three_epoch_run):
     for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "plots/accuracy.png",
                  "plots/compute.png", "plots/exec_rates.png"):
-        assert (tiny_run / name).is_file(), name
-    rows = _metrics(tiny_run)
+        assert (three_epoch_run / name).is_file(), name
+    rows = _metrics(three_epoch_run)
     assert [m["epoch"] for m in rows] == [1, 2, 3]
     for m in rows:
         for key in FRACTIONS:
             assert 0.0 <= m[key] <= 1.0, key
         assert len(m["exec_rate_deploy"]) == 3 and m["distinct_paths"] >= 1
         assert m["mac_ratio_std"] >= 0 and m["epoch_time_s"] > 0 and m["lr"] > 0
-    saved = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    saved = yaml.safe_load((three_epoch_run / "config.yaml").read_text())
     assert saved["depth"] == 8 and saved["dataset"] == "digits"
-    ckpt = checkpoint.load(tiny_run / "last.pt")
+    ckpt = checkpoint.load(three_epoch_run / "last.pt")
     assert ckpt["epoch"] == 3 and ckpt["config"] == saved
     model = checkpoint.build_model(ckpt)
     assert len(model.gated_indices) == 3
 
 
-def test_killed_and_resumed_run_matches_uninterrupted(tiny_run, tmp_path):
+def test_killed_and_resumed_run_matches_uninterrupted(three_epoch_run, tmp_path):
     run = tmp_path / "split"
     assert main(TINY + ["--out", str(run), "--stop-after", "1"]) == 0
     assert len(_metrics(run)) == 1
     assert main(["--resume", str(run), "--no-progress"]) == 0
     strip = lambda rows: [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in rows]
-    assert strip(_metrics(run)) == strip(_metrics(tiny_run))
-    a, b = checkpoint.load(run / "last.pt"), checkpoint.load(tiny_run / "last.pt")
+    assert strip(_metrics(run)) == strip(_metrics(three_epoch_run))
+    a, b = checkpoint.load(run / "last.pt"), checkpoint.load(three_epoch_run / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
@@ -98,18 +98,18 @@ def test_malformed_cifar_file(tmp_path, capsys):
     assert "test_batch is malformed" in err or "data_batch_1" in err
 
 
-def test_refuses_to_overwrite_and_checks_resume_config(tiny_run, capsys):
-    assert main(TINY + ["--out", str(tiny_run)]) == 1
+def test_refuses_to_overwrite_and_checks_resume_config(three_epoch_run, capsys):
+    assert main(TINY + ["--out", str(three_epoch_run)]) == 1
     assert "already holds a run" in capsys.readouterr().err
-    assert main(["--resume", str(tiny_run), "--lr", "0.5"]) == 1
+    assert main(["--resume", str(three_epoch_run), "--lr", "0.5"]) == 1
     assert "config differs in lr" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("payload", [b"garbage bytes", None])
-def test_corrupt_or_foreign_checkpoint(tiny_run, tmp_path, payload, capsys):
+def test_corrupt_or_foreign_checkpoint(three_epoch_run, tmp_path, payload, capsys):
     run = tmp_path / "r"
     run.mkdir()
-    (run / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
+    (run / "config.yaml").write_text((three_epoch_run / "config.yaml").read_text())
     if payload is None:
         torch.save({"state_dict": {}}, run / "last.pt")
     else:

@@ -30,7 +30,8 @@ def _variant_dir(root: Path, name: str, tflite: bytes, report: dict) -> Path:
 
 
 def qemu_counts(export_dir: Path, tflm_root: Path, report: dict, macs: dict, gated: list[int],
-                progress: bool, images: int = 10, per_block: bool = False, data_dir=None) -> dict:
+                progress: bool, images: int = 10, per_block: bool = False, data_dir=None,
+                plain_dir: Path | None = None) -> dict:
     from cosinegate.bench import qemu
     from cosinegate.export.restructure import force_gates
     from cosinegate.export.test_images import load_test_split, make_test_set, write_test_images
@@ -52,6 +53,10 @@ def qemu_counts(export_dir: Path, tflm_root: Path, report: dict, macs: dict, gat
     if per_block:
         for k in range(len(gated)):
             variants[f"only_{gated[k]}"] = force_gates(tflite, on=[j == k for j in range(len(gated))])
+    reports = {name: report for name in variants}
+    if plain_dir is not None:  # the plain ResNet of the same depth: no IF, no controllers
+        variants["plain"] = (plain_dir / "model_int8.tflite").read_bytes()
+        reports["plain"] = json.loads((plain_dir / "export_report.json").read_text())
     rows, logs, per_variant = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="cg-qemu-") as work:
         work = Path(work)
@@ -61,7 +66,7 @@ def qemu_counts(export_dir: Path, tflm_root: Path, report: dict, macs: dict, gat
         plugin = qemu.build_plugin(work / "plugin")
         jobs = [(k, v) for k in libraries for v in variants]
         for kernels, name in tqdm(jobs, desc="qemu", leave=False, disable=not progress):
-            folder = _variant_dir(work / "variants", f"{kernels}_{name}", variants[name], report)
+            folder = _variant_dir(work / "variants", f"{kernels}_{name}", variants[name], reports[name])
             elf = qemu.build_firmware(folder, tflm_root, libraries[kernels], kernels,
                                       work / "build" / f"{kernels}_{name}", work / "images")
             result = qemu.run_firmware(elf, plugin)
@@ -85,7 +90,8 @@ def qemu_counts(export_dir: Path, tflm_root: Path, report: dict, macs: dict, gat
             continue
         rows.append({"kernels": kernels, "variant": name, "instructions / inference": int(round(cost)),
                      "vs all-on": cost / per_variant[(kernels, "all_on")],
-                     "executed-MAC ratio": {"gated": mac_vs_all_on, "all_on": 1.0}.get(name)})
+                     "executed-MAC ratio": {"gated": mac_vs_all_on, "all_on": 1.0,
+                                            "plain": macs["plain_total"] / macs["full_total"]}.get(name)})
     result = {"rows": rows, "images": images, "mac_ratio_vs_all_on": mac_vs_all_on,
               "firmware": {k: {key: v for key, v in log.items() if key != "output"} for k, log in logs.items()},
               "logs": {k: log["output"] for k, log in logs.items()}}
@@ -96,4 +102,14 @@ def qemu_counts(export_dir: Path, tflm_root: Path, report: dict, macs: dict, gat
                        "macs": m} for i, m in zip(gated, block_macs)]
             for kernels in libraries}
         result["per_block_note"] = "Per-block cost: instructions(only block i on) - instructions(all off)."
+        if plain_dir is not None:
+            # A skipped block costs its controller, the comparison and the IF's else-branch. Without
+            # gates the same network runs stem + blocks + head, so the gated all-off model's excess
+            # over (plain - blocks) is what skipping all blocks costs.
+            for kernels, blocks in result["per_block"].items():
+                block_sum = sum(b["instructions"] for b in blocks)
+                overhead = (per_variant[(kernels, "all_off")] - (per_variant[(kernels, "plain")] - block_sum)) / len(blocks)
+                result.setdefault("skip_overhead", {})[kernels] = {
+                    "instructions_per_skipped_block": overhead,
+                    "share_of_mean_block": overhead / (block_sum / len(blocks))}
     return result

@@ -68,6 +68,14 @@ def render_markdown(bench: dict) -> str:
                   table(QEMU_COLUMNS, q["rows"])]
         if q.get("per_block"):
             parts.append(q["per_block_note"])
+            cols = [("kernels", "")] + [(f"b{b['block']}", ",.0f") for b in next(iter(q["per_block"].values()))]
+            parts.append(table(cols, [{"kernels": k, **{f"b{b['block']}": b["instructions"] for b in blocks}}
+                                      for k, blocks in q["per_block"].items()]))
+        for kernels, o in (q.get("skip_overhead") or {}).items():
+            parts.append(f"Skipping a block ({kernels}): about {o['instructions_per_skipped_block']:,.0f} "
+                         f"instructions (controller, comparison, IF dispatch), "
+                         f"{100 * o['share_of_mean_block']:.2f} % of a mean block's own cost "
+                         "(estimated from the all-off, plain and per-block counts).")
     else:
         parts.append(f"_QEMU: {bench['qemu_note']}_")
     return "\n\n".join(parts) + "\n"

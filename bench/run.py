@@ -154,7 +154,9 @@ def run_bench(args, command: str) -> dict:
     variants = {"gated": onnx_bytes,
                 "all_on": force_onnx_gates(onnx.load_from_string(onnx_bytes), on=True).SerializeToString()}
     tflite_variants = {"gated": tflite_bytes, "all_on": force_gates(tflite_bytes, on=True)} if tflite_bytes else {}
+    qemu = None
     with tempfile.TemporaryDirectory() as work:
+        plain_dir = None
         if not args.no_plain:
             plain_dir = _plain_export(ckpt_path, data_dir, Path(work))
             variants["plain"] = (plain_dir / "model.onnx").read_bytes()
@@ -170,14 +172,14 @@ def run_bench(args, command: str) -> dict:
             run = TfliteRunner(model_bytes, names)
             latency[f"tflite_int8/{name}"] = measure(lambda i: run(xq[i % n:i % n + 1]), args.latency_warmup,
                                                      args.latency_runs, f"latency tflite {name}", progress)
-    # -- QEMU Cortex-M4 instruction counts ------------------------------------------------------------
-    qemu = None
-    if args.tflm_root:
-        from cosinegate.bench.qemu_bench import qemu_counts
-        qemu = qemu_counts(args.export_dir, Path(args.tflm_root), report, macs, gated, progress,
-                           images=args.qemu_images, per_block=args.qemu_per_block, data_dir=data_dir)
-        for kernels, text in qemu.pop("logs").items():  # the raw firmware output, for cg-bench --firmware-log
-            atomic.write_text(Path(args.out) / f"qemu_{kernels}.log", text)
+        # -- QEMU Cortex-M4 instruction counts --------------------------------------------------------
+        if args.tflm_root:
+            from cosinegate.bench.qemu_bench import qemu_counts
+            qemu = qemu_counts(args.export_dir, Path(args.tflm_root), report, macs, gated, progress,
+                               images=args.qemu_images, per_block=args.qemu_per_block, data_dir=data_dir,
+                               plain_dir=plain_dir)
+            for kernels, text in qemu.pop("logs").items():  # raw firmware output, usable as --firmware-log
+                atomic.write_text(Path(args.out) / f"qemu_{kernels}.log", text)
     bench = {
         "command": command, "machine": _machine(), "export_dir": str(args.export_dir),
         "checkpoint": str(ckpt_path), "dataset": report["dataset"], "images": int(len(labels)),

@@ -1,0 +1,61 @@
+"""Publish a trained, exported and benched model into the repository's models/ folder.
+
+    python -m cosinegate.bench.publish --name demo-digits-resnet20 \
+        --run runs/demo --export exports/demo --bench bench/demo --command "cg-demo --out runs/demo"
+
+Writes models/NAME/{model.pt, model_int8.tflite, export_report.json} and updates
+models/manifest.json (one entry per model: name, dataset, preset, depth, epochs,
+test_acc_deploy_int8, mac_ratio_deploy, paths, command). model.pt is the checkpoint without its
+optimiser and RNG state (weights, configs, metrics history): cg-export reads it as it is.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cosinegate import atomic
+from cosinegate.train import checkpoint
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+KEEP = ("epoch", "config", "model_config", "model", "history", "best_score")
+
+
+def publish(name: str, run: Path, export: Path, bench: Path, command: str, models: Path = MODELS) -> dict:
+    ckpt_path = Path(json.loads((export / "export_report.json").read_text())["checkpoint"]["path"])
+    ckpt = checkpoint.load(ckpt_path if ckpt_path.is_file() else run / "best.pt")
+    folder = models / name
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(folder / "model.pt", {k: ckpt[k] for k in KEEP if k in ckpt})
+    for file in ("model_int8.tflite", "export_report.json"):
+        atomic.write_bytes(folder / file, (export / file).read_bytes())
+    results = json.loads((bench / "bench.json").read_text())["runtimes"]
+    int8 = results.get("tflite_int8") or results["onnxruntime"]
+    cfg = ckpt["config"]
+    entry = {"name": name, "dataset": cfg["dataset"], "preset": cfg["preset"], "depth": cfg["depth"],
+             "epochs": ckpt["epoch"], "planned_epochs": cfg["epochs"],
+             "test_acc_deploy_int8": int8["accuracy"], "mac_ratio_deploy": int8["mac_ratio"],
+             "skip_rate_deploy_int8": int8["skip_rate"], "adaptivity": int8["adaptivity"],
+             "paths": {k: f"models/{name}/{k}" for k in ("model.pt", "model_int8.tflite", "export_report.json")},
+             "command": command}
+    manifest_path = models / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"models": []}
+    manifest["models"] = [m for m in manifest["models"] if m["name"] != name] + [entry]
+    atomic.write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    return entry
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--export", type=Path, required=True)
+    parser.add_argument("--bench", type=Path, required=True)
+    parser.add_argument("--command", required=True, help="the command that made the run")
+    args = parser.parse_args(argv)
+    entry = publish(args.name, args.run, args.export, args.bench, args.command)
+    print(json.dumps(entry, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -26,8 +26,10 @@ def publish(name: str, run: Path, export: Path, bench: Path, command: str, model
     folder = models / name
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint.save(folder / "model.pt", {k: ckpt[k] for k in KEEP if k in ckpt})
-    for file in ("model_int8.tflite", "export_report.json"):
-        atomic.write_bytes(folder / file, (export / file).read_bytes())
+    atomic.write_bytes(folder / "model_int8.tflite", (export / "model_int8.tflite").read_bytes())
+    report = json.loads((export / "export_report.json").read_text())
+    report["checkpoint"]["path"] = f"models/{name}/model.pt"  # the published copy, not the run folder
+    atomic.write_text(folder / "export_report.json", json.dumps(report, indent=2) + "\n")
     results = json.loads((bench / "bench.json").read_text())["runtimes"]
     int8 = results.get("tflite_int8") or results["onnxruntime"]
     cfg = ckpt["config"]

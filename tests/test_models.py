@@ -1,0 +1,30 @@
+"""The models published under models/ load, match their manifest entry, and hold real IF ops."""
+import json
+from pathlib import Path
+
+import pytest
+
+from cosinegate.train import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = json.loads((ROOT / "models" / "manifest.json").read_text())["models"]
+
+
+@pytest.mark.parametrize("entry", MANIFEST, ids=[m["name"] for m in MANIFEST])
+def test_manifest_entry(entry):
+    for key in ("name", "dataset", "preset", "depth", "epochs", "test_acc_deploy_int8",
+                "mac_ratio_deploy", "paths", "command"):
+        assert key in entry
+    for path in entry["paths"].values():
+        assert (ROOT / path).is_file(), path
+    ckpt = checkpoint.load(ROOT / entry["paths"]["model.pt"])
+    model = checkpoint.build_model(ckpt)
+    assert ckpt["config"]["dataset"] == entry["dataset"] and ckpt["config"]["depth"] == entry["depth"]
+    report = json.loads((ROOT / entry["paths"]["export_report.json"]).read_text())
+    assert report["gated_blocks"] == len(model.gated_indices)
+    from cosinegate.export.restructure import builtin_code, builtin_names, read_model
+    tflite = read_model((ROOT / entry["paths"]["model_int8.tflite"]).read_bytes())
+    names = builtin_names()
+    main_ops = [names[builtin_code(tflite.operatorCodes[op.opcodeIndex])] for op in tflite.subgraphs[0].operators]
+    assert main_ops.count("IF") == report["gated_blocks"]
+    assert 0 < entry["test_acc_deploy_int8"] <= 1 and 0 < entry["mac_ratio_deploy"] <= 1.01

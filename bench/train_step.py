@@ -1,6 +1,6 @@
 """Training-step time of a gated ResNet over the plain one of the same depth, measured in one run.
 
-    python -m cosinegate.bench.train_step [--depth 20] [--batch 128] [--steps 20] [--device auto]
+    python -m cosinegate.bench.train_step [--depth 20] [--batch 128] [--steps 20] [--threads N] [--device auto]
 
 Burn-in steps are run and discarded first; the measured steps report mean +- std per iteration.
 Goal (issue 2): gated / plain <= 1.3x. The hardware, torch version and thread count are printed
@@ -54,7 +54,10 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--burn-in", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()

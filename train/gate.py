@@ -25,7 +25,8 @@ def inner_products(s: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torc
     """Per-sample <s,s>, <s,r>, <r,r> over phi(.) = flattening. CIR and the consistency term are
     both functions of these three numbers, so a block reads its feature maps once for both."""
     s_flat, r_flat = s.flatten(1).float(), r.flatten(1).float()  # (B, C*H*W)
-    return (s_flat * s_flat).sum(1), (s_flat * r_flat).sum(1), (r_flat * r_flat).sum(1)  # 3 x (B,)
+    dot = torch.linalg.vecdot  # fused multiply-reduce: no (B, C*H*W) temporaries
+    return dot(s_flat, s_flat), dot(s_flat, r_flat), dot(r_flat, r_flat)  # 3 x (B,)
 
 
 def _cos(dot: torch.Tensor, sq_a: torch.Tensor, sq_b: torch.Tensor, eps: float) -> torch.Tensor:

@@ -55,6 +55,7 @@ target_include_directories(tflm SYSTEM INTERFACE ${TFLM_INCLUDE_DIRS})
 get_filename_component(CG_FIRMWARE_DIR "${CMAKE_CURRENT_LIST_DIR}/.." ABSOLUTE)
 add_library(cosinegate_core OBJECT
     "${CG_FIRMWARE_DIR}/core/main_functions.cc"
+    "${CG_FIRMWARE_DIR}/core/protocol_format.cc"
     "${CG_FIRMWARE_DIR}/core/tflm_log.cc"
     "${CG_MODEL_DIR}/model_data.cc"
     "${CG_IMAGES_DIR}/test_images.cc")

@@ -1,7 +1,8 @@
 // CosineGate harness: runs the exported int8 model on each embedded test image and
 // prints, per inference, the prediction, each gated block's decision and the cost.
 //
-// Protocol (one line each, parsed by cosinegate.bench.protocol):
+// Protocol (one line each; formatted by protocol_format.cc, parsed by
+// cosinegate.bench.protocol):
 //   CG-HEADER protocol=1 model=<id> core=<core> clock_hz=<hz> cost=<unit>
 //             arena_bytes=<size> arena_used=<bytes> images=<n> classes=<n> gated_blocks=<n>
 //   CG idx=<i> label=<l> pred=<p> gates=<0/1 per block, or -> <unit>=<count>
@@ -18,6 +19,7 @@
 
 #include "core/board.h"
 #include "core/cost_meter.h"
+#include "core/protocol_format.h"
 #include "core/text_output.h"
 #include "model_data.h"
 #include "model_settings.h"
@@ -34,7 +36,6 @@ constexpr int kArenaSize = CG_ARENA_BYTES;
 #else
 constexpr int kArenaSize = kTensorArenaSize;
 #endif
-constexpr int kProtocolVersion = 1;
 constexpr int kLineSize = 256;
 
 alignas(16) uint8_t tensor_arena[kArenaSize];
@@ -68,7 +69,9 @@ void WriteLine(const char* format, ...) {
 }
 
 [[noreturn]] void Fail(const char* reason, const char* explanation) {
-  WriteLine("CG-ERROR reason=%s %s\n", reason, explanation);
+  char line[kLineSize];
+  CgFormatErrorLine(reason, explanation, line, sizeof line);
+  CgWriteText(line);
   CgBoardStop(false);
 }
 
@@ -129,14 +132,10 @@ int ArgMax(const int8_t* values, int count) {
 }
 
 void WriteSummary() {
-  char gates_on[kLineSize] = "-";
-  int length = 0;
-  for (int block = 0; block < kNumGatedBlocks; ++block) {
-    length += snprintf(gates_on + length, sizeof gates_on - length, "%s%d",
-                       block == 0 ? "" : ",", gate_on_counts[block]);
-  }
-  WriteLine("CG-SUMMARY images=%d correct=%d failed=%d gates_on=%s\n", kNumTestImages,
-            correct_count, failed_count, gates_on);
+  char line[kLineSize];
+  CgFormatSummaryLine(kNumTestImages, correct_count, failed_count, gate_on_counts,
+                      kNumGatedBlocks, line, sizeof line);
+  CgWriteText(line);
 }
 
 }  // namespace
@@ -190,11 +189,12 @@ void setup() {
   }
   CheckInputAndOutputs();
 
-  WriteLine("CG-HEADER protocol=%d model=%s core=%s clock_hz=%lu cost=%s arena_bytes=%d "
-            "arena_used=%u images=%d classes=%d gated_blocks=%d\n",
-            kProtocolVersion, kModelId, board.core, static_cast<unsigned long>(board.clock_hz),
-            board.cost_unit, kArenaSize, static_cast<unsigned>(interpreter->arena_used_bytes()),
-            kNumTestImages, kNumClasses, kNumGatedBlocks);
+  const CgRunInfo info = {kModelId, board, kArenaSize,
+                          static_cast<unsigned>(interpreter->arena_used_bytes()),
+                          kNumTestImages, kNumClasses, kNumGatedBlocks};
+  char line[kLineSize];
+  CgFormatHeaderLine(info, line, sizeof line);
+  CgWriteText(line);
 }
 
 void loop() {
@@ -211,21 +211,25 @@ void loop() {
   CgCostMeterEnd();
   if (status != kTfLiteOk) {
     ++failed_count;
-    WriteLine("CG-ERROR reason=invoke idx=%d Invoke() failed, continuing\n", index);
+    char explanation[kLineSize];
+    snprintf(explanation, sizeof explanation, "idx=%d Invoke() failed, continuing", index);
+    char line[kLineSize];
+    CgFormatErrorLine("invoke", explanation, line, sizeof line);
+    CgWriteText(line);
     return;
   }
 
   const int prediction = ArgMax(interpreter->output(0)->data.int8, kNumClasses);
   if (prediction == g_test_labels[index]) ++correct_count;
-  char gates[kNumGatedBlocks + 2] = "-";
+  bool gates[kNumGatedBlocks > 0 ? kNumGatedBlocks : 1] = {};
   for (int block = 0; block < kNumGatedBlocks; ++block) {
-    const bool computed = interpreter->output(1 + block)->data.b[0];
-    gate_on_counts[block] += computed;
-    gates[block] = computed ? '1' : '0';
-    gates[block + 1] = '\0';
+    gates[block] = interpreter->output(1 + block)->data.b[0];
+    gate_on_counts[block] += gates[block];
   }
-  WriteLine("CG idx=%d label=%d pred=%d gates=%s", index, g_test_labels[index], prediction,
-            gates);
+  char line[kLineSize];
+  CgFormatInferenceLine(index, g_test_labels[index], prediction, gates, kNumGatedBlocks, line,
+                        sizeof line);
+  CgWriteText(line);
   CgCostMeterReport();
   CgWriteText("\n");
 }

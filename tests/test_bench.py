@@ -96,3 +96,21 @@ def test_log_without_protocol_lines(tiny_export, tmp_path, capsys):
                        "--firmware-log", str(log), "--no-progress"]) == 1
     assert "no CosineGate protocol line" in capsys.readouterr().err
     assert not (out / "bench.json").exists()
+
+
+def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):
+    from cosinegate.bench import publish, results
+    row = tmp_path / "root" / "tiny"
+    row.mkdir(parents=True)
+    for name, target in (("run", tiny_run), ("export", tiny_export), ("bench", bench_dir)):
+        (row / name).symlink_to(target)
+    out = tmp_path / "RESULTS.md"
+    assert results.main([str(tmp_path / "root"), "--out", str(out), "--plots", str(tmp_path / "plots")]) == 0
+    text = out.read_text()
+    assert "| tiny | 2/2 ep, warm-up 1 (shortened)" in text and "python -m cosinegate.bench.results" in text
+    assert (tmp_path / "plots" / "pareto.png").stat().st_size > 1000
+    entry = publish.publish("tiny", tiny_run, tiny_export, bench_dir, "cg-train ...", models=tmp_path / "models")
+    manifest = json.loads((tmp_path / "models" / "manifest.json").read_text())
+    assert manifest["models"] == [entry] and entry["depth"] == 8 and entry["dataset"] == "digits"
+    assert (tmp_path / "models" / "tiny" / "model_int8.tflite").read_bytes() == \
+        (tiny_export / "model_int8.tflite").read_bytes()

@@ -15,14 +15,10 @@ the same depth. Writes DIR/bench.json, DIR/BENCH.md and DIR/plots/*.png.
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

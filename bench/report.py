@@ -56,7 +56,7 @@ def render_markdown(bench: dict) -> str:
         parts += ["### Execution rate per gated block",
                   table(cols, [{"runtime": n, **{f"b{i}": v for i, v in enumerate(r)}} for n, r in rates.items()])]
     parts += ["## Host latency (batch 1, single thread)",
-              f"MLPerf-Tiny style: warm-up runs discarded, then single-image inferences cycling through the test images.",
+              "MLPerf-Tiny style: warm-up runs discarded, then single-image inferences cycling through the test images.",
               table(LATENCY_COLUMNS, [{"runtime / variant": k, "median ms": v["median_ms"], "min ms": v["min_ms"],
                                        "max ms": v["max_ms"], "p90 ms": v["p90_ms"], "runs": v["runs"]}
                                       for k, v in bench["latency"].items()])]

@@ -1,7 +1,7 @@
 """The measurements behind `cg-bench` (see cli.py for the command line): decisions and accuracy
 per runtime, host latency per variant, optional firmware logs and QEMU instruction counts.
 """
-import json
+import os
 import platform
 import tempfile
 import time
@@ -46,7 +46,7 @@ def _machine() -> dict:
     import onnxruntime
     from cosinegate.version import __version__
     return {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
-            "cores": __import__("os").cpu_count(), "python": platform.python_version(),
+            "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "cosinegate": __version__}
 
@@ -79,7 +79,7 @@ def _plain_export(ckpt_path: Path, data_dir, work: Path) -> Path:
 
 def run_bench(args, command: str) -> dict:
     from cosinegate.export.onnx_export import force_onnx_gates
-    from cosinegate.export.parity import TfliteRunner, float_inputs, pytorch_deploy, quantize_inputs
+    from cosinegate.export.parity import TfliteRunner, float_inputs, pytorch_deploy, quantize_inputs, run_all
     from cosinegate.export.restructure import force_gates
     from cosinegate.export.tflm import TflmRunner
     from cosinegate.train import checkpoint
@@ -107,8 +107,7 @@ def run_bench(args, command: str) -> dict:
           f"{len(gated)} gated blocks", flush=True)
 
     def _loop(runner, inputs, desc):
-        from cosinegate.export.parity import _run_all
-        return _run_all(runner, inputs, desc, progress)
+        return run_all(runner, inputs, desc, progress)
 
     onnx_bytes = (args.export_dir / "model.onnx").read_bytes()
     options = ort.SessionOptions()

@@ -71,7 +71,7 @@ class TfliteRunner:
         return out["logits"].copy(), gates
 
 
-def _run_all(runner, xs: np.ndarray, desc: str, progress: bool):
+def run_all(runner, xs: np.ndarray, desc: str, progress: bool):
     results = [runner(xs[i:i + 1]) for i in _progress(range(len(xs)), desc, progress)]
     return np.concatenate([r[0] for r in results]), np.stack([r[1] for r in results])
 
@@ -110,15 +110,15 @@ def int8_parity(model, gated: bytes, all_compute: bytes, gated_indices: list[int
     xq = quantize_inputs(x_nchw, input_scale, input_zero_point)
     ref_logits, ref_gates = pytorch_deploy(model, x_nchw)
     gate_names = [f"gate_{i}" for i in gated_indices]
-    logits, gates = _run_all(TfliteRunner(gated, gate_names), xq, "parity int8", progress)
-    ref_k_logits, ref_k_gates = _run_all(TfliteRunner(gated, gate_names, reference_kernels=True),
+    logits, gates = run_all(TfliteRunner(gated, gate_names), xq, "parity int8", progress)
+    ref_k_logits, ref_k_gates = run_all(TfliteRunner(gated, gate_names, reference_kernels=True),
                                          xq, "parity ref kernels", progress)
     # + 16: the slack the firmware adds for aligning the arena start (carray.py)
     micro = TflmRunner(gated, arena_size + 16, num_outputs=1 + len(gated_indices))
-    tflm_logits, tflm_gates = _run_all(micro, xq, "parity tflm", progress)
-    on_logits, on_gates = _run_all(TfliteRunner(force_gates(gated, on=True), gate_names), xq,
+    tflm_logits, tflm_gates = run_all(micro, xq, "parity tflm", progress)
+    on_logits, on_gates = run_all(TfliteRunner(force_gates(gated, on=True), gate_names), xq,
                                    "parity forced", progress)
-    all_logits, all_gates = _run_all(TfliteRunner(all_compute, [f"pred{i}" for i in gated_indices]),
+    all_logits, all_gates = run_all(TfliteRunner(all_compute, [f"pred{i}" for i in gated_indices]),
                                      xq, "parity all-compute", progress)
     return {
         "int8_vs_float": {

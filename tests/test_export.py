@@ -12,7 +12,7 @@ import onnx
 import pytest
 import torch
 
-from cosinegate.export import cli, onnx_export, parity, quantize, restructure, tflm
+from cosinegate.export import onnx_export, parity, quantize, restructure, tflm
 from cosinegate.export.freeze import freeze
 from cosinegate.export.native import import_tensorflow
 from cosinegate.train import checkpoint

@@ -7,7 +7,7 @@ A gated block computes r = F(x), s = shortcut(x), y = ReLU(s + g r). Its input x
 a ReLU, so s >= 0 and a skipped block (g = 0) is an exact identity (or the parameter-free
 subsample-and-pad shortcut for a downsampling block).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn

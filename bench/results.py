@@ -98,6 +98,11 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
             f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}" for m in map(json.loads, machines)))
     if plot_path:
         parts.append(f"![Pareto]({plot_path.as_posix()})")
+        curve_files = [(r["name"], kind, plot_path.parent / f"{r['name']}_{kind}.png")
+                       for r in rows for kind in ("accuracy", "compute")]
+        curves = [f"![{name} {kind}]({path.as_posix()})" for name, kind, path in curve_files if path.is_file()]
+        if curves:
+            parts += ["## Training curves (paper Fig. 6-8)", "\n".join(curves)]
     return "\n\n".join(parts) + "\n"
 
 
@@ -132,6 +137,11 @@ def main(argv=None) -> int:
         return 1
     plot = args.plots / "pareto.png"
     pareto_plot(rows, plot)
+    for r in rows:  # the runs' own curves, copied beside the table
+        for kind in ("accuracy", "compute"):
+            source = args.root / r["name"] / "run" / "plots" / f"{kind}.png"
+            if source.is_file():
+                atomic.write_bytes(args.plots / f"{r['name']}_{kind}.png", source.read_bytes())
     atomic.write_text(args.out, render(rows, args.root, plot))
     print(f"results: wrote {args.out} and {plot}")
     return 0

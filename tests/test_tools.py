@@ -1,0 +1,33 @@
+"""The small command-line tools around the pipeline: static baseline, reproduce, ablations."""
+import json
+
+import yaml
+
+from cosinegate.bench.reproduce import parse_config
+from cosinegate.train.config import TrainConfig, to_dict
+from cosinegate.train.static_baseline import static_command
+
+
+def _fake_run(folder, rates):
+    folder.mkdir()
+    cfg = to_dict(TrainConfig(preset="demo", dataset="digits", epochs=30, warmup_epochs=8, lr=0.05))
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 30, "exec_rate_deploy": rates}) + "\n")
+
+
+def test_static_baseline_deletes_the_most_skipped_blocks(tmp_path):
+    _fake_run(tmp_path / "frozen", [0, 1, 0, 1, 0, 0, 1, 1, 1])
+    command = static_command(tmp_path / "frozen", tmp_path / "s")
+    assert command[command.index("--removed-blocks") + 1] == "0,2,4,5"
+    assert command[command.index("--gated") + 1] == "false"
+    assert command[command.index("--epochs") + 1] == "30"
+    # Dynamic routing: 2.2 blocks skipped per image on average -> delete the two least used.
+    _fake_run(tmp_path / "dynamic", [1, 1, 1, 1, 0.48, 0.47, 1, 0.54, 0.53])
+    command = static_command(tmp_path / "dynamic", tmp_path / "s2")
+    assert command[command.index("--removed-blocks") + 1] == "4,5"
+
+
+def test_reproduce_config_specs():
+    assert parse_config("balanced") == ("balanced", ["--preset", "balanced"])
+    assert parse_config("dyn:balanced --gate-init open --lambda-adapt 2") == (
+        "dyn", ["--preset", "balanced", "--gate-init", "open", "--lambda-adapt", "2"])

@@ -112,7 +112,8 @@ def _plot_exec_rates(bench: dict, path: Path) -> None:
         for k, (name, r) in enumerate(rates.items()):
             ax.bar(np.arange(len(r)) + k * width, r, width, label=name)
     ax.set(xlabel="gated block", ylabel="execution rate", ylim=(0, 1.05), title="Blocks computed, per runtime")
-    ax.legend(fontsize=7)
+    if rates:
+        ax.legend(fontsize=7)
     _save(fig, path)
 
 

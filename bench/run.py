@@ -33,7 +33,7 @@ def routing_summary(gates: np.ndarray, predictions: np.ndarray, labels: np.ndarr
         "adaptivity": float(np.mean((rates >= lo) & (rates <= hi))) if rates.size else 0.0,
         "distinct_paths": int(len(np.unique(gates, axis=0))) if gates.size else 1,
         "gate_agreement_vs_torch": (float(np.mean(gates == reference_gates))
-                                    if reference_gates is not None else None),
+                                    if reference_gates is not None and gates.size else None),
     }
     return out
 

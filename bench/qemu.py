@@ -14,6 +14,7 @@ From Python:
     result = run_firmware(elf, build_plugin(build_dir))     # result.log is a RunLog
 """
 import argparse
+import json
 import shutil
 import subprocess
 import threading
@@ -202,7 +203,9 @@ def main(argv=None) -> None:
     parser.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
     parser.add_argument("--images-dir", type=Path, help="test_images.cc folder (default: export)")
     parser.add_argument("--build-dir", type=Path, default=Path("build/firmware-qemu"))
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    summary = {}
     plugin = build_plugin(args.build_dir)
     for kernels in args.kernels:
         lib = find_tflm_library(args.tflm_root, kernels)
@@ -218,6 +221,13 @@ def main(argv=None) -> None:
               f"mean={sum(costs) / max(len(costs), 1):.0f}")
         for error in result.log.errors:
             print(f"[{kernels}] firmware error: {error.reason}: {error.message}")
+        summary[kernels] = {"flash_bytes": size.flash, "ram_bytes": size.ram, "stack_bytes": size.stack,
+                            "arena_bytes": result.log.header.arena_bytes, "arena_used": result.log.header.arena_used,
+                            "images": len(costs), "instructions_mean": sum(costs) / max(len(costs), 1),
+                            "gates": [i.gates for i in result.log.inferences]}
+    if args.json:
+        from cosinegate import atomic
+        atomic.write_text(args.json, json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
                ("skip rate", ".3f"), ("adaptivity", ".2f"), ("QEMU M4 instr. ratio", ".3f")]
     body = []
     for r in rows:
-        paper = PAPER.get(r["preset"], {})
+        # A static twin trained from a gated preset is not that preset's paper row.
+        paper = PAPER.get(r["preset"], {}) if (r["config"]["gated"] or r["preset"] == "resnet20") else {}
         last, bench = r["last"], r["bench"] or {}
         rt = bench.get("runtimes", {})
         qemu = bench.get("qemu") or {}

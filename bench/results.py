@@ -74,9 +74,9 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
             "configuration": r["name"], "schedule": _schedule(r["config"], r["epochs_done"]),
             "paper acc": paper.get("acc"), "paper FLOPs": paper.get("flops"),
             "ours: acc paper gate": last.get("test_acc_paper", last["test_acc_full"]),
-            "ours: gbar": last.get("gbar"),
+            "ours: gbar": last.get("gbar") if r["config"]["gated"] else None,
             "ours: peak deploy acc": f"{r['peak'].get('test_acc_deploy', r['peak']['test_acc_full']):.2%} (E{r['peak']['epoch']})",
-            "deploy float acc": rt.get("torch", {}).get("accuracy", last.get("test_acc_deploy")),
+            "deploy float acc": rt.get("torch", {}).get("accuracy"),
             "int8 TFLite acc": rt.get("tflite_int8", {}).get("accuracy"),
             "TFLM acc": rt.get("tflm", {}).get("accuracy"),
             "executed MACs": rt.get("tflite_int8", {}).get("mac_ratio", last.get("mac_ratio_deploy")),
@@ -100,6 +100,23 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
                      "with each other (same schedule), not with the paper's accuracy. \"ours: acc paper "
                      "gate\" and the peak are on all 10,000 test images; the deploy, int8 and TFLM columns "
                      "come from `cg-bench` on the first `--images` test images (see each bench.json).")
+    by_name = {r["name"]: r for r in rows}
+    pairs = [(by_name[r["name"][: -len("_static")]], r) for r in rows
+             if r["name"].endswith("_static") and r["name"][: -len("_static")] in by_name]
+    if pairs:
+        lines = []
+        for gated, static in pairs:
+            g, s_ = gated["last"], static["last"]
+            lines.append(f"- **{gated['name']}** (gated, adaptivity {g.get('adaptivity', 0):.2f}, "
+                         f"{g.get('distinct_paths', 1)} distinct paths): {g['test_acc_deploy']:.2%} at "
+                         f"{g['mac_ratio_deploy']:.3f} executed MACs; **{static['name']}** (blocks "
+                         f"{static['config']['removed_blocks']} deleted, no gates): {s_['test_acc_full']:.2%} at "
+                         f"{s_['mac_ratio_deploy']:.3f}; both {_schedule(static['config'], static['epochs_done'])}, "
+                         "all 10,000 test images.")
+        parts += ["## Dynamic routing vs static pruning at equal executed MACs",
+                  "The static twin deletes the blocks the gated run skips most "
+                  "(`python -m cosinegate.train.static_baseline RUN`) and trains with the same schedule.",
+                  "\n".join(lines)]
     firmware = [(r["name"], k, v) for r in rows if r["qemu"] for k, v in r["qemu"].items()]
     if firmware:
         parts += ["## Firmware on QEMU Cortex-M4 (`python -m cosinegate.bench.qemu EXPORT --json ROOT/NAME/qemu.json`)",

@@ -34,9 +34,8 @@ def float_inputs(images: np.ndarray, info) -> np.ndarray:
 def quantize_inputs(x_nchw: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """float NCHW -> int8 NHWC with the model's input quantisation (round half away from zero,
     as TFLite's QUANTIZE does)."""
-    scaled = x_nchw.transpose(0, 2, 3, 1) / np.float32(scale)
-    rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
-    return np.clip(rounded + zero_point, -128, 127).astype(np.int8)
+    from cosinegate.export.quantize import quantize_input
+    return quantize_input(x_nchw.transpose(0, 2, 3, 1), scale, zero_point)
 
 
 def pytorch_deploy(model, x_nchw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

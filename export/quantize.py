@@ -17,6 +17,15 @@ DEFAULT_CALIBRATION_IMAGES = 300
 _CALIBRATION_SEED = 0
 
 
+def quantize_input(x_nhwc: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Normalised float NHWC -> int8 with the model's input quantisation, rounding half away from
+    zero as TFLite's QUANTIZE op does. Host parity, the bench and the firmware's test images all
+    quantise through this one function, so they feed the model identical bytes."""
+    scaled = x_nhwc / np.float32(scale)
+    rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+    return np.clip(rounded + int(zero_point), -128, 127).astype(np.int8)
+
+
 def calibration_images(dataset: str, data_dir, count: int = DEFAULT_CALIBRATION_IMAGES) -> np.ndarray:
     """`count` training images (a fixed seeded draw), normalised, float32 NHWC (N, H, W, C).
 

@@ -29,12 +29,11 @@ def quantize_images(images: np.ndarray, input_info: dict) -> np.ndarray:
 
     Rounds half away from zero, as TFLite's QUANTIZE op does.
     """
+    from cosinegate.export.quantize import quantize_input
     x = images.astype(np.float32) / 255.0                                      # (N, H, W, C)
     mean = np.asarray(input_info["mean"], dtype=np.float32)
     std = np.asarray(input_info["std"], dtype=np.float32)
-    scaled = ((x - mean) / std) / np.float32(input_info["scale"])
-    rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
-    return np.clip(rounded + int(input_info["zero_point"]), -128, 127).astype(np.int8)
+    return quantize_input((x - mean) / std, input_info["scale"], input_info["zero_point"])
 
 
 def make_test_set(report: dict, images: np.ndarray, labels: np.ndarray,

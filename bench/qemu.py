@@ -6,7 +6,10 @@ Needs arm-none-eabi-gcc + newlib, cmake, qemu-system-arm and a host C compiler, 
 TFLM library built by TFLM's own Makefile (firmware/README.md says how).
 
     python -m cosinegate.bench.qemu EXPORT_DIR --tflm-root /path/to/tflite-micro \
-        [--kernels reference cmsis_nn] [--images-dir DIR] [--build-dir DIR]
+        [--kernels reference cmsis_nn] [--images-dir DIR] [--build-dir DIR] [--profile 25]
+
+`--profile N` also prints where the instructions go: the N functions that execute the most
+instructions per inference (the plugin's per-block counts mapped to symbols with nm).
 
 From Python:
     lib = find_tflm_library(tflm_root, "cmsis_nn")
@@ -14,6 +17,7 @@ From Python:
     result = run_firmware(elf, build_plugin(build_dir))     # result.log is a RunLog
 """
 import argparse
+import bisect
 import json
 import shutil
 import subprocess
@@ -140,22 +144,25 @@ def marker_addresses(elf) -> dict[str, int]:
     return {key: symbols[name] for key, name in MARKERS.items()}
 
 
-def qemu_command(elf, plugin) -> list[str]:
+def qemu_command(elf, plugin, profile_path=None) -> list[str]:
     markers = ",".join(f"{key}=0x{address:x}" for key, address in marker_addresses(elf).items())
+    if profile_path:
+        markers += f",profile={profile_path}"
     return ["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none",
             "-serial", "none", "-semihosting-config", "enable=on,target=native",
             "-icount", "shift=0", "-d", "plugin", "-plugin", f"{plugin},{markers}",
             "-kernel", str(elf)]
 
 
-def run_firmware(elf, plugin, timeout_s: float = RUN_TIMEOUT_S) -> QemuResult:
-    """Run the firmware to its end under QEMU and parse what it printed.
+def run_firmware(elf, plugin, timeout_s: float = RUN_TIMEOUT_S, profile_path=None) -> QemuResult:
+    """Run the firmware to its end under QEMU and parse what it printed. With `profile_path`
+    the plugin writes its per-block instruction counts there (see `function_profile`).
 
     Raises FirmwareBuildError when TFLM halts in an assertion (it then spins forever,
     e.g. with a far too small arena) or the run exceeds `timeout_s`.
     """
     # One stream: the plugin's " instructions=N" lands inside the firmware's line.
-    process = subprocess.Popen(qemu_command(elf, plugin), stdout=subprocess.PIPE,
+    process = subprocess.Popen(qemu_command(elf, plugin, profile_path), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, errors="replace")
     timed_out = threading.Event()
 
@@ -183,6 +190,25 @@ def run_firmware(elf, plugin, timeout_s: float = RUN_TIMEOUT_S) -> QemuResult:
     return QemuResult(log=parse_text(output), output=output, returncode=returncode)
 
 
+def function_profile(elf, profile_path, inferences: int) -> list[tuple[str, float]]:
+    """[(function, instructions per inference)], largest first, from the plugin's profile file."""
+    starts, names = [], []
+    listing = _run(["arm-none-eabi-nm", "-C", "-S", "--defined-only", "--numeric-sort", elf], "nm").stdout
+    for line in listing.splitlines():
+        parts = line.split(maxsplit=3)
+        if len(parts) == 4 and parts[2] in "tTwW":      # address size type name (code only)
+            starts.append(int(parts[0], 16) & ~1)        # Thumb symbols carry bit 0
+            names.append((int(parts[1], 16), parts[3]))
+    totals: dict[str, int] = {}
+    for line in Path(profile_path).read_text().splitlines():
+        address, count = (int(v, 0) for v in line.split())
+        k = bisect.bisect_right(starts, address) - 1
+        inside = k >= 0 and address < starts[k] + max(names[k][0], 1)
+        name = names[k][1] if inside else f"0x{address:x}"
+        totals[name] = totals.get(name, 0) + count
+    return sorted(((n, c / max(inferences, 1)) for n, c in totals.items()), key=lambda item: -item[1])
+
+
 def firmware_size(elf) -> FirmwareSize:
     """Section sizes from `arm-none-eabi-size -A`."""
     sizes = {}
@@ -204,6 +230,8 @@ def main(argv=None) -> None:
     parser.add_argument("--images-dir", type=Path, help="test_images.cc folder (default: export)")
     parser.add_argument("--build-dir", type=Path, default=Path("build/firmware-qemu"))
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--profile", type=int, metavar="N",
+                        help="print the N functions that execute the most instructions per inference")
     args = parser.parse_args(argv)
     summary = {}
     plugin = build_plugin(args.build_dir)
@@ -211,7 +239,8 @@ def main(argv=None) -> None:
         lib = find_tflm_library(args.tflm_root, kernels)
         elf = build_firmware(args.export_dir, args.tflm_root, lib, kernels,
                              args.build_dir / kernels, args.images_dir)
-        result = run_firmware(elf, plugin)
+        profile_path = args.build_dir / kernels / "profile.txt" if args.profile else None
+        result = run_firmware(elf, plugin, profile_path=profile_path)
         size = firmware_size(elf)
         costs = [i.cost for i in result.log.inferences if i.cost is not None]
         print(f"[{kernels}] {result.log.header}")
@@ -221,10 +250,16 @@ def main(argv=None) -> None:
               f"mean={sum(costs) / max(len(costs), 1):.0f}")
         for error in result.log.errors:
             print(f"[{kernels}] firmware error: {error.reason}: {error.message}")
+        profile = function_profile(elf, profile_path, len(costs)) if args.profile else []
+        for name, count in profile[:args.profile]:
+            print(f"[{kernels}]   {count:>14,.0f} instr/inference  {name}")
         summary[kernels] = {"flash_bytes": size.flash, "ram_bytes": size.ram, "stack_bytes": size.stack,
                             "arena_bytes": result.log.header.arena_bytes, "arena_used": result.log.header.arena_used,
                             "images": len(costs), "instructions_mean": sum(costs) / max(len(costs), 1),
                             "gates": [i.gates for i in result.log.inferences]}
+        if profile:
+            summary[kernels]["profile"] = [{"function": n, "instructions_per_inference": c}
+                                           for n, c in profile[:args.profile]]
     if args.json:
         from cosinegate import atomic
         atomic.write_text(args.json, json.dumps(summary, indent=1) + "\n")

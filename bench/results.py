@@ -81,7 +81,7 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
             "TFLM acc": rt.get("tflm", {}).get("accuracy"),
             "executed MACs": rt.get("tflite_int8", {}).get("mac_ratio", last.get("mac_ratio_deploy")),
             "skip rate": rt.get("tflite_int8", {}).get("skip_rate", last.get("skip_rate_deploy")),
-            "adaptivity": rt.get("tflite_int8", {}).get("adaptivity", last.get("adaptivity")),
+            "adaptivity": rt.get("tflite_int8", {}).get("adaptivity", last.get("adaptivity_deploy")),
             "QEMU M4 instr. ratio": instr,
         })
     parts = [
@@ -107,8 +107,8 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
         lines = []
         for gated, static in pairs:
             g, s_ = gated["last"], static["last"]
-            lines.append(f"- **{gated['name']}** (gated, adaptivity {g.get('adaptivity', 0):.2f}, "
-                         f"{g.get('distinct_paths', 1)} distinct paths): {g['test_acc_deploy']:.2%} at "
+            lines.append(f"- **{gated['name']}** (gated, adaptivity {g['adaptivity_deploy']:.2f}, "
+                         f"{g['distinct_paths_deploy']} distinct paths): {g['test_acc_deploy']:.2%} at "
                          f"{g['mac_ratio_deploy']:.3f} executed MACs; **{static['name']}** (blocks "
                          f"{static['config']['removed_blocks']} deleted, no gates): {s_['test_acc_full']:.2%} at "
                          f"{s_['mac_ratio_deploy']:.3f}; both {_schedule(static['config'], static['epochs_done'])}, "
@@ -147,10 +147,16 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
                     color="gray", xytext=(3, 3), textcoords="offset points")
     for r in rows:
         rt = (r["bench"] or {}).get("runtimes", {}).get("tflite_int8")
+        last = r["last"]
         if rt:
-            ax.scatter(rt["mac_ratio"], rt["accuracy"], color="C0")
-            ax.annotate(r["name"], (rt["mac_ratio"], rt["accuracy"]), fontsize=7, xytext=(3, -9),
-                        textcoords="offset points")
+            point, label, style = (rt["mac_ratio"], rt["accuracy"]), r["name"], {"color": "C0"}
+        elif "mac_ratio_deploy" in last:  # not exported (a static twin): its float test accuracy
+            point = (last["mac_ratio_deploy"], last.get("test_acc_deploy", last["test_acc_full"]))
+            label, style = f"{r['name']} (float)", {"facecolors": "none", "edgecolors": "C1"}
+        else:
+            continue
+        ax.scatter(*point, **style)
+        ax.annotate(label, point, fontsize=7, xytext=(3, -9), textcoords="offset points")
     ax.set(xlabel="compute: executed MACs / ResNet-20 (ours, int8)  ·  mean gate (paper)",
            ylabel="CIFAR-10 test accuracy", title="Accuracy vs compute")
     ax.grid(alpha=0.3)

@@ -4,7 +4,10 @@ A deliberately small translator: it knows the handful of ops `AllComputeNet` exp
 (Conv, Relu, Add, Pad, Slice, ReduceMean, Gemm, Reshape, Greater) and refuses anything else with
 the op's name, so the int8 TFLite model is built from the same ONNX graph as `model.onnx`
 (general converters such as onnx2tf empty the branches of an `If`, which is why we have our own).
-Every 4-D activation is kept NHWC; axes, pads and slices are remapped accordingly.
+Every 4-D activation is kept NHWC; axes, pads and slices are remapped accordingly. A global
+average (ReduceMean over H and W) becomes an average pool with the whole plane as its window:
+TFLM runs int8 MEAN through a generic reference loop (about 180 instructions per element on a
+Cortex-M4, a fifth of a gated ResNet-20's inference), AVERAGE_POOL_2D through CMSIS-NN.
 
     fn = onnx_to_tf_function(onnx_model)     # tf.function: x (1, H, W, C) -> {output name: tensor}
 """
@@ -109,6 +112,13 @@ class _Translator:
         keepdims = bool(a.get("keepdims", 1))
         if name in nhwc:
             axes = [_NCHW_TO_NHWC_AXIS[ax] for ax in axes]
+            if sorted(axes) == [1, 2]:
+                x = env[name]
+                pooled = self.tf.nn.avg_pool2d(x, ksize=[int(x.shape[1]), int(x.shape[2])],
+                                               strides=1, padding="VALID")       # (1, 1, 1, C)
+                if keepdims:
+                    return pooled, True
+                return self.tf.reshape(pooled, [int(x.shape[0]), int(x.shape[3])]), False
         return self.tf.reduce_mean(env[name], axis=axes, keepdims=keepdims), name in nhwc and keepdims
 
     def _op_Gemm(self, node, env, nhwc):

@@ -3,6 +3,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 
 from cosinegate.bench.cli import main as bench_main
 
@@ -109,6 +110,17 @@ def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):
     text = out.read_text()
     assert "| tiny | 2/2 ep, warm-up 1 (shortened)" in text and "python -m cosinegate.bench.results" in text
     assert (tmp_path / "plots" / "pareto.png").stat().st_size > 1000
+    # A static twin (name + "_static") gets the dynamic-vs-static line with the gated run's routing.
+    twin = tmp_path / "root" / "tiny_static" / "run"
+    twin.mkdir(parents=True)
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    (twin / "config.yaml").write_text(yaml.safe_dump({**config, "gated": False, "removed_blocks": "1"}))
+    (twin / "metrics.jsonl").write_text(json.dumps({"epoch": 2, "test_acc_full": 0.5, "mac_ratio_deploy": 0.8}) + "\n")
+    assert results.main([str(tmp_path / "root"), "--out", str(out), "--plots", str(tmp_path / "plots")]) == 0
+    gated = json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (f"**tiny** (gated, adaptivity {gated['adaptivity_deploy']:.2f}, {gated['distinct_paths_deploy']} "
+            "distinct paths)") in out.read_text()
+    assert "**tiny_static** (blocks 1 deleted, no gates): 50.00% at 0.800" in out.read_text()
     entry = publish.publish("tiny", tiny_run, tiny_export, bench_dir, "cg-train ...", models=tmp_path / "models")
     manifest = json.loads((tmp_path / "models" / "manifest.json").read_text())
     assert manifest["models"] == [entry] and entry["depth"] == 8 and entry["dataset"] == "digits"

@@ -195,7 +195,7 @@ def test_qemu_matches_host_tflm(kernels, export_dir, report, test_set, host_resu
                                 tmp_path):
     elf = qemu.build_firmware(export_dir, TFLM_ROOT, _tflm_library(kernels), kernels,
                               tmp_path / "build", images_dir=test_set[0])
-    result = qemu.run_firmware(elf, plugin)
+    result = qemu.run_firmware(elf, plugin, profile_path=tmp_path / "profile.txt")
     log = result.log
     assert result.returncode == 0 and log.errors == [], result.output
     assert log.header.cost_unit == "instructions" and log.header.core == "cortex-m4"
@@ -207,6 +207,12 @@ def test_qemu_matches_host_tflm(kernels, export_dir, report, test_set, host_resu
     assert [(i.pred, i.gates) for i in log.inferences] == host_results
     assert all(i.cost_unit == "instructions" and i.cost > 0 for i in log.inferences)
     assert log.summary.correct == sum(p == l for (p, _), l in zip(host_results, test_set[2]))
+    # The flat profile accounts for every counted instruction, almost all inside named functions.
+    profile = qemu.function_profile(elf, tmp_path / "profile.txt", len(log.inferences))
+    total = sum(i.cost for i in log.inferences) / len(log.inferences)
+    assert sum(c for _, c in profile) == pytest.approx(total, rel=1e-12)
+    assert sum(c for name, c in profile if name.startswith("0x")) < 0.01 * total
+    assert any(word in profile[0][0] for word in ("Conv", "conv", "mat_mult")), profile[:3]
 
 
 def _without_op(export_dir: Path, report: dict, out_dir: Path) -> Path:

@@ -6,6 +6,10 @@
  * like the cycles line of a real board. QEMU has no cycle counter, hence the
  * different key. Counts are deterministic with `-icount shift=0`.
  *
+ * With profile=PATH it also writes, at exit, one line "ADDRESS INSTRUCTIONS" per translation
+ * block executed between the markers (summed over all inferences); bench/qemu.py maps the
+ * addresses to functions with arm-none-eabi-nm for a flat per-function profile.
+ *
  * Build:  cc -shared -fPIC -O2 -o libcg_insn_count.so cg_insn_count.c
  * Run:    qemu-system-arm -M mps2-an386 -nographic -semihosting -icount shift=0 -d plugin \
  *           -plugin ./libcg_insn_count.so,begin=0x...,end=0x...,report=0x... -kernel fw.elf
@@ -32,6 +36,8 @@ struct qemu_plugin_tb;
 enum qemu_plugin_cb_flags { QEMU_PLUGIN_CB_NO_REGS = 0 };
 typedef void (*qemu_plugin_vcpu_tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
 typedef void (*qemu_plugin_vcpu_udata_cb_t)(unsigned int vcpu_index, void *userdata);
+typedef void (*qemu_plugin_udata_cb_t)(qemu_plugin_id_t id, void *userdata);
+void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id, qemu_plugin_udata_cb_t cb, void *userdata);
 void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, qemu_plugin_vcpu_tb_trans_cb_t cb);
 void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb, qemu_plugin_vcpu_udata_cb_t cb,
                                           enum qemu_plugin_cb_flags flags, void *userdata);
@@ -45,6 +51,16 @@ __attribute__((visibility("default"))) int qemu_plugin_version = 1;
 static uint64_t g_begin_addr, g_end_addr, g_report_addr;
 static bool g_counting;
 static uint64_t g_counted;
+static const char *g_profile_path;
+
+/* One per translated block; a block translated twice gets two records, summed by the reader. */
+struct Block {
+  uint64_t address;
+  uint64_t n_insns;
+  uint64_t counted;  /* instructions executed in this block between the markers */
+  struct Block *next;
+};
+static struct Block *g_blocks;
 
 static void OnBegin(unsigned int vcpu, void *unused) {
   g_counting = true;
@@ -59,18 +75,42 @@ static void OnReport(unsigned int vcpu, void *unused) {
   qemu_plugin_outs(text);
 }
 
-static void OnBlock(unsigned int vcpu, void *n_insns) {
-  if (g_counting) g_counted += (uintptr_t)n_insns;
+static void OnBlock(unsigned int vcpu, void *data) {
+  struct Block *block = data;
+  if (g_counting) {
+    g_counted += block->n_insns;
+    block->counted += block->n_insns;
+  }
+}
+
+static void WriteProfile(qemu_plugin_id_t id, void *unused) {
+  FILE *file = fopen(g_profile_path, "w");
+  if (!file) {
+    fprintf(stderr, "cg_insn_count: cannot write the profile to '%s'\n", g_profile_path);
+    return;
+  }
+  for (struct Block *b = g_blocks; b; b = b->next)
+    if (b->counted) fprintf(file, "0x%" PRIx64 " %" PRIu64 "\n", b->address, b->counted);
+  fclose(file);
 }
 
 /* A call ends a translation block, so each marker starts its own block. */
 static void OnTranslate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
   uint64_t start = qemu_plugin_tb_vaddr(tb);
   qemu_plugin_vcpu_udata_cb_t callback = OnBlock;
-  void *data = (void *)(uintptr_t)qemu_plugin_tb_n_insns(tb);
+  void *data = NULL;
   if (start == g_begin_addr) callback = OnBegin;
   else if (start == g_end_addr) callback = OnEnd;
   else if (start == g_report_addr) callback = OnReport;
+  else {
+    struct Block *block = calloc(1, sizeof *block);
+    if (!block) abort();
+    block->address = start;
+    block->n_insns = qemu_plugin_tb_n_insns(tb);
+    block->next = g_blocks;
+    g_blocks = block;
+    data = block;
+  }
   qemu_plugin_register_vcpu_tb_exec_cb(tb, callback, QEMU_PLUGIN_CB_NO_REGS, data);
 }
 
@@ -88,6 +128,10 @@ __attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t 
     if (!ParseAddress(argv[i], "begin", &g_begin_addr) &&
         !ParseAddress(argv[i], "end", &g_end_addr) &&
         !ParseAddress(argv[i], "report", &g_report_addr)) {
+      if (strncmp(argv[i], "profile=", 8) == 0 && argv[i][8]) {
+        g_profile_path = argv[i] + 8;
+        continue;
+      }
       fprintf(stderr, "cg_insn_count: unknown argument '%s'\n", argv[i]);
       return -1;
     }
@@ -97,5 +141,6 @@ __attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t 
     return -1;
   }
   qemu_plugin_register_vcpu_tb_trans_cb(id, OnTranslate);
+  if (g_profile_path) qemu_plugin_register_atexit_cb(id, WriteProfile, NULL);
   return 0;
 }

@@ -33,14 +33,26 @@ def _read_json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _firmware_from_bench(bench: dict | None) -> dict | None:
+    """The qemu.json figures ({kernels: flash, RAM, arena, instructions, gates}) from a bench run
+    with `--tflm-root`, for configurations without their own qemu.json."""
+    qemu = (bench or {}).get("qemu")
+    if not qemu:
+        return None
+    gated = {row["kernels"]: row["instructions / inference"] for row in qemu["rows"] if row["variant"] == "gated"}
+    return {kernels: {**{k: log[k] for k in ("flash_bytes", "ram_bytes", "arena_used", "gates")},
+                      "instructions_mean": gated[kernels], "images": len(log["gates"])}
+            for kernels, log in qemu["firmware"].items()}
+
+
 def collect(root: Path) -> list[dict]:
     rows = []
     for folder in sorted(p for p in root.iterdir() if (p / "run" / "metrics.jsonl").is_file()):
         history = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines() if line]
         config = yaml.safe_load((folder / "run" / "config.yaml").read_text())
         report = _read_json(folder / "export" / "export_report.json")
-        qemu = _read_json(folder / "qemu.json")
         bench = _read_json(folder / "bench" / "bench.json")
+        qemu = _read_json(folder / "qemu.json") or _firmware_from_bench(bench)
         last = history[-1]
         peak = max(history, key=lambda m: m.get("test_acc_deploy", m["test_acc_full"]))
         row = {"name": folder.name, "preset": config["preset"], "config": config, "last": last,
@@ -54,6 +66,19 @@ def _schedule(config: dict, epochs_done: int) -> str:
     if config["epochs"] != 160:
         text += " (shortened)"
     return text
+
+
+def _firmware_mac_ratio(row: dict, qemu: dict) -> float | None:
+    """Executed-MAC ratio (vs plain ResNet-20) of the gate strings the firmware printed."""
+    report = row["report"]
+    if not report or not report.get("gated_blocks"):
+        return 1.0 if row["preset"] == "resnet20" else None
+    gates = qemu.get("gates") or []
+    if not gates:
+        return None
+    blocks = [report["macs_per_block"][i] for i in report["gated_indices"]]
+    skipped = [sum(m for m, g in zip(blocks, pattern) if g == "0") for pattern in gates]
+    return (report["macs_full"] - sum(skipped) / len(skipped)) / report["macs_plain"]
 
 
 def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
@@ -117,14 +142,24 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
                   "The static twin deletes the blocks the gated run skips most "
                   "(`python -m cosinegate.train.static_baseline RUN`) and trains with the same schedule.",
                   "\n".join(lines)]
-    firmware = [(r["name"], k, v) for r in rows if r["qemu"] for k, v in r["qemu"].items()]
+    firmware = [(r, k, v) for r in rows if r["qemu"] for k, v in r["qemu"].items()]
     if firmware:
-        parts += ["## Firmware on QEMU Cortex-M4 (`python -m cosinegate.bench.qemu EXPORT --json ROOT/NAME/qemu.json`)",
+        plain = {k: v["instructions_mean"] for r in rows if r["name"] == "resnet20" and r["qemu"]
+                 for k, v in r["qemu"].items()}
+        parts += ["## Firmware on QEMU Cortex-M4",
+                  "From ROOT/NAME/qemu.json (`python -m cosinegate.bench.qemu EXPORT --json ...`) or else the "
+                  "bench's QEMU run (`cg-bench ... --tflm-root`). Instructions inside `Invoke()` on the first "
+                  "test images, counted by the project's TCG plugin; \"vs plain\" divides by plain ResNet-20's count with the same kernels, beside the "
+                  "executed-MAC ratio of the same images.",
                   table([("configuration", ""), ("kernels", ""), ("flash B", ",d"), ("RAM B", ",d"),
-                         ("arena used B", ",d"), ("instructions / inference", ",.0f"), ("images", "d")],
-                        [{"configuration": n, "kernels": k, "flash B": v["flash_bytes"], "RAM B": v["ram_bytes"],
-                          "arena used B": v["arena_used"], "instructions / inference": v["instructions_mean"],
-                          "images": v["images"]} for n, k, v in firmware])]
+                         ("arena used B", ",d"), ("instructions / inference", ",.0f"), ("vs plain", ".3f"),
+                         ("executed MACs", ".3f"), ("images", "d")],
+                        [{"configuration": r["name"], "kernels": k, "flash B": v["flash_bytes"],
+                          "RAM B": v["ram_bytes"], "arena used B": v["arena_used"],
+                          "instructions / inference": v["instructions_mean"],
+                          "vs plain": v["instructions_mean"] / plain[k] if k in plain else None,
+                          "executed MACs": _firmware_mac_ratio(r, v), "images": v["images"]}
+                         for r, k, v in firmware])]
     machines = {json.dumps(r["bench"]["machine"], sort_keys=True) for r in rows if r["bench"]}
     if machines:
         parts.append("Machines: " + "; ".join(

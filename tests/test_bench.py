@@ -105,9 +105,17 @@ def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):
     row.mkdir(parents=True)
     for name, target in (("run", tiny_run), ("export", tiny_export), ("bench", bench_dir)):
         (row / name).symlink_to(target)
+    # A firmware log where every gate was off: executed MACs = full - every gated block.
+    report = json.loads((tiny_export / "export_report.json").read_text())
+    (row / "qemu.json").write_text(json.dumps({"cmsis_nn": {
+        "flash_bytes": 1, "ram_bytes": 2, "arena_used": 3, "instructions_mean": 4.0, "images": 1,
+        "gates": ["0" * report["gated_blocks"]]}}))
+    all_off = (report["macs_full"] - sum(report["macs_per_block"][i] for i in report["gated_indices"])) \
+        / report["macs_plain"]
     out = tmp_path / "RESULTS.md"
     assert results.main([str(tmp_path / "root"), "--out", str(out), "--plots", str(tmp_path / "plots")]) == 0
     text = out.read_text()
+    assert f"| tiny | cmsis_nn | 1 | 2 | 3 | 4 | — | {all_off:.3f} | 1 |" in text
     assert "| tiny | 2/2 ep, warm-up 1 (shortened)" in text and "python -m cosinegate.bench.results" in text
     assert (tmp_path / "plots" / "pareto.png").stat().st_size > 1000
     # A static twin (name + "_static") gets the dynamic-vs-static line with the gated run's routing.

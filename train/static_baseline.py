@@ -35,6 +35,8 @@ def static_command(run_dir: Path, out: Path) -> list[str]:
                "--gated", "false", "--removed-blocks", ",".join(map(str, removed)), "--out", str(out)]
     if cfg.get("data_dir"):
         command += ["--data-dir", cfg["data_dir"]]
+    if cfg.get("threads"):
+        command += ["--threads", str(cfg["threads"])]
     return command
 
 
@@ -48,7 +50,8 @@ def main(argv=None) -> int:
     if not args.run:
         print(shlex.join(command))
         return 0
-    return subprocess.call(command)
+    # This interpreter's cg-train, whether or not its environment's bin folder is on PATH.
+    return subprocess.call([sys.executable, "-m", "cosinegate.train.cli", *command[1:]])
 
 
 if __name__ == "__main__":

@@ -9,13 +9,15 @@ with cg-train flags after a colon: `balanced_adaptive:balanced --gate-init open 
 Finished stages are skipped and an interrupted training run is resumed, so the command can be
 repeated across sessions until everything is there. The paper's protocol is `--epochs 160
 --warmup-epochs 40` (the presets' default); anything shorter is recorded in each run's config and
-labelled in RESULTS.md.
+labelled in RESULTS.md. On a GPU, `--jobs 4` trains four configurations at once (one process
+each; give each `--threads` CPU threads so they do not oversubscribe the cores).
 """
 import argparse
 import json
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -28,12 +30,15 @@ def parse_config(spec: str) -> tuple[str, list[str]]:
     return name, ["--preset", words[0], *words[1:]]
 
 
-def _call(argv: list[str]) -> int:
-    print("reproduce: $", shlex.join(argv), flush=True)
-    return subprocess.call(argv)
+def _call(argv: list[str], log=None) -> int:
+    print("reproduce: $", shlex.join(argv), flush=True, file=log)
+    if log is None:
+        return subprocess.call(argv)
+    log.flush()
+    return subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT)
 
 
-def run_one(name: str, train_args: list[str], args) -> int:
+def run_one(name: str, train_args: list[str], args, log=None) -> int:
     folder = args.root / name
     run, export, bench = folder / "run", folder / "export", folder / "bench"
     py = sys.executable
@@ -48,19 +53,19 @@ def run_one(name: str, train_args: list[str], args) -> int:
                       "--out", str(run), "--no-progress"])
         if args.stop_after:
             argv += ["--stop-after", str(args.stop_after)]
-        if _call(argv) != 0:
+        if _call(argv, log) != 0:
             return 1
         if len((run / "metrics.jsonl").read_text().splitlines()) < args.epochs:
-            print(f"reproduce: {name}: training paused (--stop-after); run the same command again")
+            print(f"reproduce: {name}: training paused (--stop-after); run the same command again", file=log)
             return 0
     if not (export / "export_report.json").exists():
         if _call([py, "-m", "cosinegate.export.cli", str(run / "best.pt"), "--int8", "--out", str(export),
-                  "--parity-images", str(args.images), "--no-progress", *common]) != 0:
+                  "--parity-images", str(args.images), "--no-progress", *common], log) != 0:
             return 1
     if not (bench / "bench.json").exists():
         tflm = ["--tflm-root", str(args.tflm_root)] if args.tflm_root else []
         if _call([py, "-m", "cosinegate.bench.cli", str(export), "--out", str(bench), "--images",
-                  str(args.images), "--no-progress", *common, *tflm]) != 0:
+                  str(args.images), "--no-progress", *common, *tflm], log) != 0:
             return 1
     return 0
 
@@ -78,11 +83,27 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=10000, help="test images for parity and bench")
     parser.add_argument("--stop-after", type=int, help="train at most N epochs per configuration this call")
     parser.add_argument("--tflm-root", type=Path, help="also run the QEMU Cortex-M4 bench")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="configurations run at once (a GPU fits several ResNet-20 runs); with more "
+                             "than one, each one's output goes to ROOT/NAME/reproduce.log")
     args = parser.parse_args(argv)
-    status = 0
-    for spec in args.configs:
-        name, train_args = parse_config(spec)
-        status |= run_one(name, train_args, args)
+    specs = [parse_config(spec) for spec in args.configs]
+    if args.jobs <= 1:
+        status = 0
+        for name, train_args in specs:
+            status |= run_one(name, train_args, args)
+    else:
+        def run_logged(name: str, train_args: list[str]) -> int:
+            (args.root / name).mkdir(parents=True, exist_ok=True)
+            with open(args.root / name / "reproduce.log", "a") as log:
+                code = run_one(name, train_args, args, log)
+            print(f"reproduce: {name}: {'done' if code == 0 else 'FAILED'} (log: {args.root / name / 'reproduce.log'})",
+                  flush=True)
+            return code
+        with ThreadPoolExecutor(args.jobs) as pool:
+            status = 0
+            for code in pool.map(lambda spec: run_logged(*spec), specs):
+                status |= code
     (args.root / "reproduce_command.json").write_text(json.dumps({"argv": sys.argv}, indent=1))
     return status
 

@@ -31,3 +31,17 @@ def test_reproduce_config_specs():
     assert parse_config("balanced") == ("balanced", ["--preset", "balanced"])
     assert parse_config("dyn:balanced --gate-init open --lambda-adapt 2") == (
         "dyn", ["--preset", "balanced", "--gate-init", "open", "--lambda-adapt", "2"])
+
+
+def test_reproduce_runs_configurations_in_parallel_and_resumes(tmp_path):
+    from cosinegate.bench import reproduce
+    argv = ["--root", str(tmp_path), "--epochs", "3", "--warmup-epochs", "1", "--threads", "1",
+            "--stop-after", "1", "--jobs", "2", "a:demo --depth 8", "b:demo --depth 8 --lambda-adapt 1"]
+    assert reproduce.main(argv) == 0
+    for name in ("a", "b"):
+        assert len((tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+        assert "training paused" in (tmp_path / name / "reproduce.log").read_text()
+    assert yaml.safe_load((tmp_path / "b" / "run" / "config.yaml").read_text())["lambda_adapt"] == 1.0
+    assert reproduce.main(argv) == 0  # the same command resumes each run: epoch 2 of 3
+    for name in ("a", "b"):
+        assert len((tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()) == 2

@@ -111,11 +111,11 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
     columns = [("configuration", ""), ("schedule", ""), ("paper acc", ".1%"), ("paper FLOPs", ".3f"),
                ("ours: acc paper gate", ".2%"), ("ours: peak deploy acc", ""), ("ours: gbar", ".3f"), ("deploy float acc", ".2%"),
                ("int8 TFLite acc", ".2%"), ("TFLM acc", ".2%"), ("executed MACs", ".3f"),
-               ("skip rate", ".3f"), ("adaptivity", ".2f"), ("QEMU M4 instr. ratio", ".3f")]
+               ("skip rate", ".3f"), ("adaptivity", ".2f"), ("bench images", ",d"), ("QEMU M4 instr. ratio", ".3f")]
     body = []
     for r in rows:
-        # A static twin trained from a gated preset is not that preset's paper row.
-        paper = PAPER.get(r["preset"], {}) if (r["config"]["gated"] or r["preset"] == "resnet20") else {}
+        # Only a preset's own run is its paper row (not a variant or static twin trained from it).
+        paper = PAPER.get(r["name"], {}) if r["name"] == r["preset"] else {}
         last, bench = r["last"], r["bench"] or {}
         rt = bench.get("runtimes", {})
         qemu = bench.get("qemu") or {}
@@ -124,7 +124,7 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
         body.append({
             "configuration": r["name"], "schedule": _schedule(r["config"], r["epochs_done"]),
             "paper acc": paper.get("acc"), "paper FLOPs": paper.get("flops"),
-            "ours: acc paper gate": last.get("test_acc_paper", last["test_acc_full"]),
+            "ours: acc paper gate": last.get("test_acc_paper"),
             "ours: gbar": last.get("gbar") if r["config"]["gated"] else None,
             "ours: peak deploy acc": f"{r['peak'].get('test_acc_deploy', r['peak']['test_acc_full']):.2%} (E{r['peak']['epoch']})",
             "deploy float acc": rt.get("torch", {}).get("accuracy"),
@@ -133,6 +133,7 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
             "executed MACs": rt.get("tflite_int8", {}).get("mac_ratio", last.get("mac_ratio_deploy")),
             "skip rate": rt.get("tflite_int8", {}).get("skip_rate", last.get("skip_rate_deploy")),
             "adaptivity": rt.get("tflite_int8", {}).get("adaptivity", last.get("adaptivity_deploy")),
+            "bench images": bench.get("images"),
             "QEMU M4 instr. ratio": instr,
         })
     parts = [
@@ -142,7 +143,9 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
         "paper's Table 2 at epoch 160 (FLOPs = its mean relaxed gate). \"ours: acc paper gate\" uses the "
         "paper's eq. 16 rule on the measured CIR (not deployable: it needs F(x)); the deploy columns use "
         "the x-only gate, in float (PyTorch) and int8 (TFLite, TFLM); executed MACs include stem, head and "
-        "controllers and are divided by plain ResNet-20's 40,551,040.",
+        "controllers and are divided by plain ResNet-20's 40,551,040. \"QEMU M4 instr. ratio\" is the gated "
+        "int8 model's instructions on the QEMU Cortex-M4 (CMSIS-NN kernels) over the same model with every "
+        "gate forced on.",
         table(columns, body),
     ]
     if any(r["config"]["epochs"] != 160 for r in rows):
@@ -150,7 +153,7 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
                      "epochs (on a 2-core CPU), so their accuracies sit far below Table 2: compare our rows "
                      "with each other (same schedule), not with the paper's accuracy. \"ours: acc paper "
                      "gate\" and the peak are on all 10,000 test images; the deploy, int8 and TFLM columns "
-                     "come from `cg-bench` on the first `--images` test images (see each bench.json).")
+                     "come from `cg-bench` on the first \"bench images\" test images.")
     by_name = {r["name"]: r for r in rows}
     pairs = [(by_name[r["name"][: -len("_static")]], r) for r in rows
              if r["name"].endswith("_static") and r["name"][: -len("_static")] in by_name]

@@ -91,13 +91,15 @@ def _static_frontier(rows: list[dict]) -> list[str]:
     lines = []
     for gated in (r for r in rows if r["config"]["gated"]):
         g = gated["last"]
-        statics = sorted(((r["last"]["mac_ratio_deploy"], r["last"]["test_acc_full"], r["name"]) for r in rows
-                          if not r["config"]["gated"] and key(r) == key(gated)), key=lambda t: t[0])
+        # Sorted by MACs, then accuracy: at equal MACs the most accurate static network counts.
+        statics = sorted((r["last"]["mac_ratio_deploy"], r["last"]["test_acc_full"], r["name"]) for r in rows
+                         if not r["config"]["gated"] and key(r) == key(gated))
         below = [t for t in statics if t[0] <= g["mac_ratio_deploy"]]
         above = [t for t in statics if t[0] > g["mac_ratio_deploy"]]
         if not (below and above):
             continue
-        (m0, a0, n0), (m1, a1, n1) = below[-1], above[0]
+        (m0, a0, n0) = below[-1]
+        (m1, a1, n1) = max((t for t in above if t[0] == above[0][0]), key=lambda t: t[1])
         static_acc = a0 + (a1 - a0) * (g["mac_ratio_deploy"] - m0) / (m1 - m0)
         gap = g["test_acc_deploy"] - static_acc
         lines.append(f"- **{gated['name']}** (adaptivity {g['adaptivity_deploy']:.2f}): {g['test_acc_deploy']:.2%} at "
@@ -174,9 +176,10 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
         frontier = _static_frontier(rows)
         if frontier:
             parts += ["Whole blocks rarely give exactly equal MACs, so each gated run is also read against "
-                      "every static network (no gates; blocks deleted, or none: plain ResNet-20) trained with "
+                      "the static networks (no gates; blocks deleted, or none: plain ResNet-20) trained with "
                       "the same depth and schedule, interpolating linearly between the two that bracket its "
-                      "executed MACs (float, all 10,000 test images):", "\n".join(frontier)]
+                      "executed MACs, the most accurate one where several spend the same (float, all 10,000 "
+                      "test images):", "\n".join(frontier)]
     firmware = [(r, k, v) for r in rows if r["qemu"] for k, v in r["qemu"].items()]
     if firmware:
         plain = {k: v["instructions_mean"] for r in rows if r["name"] == "resnet20" and r["qemu"]
@@ -215,7 +218,8 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
         ax.scatter(p["flops"], p["acc"], marker="x", color="gray")
         ax.annotate(f"paper {p['label'].replace('CosineGate ', '')}", (p["flops"], p["acc"]), fontsize=7,
                     color="gray", xytext=(3, 3), textcoords="offset points")
-    for r in rows:
+    stacked: dict[float, tuple[float, int]] = {}   # column -> (top accuracy, labels so far)
+    for r in sorted(rows, key=lambda r: -r["last"].get("test_acc_deploy", r["last"]["test_acc_full"])):
         rt = (r["bench"] or {}).get("runtimes", {}).get("tflite_int8")
         last = r["last"]
         if rt:
@@ -226,7 +230,12 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
         else:
             continue
         ax.scatter(*point, **style)
-        ax.annotate(label, point, fontsize=7, xytext=(3, -9), textcoords="offset points")
+        # Points at (nearly) the same compute: labels listed beside the column, a thin line to each.
+        column = round(point[0], 2)
+        top, count = stacked.get(column, (point[1], 0))
+        stacked[column] = (top, count + 1)
+        ax.annotate(label, point, xytext=(point[0] + 0.03, top + 0.003 - 0.0045 * count), fontsize=7,
+                    va="center", arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "gray"})
     ax.set(xlabel="compute: executed MACs / ResNet-20 (ours, int8)  ·  mean gate (paper)",
            ylabel="CIFAR-10 test accuracy", title="Accuracy vs compute")
     ax.grid(alpha=0.3)

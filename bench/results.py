@@ -70,11 +70,8 @@ def _schedule(config: dict, epochs_done: int) -> str:
 
 def _firmware_mac_ratio(row: dict, qemu: dict) -> float | None:
     """Executed-MAC ratio (vs plain ResNet-20) of the gate strings the firmware printed."""
-    report = row["report"]
-    if not report or not report.get("gated_blocks"):
-        return 1.0 if row["preset"] == "resnet20" else None
-    gates = qemu.get("gates") or []
-    if not gates:
+    report, gates = row["report"], qemu.get("gates")
+    if not report or not gates:
         return None
     blocks = [report["macs_per_block"][i] for i in report["gated_indices"]]
     skipped = [sum(m for m, g in zip(blocks, pattern) if g == "0") for pattern in gates]

@@ -99,6 +99,31 @@ def test_log_without_protocol_lines(tiny_export, tmp_path, capsys):
     assert not (out / "bench.json").exists()
 
 
+def test_results_deeper_net_and_goal_on_resnet20_scale():
+    """A gated ResNet-32's MACs are read on ResNet-20's scale, against plain ResNet-20 of the same
+    schedule; the Balanced bar needs both accuracy and compute."""
+    from cosinegate.bench import results
+    from cosinegate.train.model import ModelConfig, macs_breakdown
+
+    def row(name, depth, gated, accuracy, mac_ratio):
+        config = {"dataset": "cifar10", "depth": depth, "gated": gated, "removed_blocks": "", "epochs": 10,
+                  "warmup_epochs": 3, "preset": "balanced" if gated else "resnet20"}
+        return {"name": name, "preset": config["preset"], "config": config, "epochs_done": 10,
+                "last": {"mac_ratio_deploy": mac_ratio},
+                "bench": {"runtimes": {"tflite_int8": {"accuracy": accuracy, "mac_ratio": mac_ratio, "images": 100}}}}
+
+    plain = {d: macs_breakdown(ModelConfig(depth=d, gated=False))["plain_total"] for d in (20, 32)}
+    rows = [row("resnet20", 20, False, 0.86, 1.0), row("r32", 32, True, 0.87, 0.58),
+            row("r32_big", 32, True, 0.90, 0.70), row("balanced", 20, True, 0.92, 0.69)]
+    deeper = results._deeper_lines(rows)
+    assert len(deeper) == 2
+    assert f"int8 87.00% at {0.58 * plain[32] / plain[20]:.3f} of ResNet-20's MACs" in deeper[0]
+    assert deeper[0].endswith("more accurate by 1.00 points at no more compute, goal met.")
+    assert deeper[1].endswith("at more compute, goal not met.")  # 0.70 of ResNet-32 > ResNet-20
+    goal = results._goal_lines(rows)
+    assert [line.endswith(": met.") for line in goal] == [False, False, True]
+
+
 def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):
     from cosinegate.bench import publish, results
     row = tmp_path / "root" / "tiny"
@@ -110,13 +135,15 @@ def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):
     (row / "qemu.json").write_text(json.dumps({"cmsis_nn": {
         "flash_bytes": 1, "ram_bytes": 2, "arena_used": 3, "instructions_mean": 4.0, "images": 1,
         "gates": ["0" * report["gated_blocks"]]}}))
-    all_off = (report["macs_full"] - sum(report["macs_per_block"][i] for i in report["gated_indices"])) \
-        / report["macs_plain"]
+    # Every MAC ratio in RESULTS.md is against plain ResNet-20 on the same input, whatever the depth.
+    from cosinegate.train.model import ModelConfig, macs_breakdown
+    resnet20 = macs_breakdown(ModelConfig(depth=20, in_channels=1, input_size=8, gated=False))["plain_total"]
+    all_off = (report["macs_full"] - sum(report["macs_per_block"][i] for i in report["gated_indices"])) / resnet20
     out = tmp_path / "RESULTS.md"
     assert results.main([str(tmp_path / "root"), "--out", str(out), "--plots", str(tmp_path / "plots")]) == 0
     text = out.read_text()
     assert f"| tiny | cmsis_nn | 1 | 2 | 3 | 4 | — | {all_off:.3f} | 1 |" in text
-    assert "| tiny | 2/2 ep, warm-up 1 (shortened)" in text and "python -m cosinegate.bench.results" in text
+    assert "| tiny | ResNet-8 | 2/2 ep, warm-up 1 (shortened)" in text and "python -m cosinegate.bench.results" in text
     assert (tmp_path / "plots" / "pareto.png").stat().st_size > 1000
     # A static twin (name + "_static") gets the dynamic-vs-static line with the gated run's routing.
     twin = tmp_path / "root" / "tiny_static" / "run"
@@ -128,7 +155,8 @@ def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):
     gated = json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert (f"**tiny** (gated, adaptivity {gated['adaptivity_deploy']:.2f}, {gated['distinct_paths_deploy']} "
             "distinct paths)") in out.read_text()
-    assert "**tiny_static** (blocks 1 deleted, no gates): 50.00% at 0.800" in out.read_text()
+    assert f"**tiny_static** (blocks 1 deleted, no gates): 50.00% at {0.8 * report['macs_plain'] / resnet20:.3f}" \
+        in out.read_text()
     entry = publish.publish("tiny", tiny_run, tiny_export, bench_dir, "cg-train ...", models=tmp_path / "models")
     manifest = json.loads((tmp_path / "models" / "manifest.json").read_text())
     assert manifest["models"] == [entry] and entry["depth"] == 8 and entry["dataset"] == "digits"

@@ -12,7 +12,9 @@ extra outputs `stem`, `y{i}` (block outputs), `s{i}` (non-identity shortcuts) an
 
 The predicate tensors themselves become outputs 1..N named `gate_{i}` (output 0 is `logits`);
 the other surgery-only outputs are dropped and unused tensors and buffers deleted, so TFLM does
-not allocate them. Uses the TFLite schema object API, never hand-parsed bytes.
+not allocate them. Last, an offline memory plan (`memory_plan.py`) puts each branch's input and
+output where the IF's are, so TFLM's IF copies no activation. Uses the TFLite schema object API,
+never hand-parsed bytes.
 
     gated = restructure(all_compute_int8_bytes, gated_indices=[0, 1, 2])
     all_on = force_gates(gated, on=True)     # every IF predicate a constant: all blocks computed
@@ -21,6 +23,7 @@ import copy
 
 import numpy as np
 
+from cosinegate.export import memory_plan as plan
 from cosinegate.export.native import import_tensorflow
 
 
@@ -94,7 +97,7 @@ def validate_int8(tflite_bytes: bytes, num_gated: int) -> None:
     def code(op):
         return builtin_code(model.operatorCodes[op.opcodeIndex])
 
-    branches = [op for op in main.operators if code(op) == schema.BuiltinOperator.IF]
+    branches = if_ops(model)
     if len(branches) != num_gated or [op.inputs[0] for op in branches] != outputs[1:]:
         raise RestructureError(f"expected {num_gated} IF ops whose predicates are the gate outputs")
     for op in branches:
@@ -264,8 +267,16 @@ def _set_outputs(model, named: list[tuple[str, int]]) -> None:
         signature.outputs.append(entry)
 
 
-def restructure(tflite_bytes: bytes, gated_indices: list[int]) -> bytes:
-    """The deployable int8 model: one IF per gated block, outputs `logits`, `gate_{i}`..."""
+def if_ops(model) -> list:
+    """The main graph's IF operators, in graph order."""
+    schema, _ = _schema()
+    return [op for op in model.subgraphs[0].operators
+            if builtin_code(model.operatorCodes[op.opcodeIndex]) == schema.BuiltinOperator.IF]
+
+
+def restructure(tflite_bytes: bytes, gated_indices: list[int], memory_plan: bool = True) -> bytes:
+    """The deployable int8 model: one IF per gated block, outputs `logits`, `gate_{i}`...
+    With `memory_plan`, the offline plan of `memory_plan.py` lets each IF skip its copies."""
     model = read_model(tflite_bytes)
     if len(model.subgraphs) != 1 or not model.signatureDefs:
         raise RestructureError("expected the single-subgraph all-compute model with a signature")
@@ -281,6 +292,8 @@ def restructure(tflite_bytes: bytes, gated_indices: list[int]) -> bytes:
     _toposort(main)
     _compact_tensors(model, main, signature)
     _compact_buffers(model)
+    if memory_plan and gated_indices:
+        plan.add_plan(model, if_ops(model))
     return write_model(model)
 
 
@@ -295,9 +308,7 @@ def force_gates(tflite_bytes: bytes, on) -> bytes:
     schema, _ = _schema()
     model = read_model(tflite_bytes)
     main = model.subgraphs[0]
-    if_code = schema.BuiltinOperator.IF
-    branches = [op for op in main.operators
-                if builtin_code(model.operatorCodes[op.opcodeIndex]) == if_code]
+    branches = if_ops(model)
     if not branches:
         return write_model(model)
     decisions = [bool(on)] * len(branches) if isinstance(on, (bool, np.bool_)) else [bool(d) for d in on]
@@ -321,4 +332,5 @@ def force_gates(tflite_bytes: bytes, on) -> bytes:
         for entry in model.signatureDefs[0].outputs:
             if entry.tensorIndex == old:
                 entry.tensorIndex = new
+    plan.append_online(model, subgraph=0, count=len(branches))
     return write_model(model)

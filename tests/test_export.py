@@ -80,6 +80,7 @@ def test_export_writes_every_file_and_the_report(exported):
     # Global averages are average pools (CMSIS-NN kernel), not MEAN (a slow generic loop in TFLM).
     assert "AVERAGE_POOL_2D" in report["tflm_ops"] and "MEAN" not in report["tflm_ops"]
     assert report["tflm_arena_bytes"] > 0 and set(report["files"]) == EXPORT_FILES
+    assert report["tflm_arena_bytes"] < report["tflm_arena_bytes_online_plan"]  # the offline plan saves
     assert report["parity"]["images"] == PARITY_IMAGES
     assert "kNumGatedBlocks = 3" in (exported / "model_settings.h").read_text()
 
@@ -179,6 +180,35 @@ def test_tflm_matches_tflite_reference_kernels(tiny):
     print(f"TFLM vs TFLite reference kernels: max {worst} LSB, gates agree {np.mean(gate_agree):.2%}")
     # TFLM's int8 FULLY_CONNECTED rounds a near-tie logit differently now and then: 1 LSB
     assert worst <= 1 and all(gate_agree)
+
+
+def test_offline_memory_plan_lets_if_share_its_tensors_and_changes_no_result(tiny):
+    """Each branch's input and output sit where the IF's do (so TFLM's IF copies nothing), the
+    arena shrinks, and TFLM computes the same bytes as with its own plan, forced models too."""
+    from cosinegate.export import memory_plan
+    model = restructure.read_model(tiny["gated"])
+    offsets = memory_plan.read_plan(model)
+    assert len(offsets) == sum(len(sg.tensors) for sg in model.subgraphs)
+    start = np.cumsum([0] + [len(sg.tensors) for sg in model.subgraphs])
+    for op in restructure.if_ops(model):
+        for index in (op.builtinOptions.thenSubgraphIndex, op.builtinOptions.elseSubgraphIndex):
+            branch = model.subgraphs[index]
+            pairs = [*zip(op.inputs[1:], branch.inputs), *zip(op.outputs, branch.outputs)]
+            assert all(offsets[outer] >= 0 and offsets[start[index] + inner] == offsets[outer]
+                       for outer, inner in pairs)
+    online = restructure.restructure(tiny["all_compute"], tiny["gated_indices"], memory_plan=False)
+    assert memory_plan.read_plan(restructure.read_model(online)) is None
+    n = 1 + len(tiny["gated_indices"])
+    for on in (None, [True, False, True]):
+        planned, plain = tiny["gated"], online
+        if on is not None:
+            planned, plain = restructure.force_gates(planned, on=on), restructure.force_gates(plain, on=on)
+        arena, arena_online = tflm.measure_arena(planned), tflm.measure_arena(plain)
+        assert arena < arena_online
+        a, b = tflm.TflmRunner(planned, arena, n), tflm.TflmRunner(plain, arena_online, n)
+        for i in range(len(tiny["xq"])):
+            for left, right in zip(a(tiny["xq"][i:i + 1]), b(tiny["xq"][i:i + 1])):
+                np.testing.assert_array_equal(left, right)
 
 
 def test_forcing_every_gate_on_reproduces_the_all_compute_model(tiny):

@@ -127,6 +127,14 @@ def _static_frontier(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _plan_column(row: dict) -> str:
+    """Whether the export carries the offline memory plan (exports from before it do not)."""
+    report = row["report"] or {}
+    if not report.get("gated_blocks"):
+        return "—"
+    return "yes" if "tflm_arena_bytes_online_plan" in report else "no"
+
+
 def _int8(row: dict) -> dict:
     return ((row["bench"] or {}).get("runtimes") or {}).get("tflite_int8") or {}
 
@@ -257,12 +265,16 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
                   "From ROOT/NAME/qemu.json (`python -m cosinegate.bench.qemu EXPORT --json ...`) or else the "
                   "bench's QEMU run (`cg-bench ... --tflm-root`). Instructions inside `Invoke()` on the first "
                   "test images, counted by the project's TCG plugin; \"vs plain\" divides by plain ResNet-20's count with the same kernels, beside the "
-                  "executed-MAC ratio of the same images.",
+                  "executed-MAC ratio of the same images. \"offline plan\": the export carries the memory plan "
+                  "that lets TFLM's IF share its tensors with the branches (exports made before it do not; "
+                  "their arena holds one more activation per gated block).",
                   table([("configuration", ""), ("kernels", ""), ("flash B", ",d"), ("RAM B", ",d"),
-                         ("arena used B", ",d"), ("instructions / inference", ",.0f"), ("vs plain", ".3f"),
+                         ("arena used B", ",d"), ("offline plan", ""), ("instructions / inference", ",.0f"),
+                         ("vs plain", ".3f"),
                          ("executed MACs", ".3f"), ("images", "d")],
                         [{"configuration": r["name"], "kernels": k, "flash B": v["flash_bytes"],
                           "RAM B": v["ram_bytes"], "arena used B": v["arena_used"],
+                          "offline plan": _plan_column(r),
                           "instructions / inference": v["instructions_mean"],
                           "vs plain": v["instructions_mean"] / plain[k] if k in plain else None,
                           "executed MACs": _firmware_mac_ratio(r, v), "images": v["images"]}

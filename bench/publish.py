@@ -41,7 +41,8 @@ def publish(name: str, run: Path, export: Path, bench: Path, command: str, model
              "command": command}
     manifest_path = models / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"models": []}
-    manifest["models"] = [m for m in manifest["models"] if m["name"] != name] + [entry]
+    known = any(m["name"] == name for m in manifest["models"])  # republishing keeps the order
+    manifest["models"] = [entry if m["name"] == name else m for m in manifest["models"]] + ([] if known else [entry])
     atomic.write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return entry
 

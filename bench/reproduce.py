@@ -63,7 +63,8 @@ def run_one(name: str, train_args: list[str], args, log=None) -> int:
                   "--parity-images", str(args.images), "--no-progress", *common], log) != 0:
             return 1
     if not (bench / "bench.json").exists():
-        tflm = ["--tflm-root", str(args.tflm_root)] if args.tflm_root else []
+        tflm = (["--tflm-root", str(args.tflm_root), "--qemu-images", str(args.qemu_images)]
+                if args.tflm_root else [])
         if _call([py, "-m", "cosinegate.bench.cli", str(export), "--out", str(bench), "--images",
                   str(args.images), "--no-progress", *common, *tflm], log) != 0:
             return 1
@@ -83,6 +84,9 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=10000, help="test images for parity and bench")
     parser.add_argument("--stop-after", type=int, help="train at most N epochs per configuration this call")
     parser.add_argument("--tflm-root", type=Path, help="also run the QEMU Cortex-M4 bench")
+    parser.add_argument("--qemu-images", type=int, default=3,
+                        help="test images per QEMU run (a CIFAR-10 ResNet-20 with reference kernels is "
+                             "about 2.6 G instructions each)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="configurations run at once (a GPU fits several ResNet-20 runs); with more "
                              "than one, each one's output goes to ROOT/NAME/reproduce.log")

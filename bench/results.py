@@ -135,6 +135,15 @@ def _plan_column(row: dict) -> str:
     return "yes" if "tflm_arena_bytes_online_plan" in report else "no"
 
 
+def _never_run_bytes(row: dict) -> int | None:
+    """Flash held by the then-branches of blocks that ran on none of the bench images (int8)."""
+    sizes = (row["report"] or {}).get("branch_weight_bytes")
+    rates = _int8(row).get("exec_rate_per_block")
+    if sizes is None or rates is None:
+        return None
+    return sum(size for size, rate in zip(sizes, rates) if rate == 0)
+
+
 def _int8(row: dict) -> dict:
     return ((row["bench"] or {}).get("runtimes") or {}).get("tflite_int8") or {}
 
@@ -265,14 +274,18 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
                   "From ROOT/NAME/qemu.json (`python -m cosinegate.bench.qemu EXPORT --json ...`) or else the "
                   "bench's QEMU run (`cg-bench ... --tflm-root`). Instructions inside `Invoke()` on the first "
                   "test images, counted by the project's TCG plugin; \"vs plain\" divides by plain ResNet-20's count with the same kernels, beside the "
-                  "executed-MAC ratio of the same images. \"offline plan\": the export carries the memory plan "
+                  "executed-MAC ratio of the same images. \"never-run weights\": the flash that the blocks which ran on "
+                  "none of the bench images hold (`branch_weight_bytes` in the export report; exports from before "
+                  "it leave the column empty). \"offline plan\": the export carries the memory plan "
                   "that lets TFLM's IF share its tensors with the branches (exports made before it do not; "
                   "their arena holds one more activation per gated block).",
-                  table([("configuration", ""), ("kernels", ""), ("flash B", ",d"), ("RAM B", ",d"),
+                  table([("configuration", ""), ("kernels", ""), ("flash B", ",d"), ("never-run weights B", ",d"),
+                         ("RAM B", ",d"),
                          ("arena used B", ",d"), ("offline plan", ""), ("instructions / inference", ",.0f"),
                          ("vs plain", ".3f"),
                          ("executed MACs", ".3f"), ("images", "d")],
                         [{"configuration": r["name"], "kernels": k, "flash B": v["flash_bytes"],
+                          "never-run weights B": _never_run_bytes(r),
                           "RAM B": v["ram_bytes"], "arena used B": v["arena_used"],
                           "offline plan": _plan_column(r),
                           "instructions / inference": v["instructions_mean"],

@@ -138,6 +138,7 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
             note["text"] = (f"{len(gated)} IF, TFLM arena {arena} B ({arena_online} B without the offline "
                             f"plan), ops {' '.join(ops)}")
         int8 = {"tflm_arena_bytes": arena, "tflm_arena_bytes_online_plan": arena_online, "tflm_ops": ops,
+                "branch_weight_bytes": restructure.branch_weight_bytes(tflite),
                 "calibration_images": len(calibration)}
 
     with stage("parity") as note:

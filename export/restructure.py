@@ -66,6 +66,18 @@ def op_names(tflite_bytes: bytes) -> list[str]:
                    for sg in model.subgraphs for op in (sg.operators or [])})
 
 
+def branch_weight_bytes(tflite_bytes: bytes) -> list[int]:
+    """Bytes of constant data (weights, biases) each IF's then-subgraph holds, in graph order:
+    the flash a block occupies whether or not it ever runs."""
+    model = read_model(tflite_bytes)
+    sizes = []
+    for op in if_ops(model):
+        branch = model.subgraphs[op.builtinOptions.thenSubgraphIndex]
+        buffers = {t.buffer for t in branch.tensors if _is_constant(model, t)}
+        sizes.append(sum(len(model.buffers[b].data) for b in buffers))
+    return sizes
+
+
 def input_quantization(tflite_bytes: bytes) -> tuple[float, int]:
     """(scale, zero_point) of input 0."""
     model = read_model(tflite_bytes)

@@ -142,7 +142,9 @@ def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):
     out = tmp_path / "RESULTS.md"
     assert results.main([str(tmp_path / "root"), "--out", str(out), "--plots", str(tmp_path / "plots")]) == 0
     text = out.read_text()
-    assert f"| tiny | cmsis_nn | 1 | 2 | 3 | yes | 4 | — | {all_off:.3f} | 1 |" in text
+    rates = json.loads((bench_dir / "bench.json").read_text())["runtimes"]["tflite_int8"]["exec_rate_per_block"]
+    never_run = sum(size for size, rate in zip(report["branch_weight_bytes"], rates) if rate == 0)
+    assert f"| tiny | cmsis_nn | 1 | {never_run:,d} | 2 | 3 | yes | 4 | — | {all_off:.3f} | 1 |" in text
     assert "| tiny | ResNet-8 | 2/2 ep, warm-up 1 (shortened)" in text and "python -m cosinegate.bench.results" in text
     assert (tmp_path / "plots" / "pareto.png").stat().st_size > 1000
     # A static twin (name + "_static") gets the dynamic-vs-static line with the gated run's routing.

@@ -81,6 +81,7 @@ def test_export_writes_every_file_and_the_report(exported):
     assert "AVERAGE_POOL_2D" in report["tflm_ops"] and "MEAN" not in report["tflm_ops"]
     assert report["tflm_arena_bytes"] > 0 and set(report["files"]) == EXPORT_FILES
     assert report["tflm_arena_bytes"] < report["tflm_arena_bytes_online_plan"]  # the offline plan saves
+    assert len(report["branch_weight_bytes"]) == 3
     assert report["parity"]["images"] == PARITY_IMAGES
     assert "kNumGatedBlocks = 3" in (exported / "model_settings.h").read_text()
 
@@ -126,6 +127,14 @@ def test_tflite_has_if_ops_int8_then_branches_and_no_float(exported):
     assert outputs[0].type == schema.TensorType.INT8 and list(outputs[0].shape) == [1, 10]
     # the gate outputs ARE the IF predicates
     assert [op.inputs[0] for op in ifs] == list(main.outputs[1:])
+
+
+def test_branch_weight_bytes_are_each_blocks_int8_kernels(tiny):
+    """Two 3x3 int8 convolutions and their int32 biases per then-branch; a stride-2 one also
+    holds the explicit PAD before its convolution (paddings: a 4x2 int32 constant)."""
+    expected = [b.out_channels * (b.in_channels + b.out_channels) * 9 + 2 * b.out_channels * 4
+                + (4 * 2 * 4 if b.stride == 2 else 0) for b in tiny["frozen"].blocks if b.gate is not None]
+    assert restructure.branch_weight_bytes(tiny["gated"]) == expected
 
 
 def test_surgery_removes_unused_tensors(tiny):

@@ -82,8 +82,7 @@ def _vs_resnet20(config: dict) -> float:
 
 def _macs(row: dict) -> float | None:
     """Executed MACs / plain ResNet-20: the int8 bench's where there is one, else the float run's."""
-    rt = ((row["bench"] or {}).get("runtimes") or {}).get("tflite_int8", {})
-    ratio = rt.get("mac_ratio", row["last"].get("mac_ratio_deploy"))
+    ratio = _int8(row).get("mac_ratio", row["last"].get("mac_ratio_deploy"))
     return None if ratio is None else ratio * _vs_resnet20(row["config"])
 
 
@@ -205,11 +204,11 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
             "ours: gbar": last.get("gbar") if r["config"]["gated"] else None,
             "ours: peak deploy acc": f"{r['peak'].get('test_acc_deploy', r['peak']['test_acc_full']):.2%} (E{r['peak']['epoch']})",
             "deploy float acc": rt.get("torch", {}).get("accuracy"),
-            "int8 TFLite acc": rt.get("tflite_int8", {}).get("accuracy"),
+            "int8 TFLite acc": _int8(r).get("accuracy"),
             "TFLM acc": rt.get("tflm", {}).get("accuracy"),
             "executed MACs": _macs(r),
-            "skip rate": rt.get("tflite_int8", {}).get("skip_rate", last.get("skip_rate_deploy")),
-            "adaptivity": rt.get("tflite_int8", {}).get("adaptivity", last.get("adaptivity_deploy")),
+            "skip rate": _int8(r).get("skip_rate", last.get("skip_rate_deploy")),
+            "adaptivity": _int8(r).get("adaptivity", last.get("adaptivity_deploy")),
             "bench images": bench.get("images"),
             "QEMU M4 instr. ratio": instr,
         })
@@ -314,10 +313,9 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
                     color="gray", xytext=(3, 3), textcoords="offset points")
     stacked: dict[float, tuple[float, int]] = {}   # column -> (top accuracy, labels so far)
     for r in sorted(rows, key=lambda r: -r["last"].get("test_acc_deploy", r["last"]["test_acc_full"])):
-        rt = (r["bench"] or {}).get("runtimes", {}).get("tflite_int8")
         last = r["last"]
-        if rt:
-            point, label, style = (_macs(r), rt["accuracy"]), r["name"], {"color": "C0"}
+        if _int8(r):
+            point, label, style = (_macs(r), _int8(r)["accuracy"]), r["name"], {"color": "C0"}
         elif "mac_ratio_deploy" in last:  # not exported (a static twin): its float test accuracy
             point = (_macs(r), last.get("test_acc_deploy", last["test_acc_full"]))
             label, style = f"{r['name']} (float)", {"facecolors": "none", "edgecolors": "C1"}

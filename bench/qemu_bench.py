@@ -51,6 +51,9 @@ def qemu_counts(export_dir: Path, tflm_root: Path, report: dict, macs: dict, gat
     tflite = (export_dir / "model_int8.tflite").read_bytes()
     variants = {"gated": tflite, "all_on": force_gates(tflite, on=True), "all_off": force_gates(tflite, on=False)}
     if per_block:
+        if any(report.get("folded_gates", {}).values()):
+            raise BenchError("the per-block costs need every block behind its IF: bench an export "
+                             "made without --fold-static-gates")
         for k in range(len(gated)):
             variants[f"only_{gated[k]}"] = force_gates(tflite, on=[j == k for j in range(len(gated))])
     reports = {name: report for name in variants}

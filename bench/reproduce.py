@@ -17,6 +17,7 @@ import json
 import shlex
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -68,6 +69,31 @@ def run_one(name: str, train_args: list[str], args, log=None) -> int:
         if _call([py, "-m", "cosinegate.bench.cli", str(export), "--out", str(bench), "--images",
                   str(args.images), "--no-progress", *common, *tflm], log) != 0:
             return 1
+    if args.fold_static_gates:
+        return fold_one(folder, args, log)
+    return 0
+
+
+def fold_one(folder: Path, args, log=None) -> int:
+    """NAME/export_folded: the same checkpoint with its proven-constant gates folded, and with
+    --tflm-root its QEMU figures in NAME/qemu_folded.json (the parity checks prove the folded
+    model computes the same bytes as NAME/export on every parity image)."""
+    py, folded = sys.executable, folder / "export_folded"
+    common = ["--data-dir", str(args.data_dir)] if args.data_dir else []
+    if not (folded / "export_report.json").exists():
+        if _call([py, "-m", "cosinegate.export.cli", str(folder / "run" / "best.pt"), "--int8",
+                  "--fold-static-gates", "--out", str(folded), "--parity-images", str(args.images),
+                  "--no-progress", *common], log) != 0:
+            return 1
+    if args.tflm_root and not (folder / "qemu_folded.json").exists():
+        with tempfile.TemporaryDirectory(prefix="cg-fold-qemu-") as work:
+            if _call([py, "-m", "cosinegate.export.test_images", str(folded), *common, "--count",
+                      str(args.qemu_images), "--out", f"{work}/images"], log) != 0:
+                return 1
+            if _call([py, "-m", "cosinegate.bench.qemu", str(folded), "--tflm-root", str(args.tflm_root),
+                      "--images-dir", f"{work}/images", "--build-dir", f"{work}/build",
+                      "--json", str(folder / "qemu_folded.json")], log) != 0:
+                return 1
     return 0
 
 
@@ -87,6 +113,9 @@ def main(argv=None) -> int:
     parser.add_argument("--qemu-images", type=int, default=3,
                         help="test images per QEMU run (a CIFAR-10 ResNet-20 with reference kernels is "
                              "about 2.6 G instructions each)")
+    parser.add_argument("--fold-static-gates", action="store_true",
+                        help="also export each model with its proven-constant gates folded "
+                             "(NAME/export_folded, NAME/qemu_folded.json)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="configurations run at once (a GPU fits several ResNet-20 runs); with more "
                              "than one, each one's output goes to ROOT/NAME/reproduce.log")

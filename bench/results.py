@@ -53,10 +53,14 @@ def collect(root: Path) -> list[dict]:
         report = _read_json(folder / "export" / "export_report.json")
         bench = _read_json(folder / "bench" / "bench.json")
         qemu = _read_json(folder / "qemu.json") or _firmware_from_bench(bench)
+        # `reproduce --fold-static-gates`: the same model with its proven-constant gates folded
+        folded = (_read_json(folder / "export_folded" / "export_report.json"),
+                  _read_json(folder / "qemu_folded.json"))
         last = history[-1]
         peak = max(history, key=lambda m: m.get("test_acc_deploy", m["test_acc_full"]))
         row = {"name": folder.name, "preset": config["preset"], "config": config, "last": last,
-               "peak": peak, "epochs_done": len(history), "report": report, "bench": bench, "qemu": qemu}
+               "peak": peak, "epochs_done": len(history), "report": report, "bench": bench, "qemu": qemu,
+               "qemu_folded": folded if all(folded) else None}
         rows.append(row)
     return rows
 
@@ -132,6 +136,25 @@ def _plan_column(row: dict) -> str:
     if not report.get("gated_blocks"):
         return "—"
     return "yes" if "tflm_arena_bytes_online_plan" in report else "no"
+
+
+def _folded_column(row: dict) -> str:
+    folded = (row["report"] or {}).get("folded_gates") or {}
+    parts = [f"{kind} {','.join(map(str, blocks))}" for kind, blocks in folded.items() if blocks]
+    return "; ".join(parts) or "—"
+
+
+def _firmware_rows(rows: list[dict]) -> list[tuple[str, dict, str, dict]]:
+    """(label, row with that export's report, kernels, QEMU figures) per firmware measurement."""
+    out = []
+    for r in rows:
+        for kernels, figures in (r["qemu"] or {}).items():
+            out.append((r["name"], r, kernels, figures))
+        if r["qemu_folded"]:
+            report, qemu = r["qemu_folded"]
+            out += [(f"{r['name']} (folded)", {**r, "report": report}, kernels, figures)
+                    for kernels, figures in qemu.items()]
+    return out
 
 
 def _never_run_bytes(row: dict) -> int | None:
@@ -265,7 +288,7 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
                       "the same depth and schedule, interpolating linearly between the two that bracket its "
                       "executed MACs, the most accurate one where several spend the same (float, all 10,000 "
                       "test images):", "\n".join(frontier)]
-    firmware = [(r, k, v) for r in rows if r["qemu"] for k, v in r["qemu"].items()]
+    firmware = _firmware_rows(rows)
     if firmware:
         plain = {k: v["instructions_mean"] for r in rows if r["name"] == "resnet20" and r["qemu"]
                  for k, v in r["qemu"].items()}
@@ -277,20 +300,24 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
                   "none of the bench images hold (`branch_weight_bytes` in the export report; exports from before "
                   "it leave the column empty). \"offline plan\": the export carries the memory plan "
                   "that lets TFLM's IF share its tensors with the branches (exports made before it do not; "
-                  "their arena holds one more activation per gated block).",
+                  "their arena holds one more activation per gated block). \"(folded)\" rows: the same checkpoint "
+                  "exported with `--fold-static-gates` (`reproduce --fold-static-gates`, ROOT/NAME/qemu_folded.json): "
+                  "the gates that interval analysis proves constant for every input lose their IF, a block that "
+                  "can never run leaves the flash, and the export checks the folded model computes the same "
+                  "bytes as the unfolded one on every parity image.",
                   table([("configuration", ""), ("kernels", ""), ("flash B", ",d"), ("never-run weights B", ",d"),
                          ("RAM B", ",d"),
-                         ("arena used B", ",d"), ("offline plan", ""), ("instructions / inference", ",.0f"),
-                         ("vs plain", ".3f"),
+                         ("arena used B", ",d"), ("offline plan", ""), ("gates folded", ""),
+                         ("instructions / inference", ",.0f"), ("vs plain", ".3f"),
                          ("executed MACs", ".3f"), ("images", "d")],
-                        [{"configuration": r["name"], "kernels": k, "flash B": v["flash_bytes"],
+                        [{"configuration": label, "kernels": k, "flash B": v["flash_bytes"],
                           "never-run weights B": _never_run_bytes(r),
                           "RAM B": v["ram_bytes"], "arena used B": v["arena_used"],
-                          "offline plan": _plan_column(r),
+                          "offline plan": _plan_column(r), "gates folded": _folded_column(r),
                           "instructions / inference": v["instructions_mean"],
                           "vs plain": v["instructions_mean"] / plain[k] if k in plain else None,
                           "executed MACs": _firmware_mac_ratio(r, v), "images": v["images"]}
-                         for r, k, v in firmware])]
+                         for label, r, k, v in firmware])]
     machines = {json.dumps(r["bench"]["machine"], sort_keys=True) for r in rows if r["bench"]}
     if machines:
         parts.append("Machines: " + "; ".join(

@@ -6,7 +6,9 @@
 Writes into --out: model.onnx (opset 18, one `If` per gated block, outputs logits and gates) and
 export_report.json; with --int8 also model_int8.tflite (full int8, one `IF` per gated block,
 outputs logits and gate_{i}) and the firmware sources model_data.cc/.h and model_settings.h.
-Everything is written to a staging folder first: on an error nothing in --out changes.
+With --fold-static-gates, gates that interval analysis proves constant for every input lose
+their IF (a never-run block leaves the flash). Everything is written to a staging folder first: on
+an error nothing in --out changes.
 """
 import argparse
 import contextlib
@@ -39,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test images for the parity checks (default 500; fewer if the split is smaller)")
     parser.add_argument("--calibration-images", type=int, default=None, metavar="N",
                         help="training images for int8 calibration (default 300)")
+    parser.add_argument("--fold-static-gates", action="store_true",
+                        help="with --int8: a gate whose int8 controller is provably constant for every "
+                             "input (export_report.json: gate_bounds) loses its IF; a block that can never "
+                             "run leaves the model with its weights, one that always runs is computed inline")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -124,30 +130,50 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
             all_compute = quantize.convert_int8(onnx_export.export_all_compute(frozen, nchw),
                                                 calibration)
             note["text"] = f"all-compute model, {len(all_compute)} bytes"
+        with stage("gate bounds") as note:
+            from cosinegate.export.gate_bounds import INPUT, gate_bounds
+            bounds = gate_bounds(all_compute, gated)
+            proven = {b.index: b.decision for b in bounds if b.decision != INPUT}
+            static = {i: decision == "always" for i, decision in proven.items()} if args.fold_static_gates else {}
+            note["text"] = (_bounds_line(proven) + ("" if not proven or args.fold_static_gates
+                                                    else " (--fold-static-gates folds them)"))
         with stage("restructure") as note:
-            tflite = restructure.restructure(all_compute, gated)
+            tflite = restructure.restructure(all_compute, gated, static=static)
             restructure.validate_int8(tflite, len(gated))
             tflm.check_tflm_ops(tflite)
             arena = tflm.measure_arena(tflite)
             # What the offline memory plan saves: the same model planned by TFLM alone.
-            arena_online = tflm.measure_arena(restructure.restructure(all_compute, gated, memory_plan=False))
+            arena_online = tflm.measure_arena(restructure.restructure(all_compute, gated, memory_plan=False,
+                                                                      static=static))
+            unfolded = restructure.restructure(all_compute, gated) if static else None
             atomic.write_bytes(stage_dir / "model_int8.tflite", tflite)
             ops = restructure.op_names(tflite)
             scale, zero_point = restructure.input_quantization(tflite)
             report_input.update(scale=scale, zero_point=zero_point)
-            note["text"] = (f"{len(gated)} IF, TFLM arena {arena} B ({arena_online} B without the offline "
-                            f"plan), ops {' '.join(ops)}")
+            note["text"] = (f"{len(gated) - len(static)} IF, TFLM arena {arena} B ({arena_online} B without "
+                            f"the offline plan), {len(tflite):,} B, ops {' '.join(ops)}")
+        branch_bytes = iter(restructure.branch_weight_bytes(tflite))
         int8 = {"tflm_arena_bytes": arena, "tflm_arena_bytes_online_plan": arena_online, "tflm_ops": ops,
-                "branch_weight_bytes": restructure.branch_weight_bytes(tflite),
+                # per gated block; 0 where a folded gate left no branch
+                "branch_weight_bytes": [0 if i in static else next(branch_bytes) for i in gated],
+                "gate_bounds": [{"block": b.index, "decision": b.decision, "logit": b.logit,
+                                 "threshold": b.threshold, **({"reason": b.reason} if b.reason else {})}
+                                for b in bounds],
+                "folded_gates": {d: [i for i in static if proven[i] == d] for d in ("always", "never")},
                 "calibration_images": len(calibration)}
 
     with stage("parity") as note:
         checks = parity.onnx_parity(model, onnx_bytes, x_test, progress)
         if args.int8:
             checks.update(parity.int8_parity(model, tflite, all_compute, gated, x_test, labels,
-                                             scale, zero_point, arena, progress))
+                                             scale, zero_point, arena, progress, unfolded=unfolded))
         checks = {"images": count, "split": "test", **checks}
         note["text"] = _parity_line(checks)
+        folded = checks.get("folded_vs_gated")
+        if folded and (folded["bit_exact_fraction"] != 1.0 or not folded["gates_identical"]):
+            raise ExportError("folding the proven gates changed the int8 model's output on "
+                              f"{1 - folded['bit_exact_fraction']:.2%} of the parity images; export "
+                              "without --fold-static-gates (and please report this)")
 
     macs = macs_breakdown(cfg)
     report = {
@@ -176,6 +202,14 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
     return report
 
 
+def _bounds_line(proven: dict) -> str:
+    if not proven:
+        return "no gate is constant for every input"
+    parts = [f"{d} {','.join(str(i) for i, x in proven.items() if x == d)}" for d in ("always", "never")
+             if d in proven.values()]
+    return "constant for every input: " + "; ".join(parts)
+
+
 def _parity_line(checks: dict) -> str:
     onnx_check = checks["onnx_vs_pytorch"]
     parts = [f"{checks['images']} images: onnx gates "
@@ -186,6 +220,8 @@ def _parity_line(checks: dict) -> str:
         gate = "n/a" if q["gate_agreement"] is None else f"{q['gate_agreement']:.2%}"
         parts.append(f"int8 top-1 {q['top1_agreement']:.2%} gates {gate}")
         parts.append(f"tflm bit-exact {m['bit_exact_fraction']:.2%} (max {m['max_lsb_diff']} LSB)")
+    if "folded_vs_gated" in checks:
+        parts.append(f"folded = unfolded {checks['folded_vs_gated']['bit_exact_fraction']:.2%}")
     return "; ".join(parts)
 
 
@@ -200,6 +236,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.parity_images < 1:
         print("cg-export: error: --parity-images must be at least 1", file=sys.stderr)
+        return EXIT_ERROR
+    if args.fold_static_gates and not args.int8:
+        print("cg-export: error: --fold-static-gates works on the int8 model: add --int8", file=sys.stderr)
         return EXIT_ERROR
     from cosinegate.export.onnx_to_tf import TranslateError
     from cosinegate.export.restructure import RestructureError

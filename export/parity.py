@@ -5,6 +5,8 @@
   tflm_vs_tflite_ref        TFLite reference kernels vs TFLM: share of bit-exact logits, largest
                             difference in LSB, gate agreement
   forced_on_vs_all_compute  force_gates(on) vs the unrestructured all-compute int8 model: bitwise
+  folded_vs_gated           with gates folded by proof (`gate_bounds.py`): the folded model vs
+                            the one with every IF kept, bitwise
 
     x = float_inputs(images, info)                    # images, labels: load_arrays(..., "test")
     checks = {**onnx_parity(model, onnx_bytes, x),
@@ -104,7 +106,10 @@ def onnx_parity(model, onnx_bytes: bytes, x_nchw: np.ndarray, progress: bool = T
 
 def int8_parity(model, gated: bytes, all_compute: bytes, gated_indices: list[int],
                 x_nchw: np.ndarray, labels: np.ndarray, input_scale: float,
-                input_zero_point: int, arena_size: int, progress: bool = True) -> dict:
+                input_zero_point: int, arena_size: int, progress: bool = True,
+                unfolded: bytes | None = None) -> dict:
+    """`gated` is the deployed model; `unfolded`, when its proven-constant gates were folded, the
+    same model with every IF kept (then the forced check runs on that one)."""
     from cosinegate.export.tflm import TflmRunner
     xq = quantize_inputs(x_nchw, input_scale, input_zero_point)
     ref_logits, ref_gates = pytorch_deploy(model, x_nchw)
@@ -115,10 +120,18 @@ def int8_parity(model, gated: bytes, all_compute: bytes, gated_indices: list[int
     # + 16: the slack the firmware adds for aligning the arena start (carray.py)
     micro = TflmRunner(gated, arena_size + 16, num_outputs=1 + len(gated_indices))
     tflm_logits, tflm_gates = run_all(micro, xq, "parity tflm", progress)
-    on_logits, on_gates = run_all(TfliteRunner(force_gates(gated, on=True), gate_names), xq,
+    on_logits, on_gates = run_all(TfliteRunner(force_gates(unfolded or gated, on=True), gate_names), xq,
                                    "parity forced", progress)
     all_logits, all_gates = run_all(TfliteRunner(all_compute, [f"pred{i}" for i in gated_indices]),
                                      xq, "parity all-compute", progress)
+    checks = {}
+    if unfolded is not None:
+        kept_logits, kept_gates = run_all(TfliteRunner(unfolded, gate_names), xq, "parity unfolded", progress)
+        checks["folded_vs_gated"] = {
+            "bit_exact_fraction": _agreement(np.all(logits == kept_logits, 1), True),
+            "max_lsb_diff": _max_lsb(logits, kept_logits),
+            "gates_identical": bool(np.array_equal(gates, kept_gates)),
+        }
     return {
         "int8_vs_float": {
             "top1_agreement": _agreement(logits.argmax(1), ref_logits.argmax(1)),
@@ -144,4 +157,5 @@ def int8_parity(model, gated: bytes, all_compute: bytes, gated_indices: list[int
             # the restructured model's predicates are the all-compute model's, unchanged
             "gates_match_all_compute": bool(np.array_equal(gates, all_gates)),
         },
+        **checks,
     }

@@ -88,8 +88,9 @@ def input_quantization(tflite_bytes: bytes) -> tuple[float, int]:
 
 def validate_int8(tflite_bytes: bytes, num_gated: int) -> None:
     """Raise RestructureError unless the model is the deployable contract: int8 NHWC input,
-    int8 logits then `num_gated` bool [1] gates, one IF per gated block whose then-subgraph
-    holds int8 convolutions, and no FLOAT32 tensor in any subgraph."""
+    int8 logits then `num_gated` bool [1] gates, one IF per gate that is not a folded constant
+    (predicate = that gate output) whose then-subgraph holds int8 convolutions, and no FLOAT32
+    tensor in any subgraph."""
     schema, _ = _schema()
     model = read_model(tflite_bytes)
     main, types = model.subgraphs[0], schema.TensorType
@@ -109,9 +110,10 @@ def validate_int8(tflite_bytes: bytes, num_gated: int) -> None:
     def code(op):
         return builtin_code(model.operatorCodes[op.opcodeIndex])
 
+    computed = [t for t in outputs[1:] if not _is_constant(model, main.tensors[t])]
     branches = if_ops(model)
-    if len(branches) != num_gated or [op.inputs[0] for op in branches] != outputs[1:]:
-        raise RestructureError(f"expected {num_gated} IF ops whose predicates are the gate outputs")
+    if [op.inputs[0] for op in branches] != computed:
+        raise RestructureError(f"expected {len(computed)} IF ops whose predicates are the computed gate outputs")
     for op in branches:
         then_sg = model.subgraphs[op.builtinOptions.thenSubgraphIndex]
         convs = [o for o in then_sg.operators if code(o) == schema.BuiltinOperator.CONV_2D]
@@ -177,9 +179,9 @@ def _new_subgraph(name: str):
     return sg
 
 
-def _carve_block(model, index: int, x: int, s: int, y: int, pred: int) -> None:
-    """Replace block `index`'s computed path in subgraph 0 by IF(pred, x[, s]) -> y."""
-    schema, _ = _schema()
+def _block_ops(model, index: int, x: int, s: int, y: int, pred: int) -> list[int]:
+    """Indices of the subgraph-0 ops between block `index`'s input x (and shortcut s) and its
+    output y that neither s nor the predicate needs: the block's computed path."""
     main = model.subgraphs[0]
     producers = _producers(main)
     keep = _ancestors(main, [x, s, pred], producers)
@@ -191,11 +193,38 @@ def _carve_block(model, index: int, x: int, s: int, y: int, pred: int) -> None:
     if any(t in inner for k, op in enumerate(main.operators) if k not in moved_set
            for t in op.inputs) or inner & set(main.outputs):
         raise RestructureError(f"block {index}: an inner tensor is used outside the block")
-    branch_inputs = [x] if s == x else [x, s]
     external = {t for k in moved for t in main.operators[k].inputs
                 if t >= 0 and t not in inner and not _is_constant(model, main.tensors[t])}
-    if not external <= set(branch_inputs):
+    if not external <= {x, s}:
         raise RestructureError(f"block {index}: its ops read tensors other than x and s")
+    return moved
+
+
+def _requantize(model, source: int, target: int):
+    """QUANTIZE int8 -> int8: the skipped block's output y = relu(s) = s (s >= 0), requantised
+    from the shortcut's scale/zero point to y's."""
+    schema, _ = _schema()
+    op = schema.OperatorT()
+    op.opcodeIndex = _opcode_index(model, schema.BuiltinOperator.QUANTIZE, 1)
+    op.inputs, op.outputs = [source], [target]
+    return op
+
+
+def _drop_block(model, index: int, x: int, s: int, y: int, pred: int) -> None:
+    """Block `index` never runs: its ops leave subgraph 0 and y becomes the requantised shortcut."""
+    main = model.subgraphs[0]
+    dropped = set(_block_ops(model, index, x, s, y, pred))
+    main.operators = [op for k, op in enumerate(main.operators) if k not in dropped]
+    main.operators.append(_requantize(model, s, y))
+
+
+def _carve_block(model, index: int, x: int, s: int, y: int, pred: int) -> None:
+    """Replace block `index`'s computed path in subgraph 0 by IF(pred, x[, s]) -> y."""
+    schema, _ = _schema()
+    main = model.subgraphs[0]
+    moved = _block_ops(model, index, x, s, y, pred)
+    moved_set = set(moved)
+    branch_inputs = [x] if s == x else [x, s]
 
     then_sg, else_sg = _new_subgraph(f"block{index}_then"), _new_subgraph(f"block{index}_else")
 
@@ -216,14 +245,9 @@ def _carve_block(model, index: int, x: int, s: int, y: int, pred: int) -> None:
         then_sg.operators.append(op)
     then_sg.outputs = [then_map[y]]
 
-    # Skipped: y = relu(s) = s (s >= 0), requantised from s's scale/zero point to y's.
     else_map = {}
     else_sg.inputs = [local(else_sg, else_map, t) for t in branch_inputs]
-    requantize = schema.OperatorT()
-    requantize.opcodeIndex = _opcode_index(model, schema.BuiltinOperator.QUANTIZE, 1)
-    requantize.inputs = [else_map[s]]
-    requantize.outputs = [local(else_sg, else_map, y)]
-    else_sg.operators.append(requantize)
+    else_sg.operators.append(_requantize(model, else_map[s], local(else_sg, else_map, y)))
     else_sg.outputs = [else_map[y]]
 
     model.subgraphs.extend([then_sg, else_sg])
@@ -286,25 +310,57 @@ def if_ops(model) -> list:
             if builtin_code(model.operatorCodes[op.opcodeIndex]) == schema.BuiltinOperator.IF]
 
 
-def restructure(tflite_bytes: bytes, gated_indices: list[int], memory_plan: bool = True) -> bytes:
+def _constant_bool(model, like: int, value: bool) -> int:
+    """A new subgraph-0 tensor shaped like tensor `like`, holding the constant `value`."""
+    schema, _ = _schema()
+    main = model.subgraphs[0]
+    buffer = schema.BufferT()
+    buffer.data = np.array([int(value)], dtype=np.uint8)
+    model.buffers.append(buffer)
+    constant = copy.deepcopy(main.tensors[like])
+    constant.buffer = len(model.buffers) - 1
+    main.tensors.append(constant)
+    return len(main.tensors) - 1
+
+
+def _prune_dead_ops(sg) -> None:
+    """Delete the ops no output of `sg` depends on (e.g. the controller of a folded gate)."""
+    live = _ancestors(sg, sg.outputs, _producers(sg))
+    sg.operators = [op for k, op in enumerate(sg.operators) if k in live]
+
+
+def restructure(tflite_bytes: bytes, gated_indices: list[int], memory_plan: bool = True,
+                static: dict[int, bool] | None = None) -> bytes:
     """The deployable int8 model: one IF per gated block, outputs `logits`, `gate_{i}`...
-    With `memory_plan`, the offline plan of `memory_plan.py` lets each IF skip its copies."""
+    With `memory_plan`, the offline plan of `memory_plan.py` lets each IF skip its copies.
+
+    `static` maps gated blocks to a decision proven for every input (`gate_bounds.py`): True
+    leaves the block inline with no IF and no controller, False deletes the block and its
+    weights (y is the requantised shortcut). Their `gate_{i}` outputs become that constant.
+    """
+    static = static or {}
     model = read_model(tflite_bytes)
     if len(model.subgraphs) != 1 or not model.signatureDefs:
         raise RestructureError("expected the single-subgraph all-compute model with a signature")
     signature = model.signatureDefs[0]
     named = {(e.name.decode() if isinstance(e.name, bytes) else e.name): e.tensorIndex
              for e in signature.outputs}
+    gates = {}
     for i in gated_indices:
         x = named["stem"] if i == 0 else named[f"y{i - 1}"]
-        _carve_block(model, i, x, named.get(f"s{i}", x), named[f"y{i}"], named[f"pred{i}"])
-    _set_outputs(model, [("logits", named["logits"])]
-                 + [(f"gate_{i}", named[f"pred{i}"]) for i in gated_indices])
+        s, y, pred = named.get(f"s{i}", x), named[f"y{i}"], named[f"pred{i}"]
+        if i not in static:
+            _carve_block(model, i, x, s, y, pred)
+        elif not static[i]:
+            _drop_block(model, i, x, s, y, pred)
+        gates[i] = _constant_bool(model, pred, static[i]) if i in static else pred
+    _set_outputs(model, [("logits", named["logits"])] + [(f"gate_{i}", gates[i]) for i in gated_indices])
     main = model.subgraphs[0]
+    _prune_dead_ops(main)
     _toposort(main)
     _compact_tensors(model, main, signature)
     _compact_buffers(model)
-    if memory_plan and gated_indices:
+    if memory_plan and if_ops(model):
         plan.add_plan(model, if_ops(model))
     return write_model(model)
 
@@ -317,7 +373,6 @@ def force_gates(tflite_bytes: bytes, on) -> bytes:
     so instruction counts of the forced models bracket the deployed model's. Outputs `gate_{i}`
     become the constants, i.e. they still are the IF predicates.
     """
-    schema, _ = _schema()
     model = read_model(tflite_bytes)
     main = model.subgraphs[0]
     branches = if_ops(model)
@@ -326,19 +381,10 @@ def force_gates(tflite_bytes: bytes, on) -> bytes:
     decisions = [bool(on)] * len(branches) if isinstance(on, (bool, np.bool_)) else [bool(d) for d in on]
     if len(decisions) != len(branches):
         raise ValueError(f"{len(decisions)} forced decisions for {len(branches)} IF ops")
-    buffers = {}
-    for value in sorted(set(decisions)):
-        constant = schema.BufferT()
-        constant.data = np.array([int(value)], dtype=np.uint8)
-        model.buffers.append(constant)
-        buffers[value] = len(model.buffers) - 1
     for op, decision in zip(branches, decisions):
         old = op.inputs[0]
-        forced = copy.deepcopy(main.tensors[old])
-        forced.buffer = buffers[decision]
+        new = _constant_bool(model, old, decision)
         main.tensors[old].name = main.tensors[old].name + b"_controller"
-        main.tensors.append(forced)
-        new = len(main.tensors) - 1
         op.inputs[0] = new
         main.outputs = [new if t == old else t for t in main.outputs]
         for entry in model.signatureDefs[0].outputs:

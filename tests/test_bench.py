@@ -144,7 +144,19 @@ def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):
     text = out.read_text()
     rates = json.loads((bench_dir / "bench.json").read_text())["runtimes"]["tflite_int8"]["exec_rate_per_block"]
     never_run = sum(size for size, rate in zip(report["branch_weight_bytes"], rates) if rate == 0)
-    assert f"| tiny | cmsis_nn | 1 | {never_run:,d} | 2 | 3 | yes | 4 | — | {all_off:.3f} | 1 |" in text
+    assert f"| tiny | cmsis_nn | 1 | {never_run:,d} | 2 | 3 | yes | — | 4 | — | {all_off:.3f} | 1 |" in text
+    # The folded export of the same run gets its own row, with its own report's weights and folds.
+    (row / "export_folded").mkdir()
+    folded = {**report, "folded_gates": {"always": [], "never": [0]},
+              "branch_weight_bytes": [0, *report["branch_weight_bytes"][1:]]}
+    (row / "export_folded" / "export_report.json").write_text(json.dumps(folded))
+    (row / "qemu_folded.json").write_text(json.dumps({"cmsis_nn": {
+        "flash_bytes": 5, "ram_bytes": 6, "arena_used": 7, "instructions_mean": 8.0, "images": 1,
+        "gates": ["0" * report["gated_blocks"]]}}))
+    assert results.main([str(tmp_path / "root"), "--out", str(out), "--plots", str(tmp_path / "plots")]) == 0
+    never_run_folded = sum(size for size, rate in zip(folded["branch_weight_bytes"], rates) if rate == 0)
+    assert (f"| tiny (folded) | cmsis_nn | 5 | {never_run_folded:,d} | 6 | 7 | yes | never 0 | 8 | — | "
+            f"{all_off:.3f} | 1 |") in out.read_text()
     assert "| tiny | ResNet-8 | 2/2 ep, warm-up 1 (shortened)" in text and "python -m cosinegate.bench.results" in text
     assert (tmp_path / "plots" / "pareto.png").stat().st_size > 1000
     # A static twin (name + "_static") gets the dynamic-vs-static line with the gated run's routing.

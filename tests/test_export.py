@@ -5,6 +5,7 @@
 One tiny checkpoint (ResNet-8 on digits, 3 gated blocks, 2 epochs) is trained once per module;
 the int8 models and one full `cg-export --int8` run are shared by the tests that read them.
 """
+import copy
 import json
 
 import numpy as np
@@ -269,6 +270,92 @@ def test_report_repeats_the_parity_checks(exported):
     assert checks["forced_on_vs_all_compute"]["bit_exact_fraction"] == 1.0
 
 
+# --- gates proven constant for every input ---------------------------------------------------
+
+def _pinned_gates(frozen, logits: dict):
+    """A copy of `frozen` whose gate k computes the constant logit `logits[k]` for every input."""
+    pinned = copy.deepcopy(frozen)
+    for block in pinned.blocks:
+        if block.index in logits:
+            block.gate.weight = torch.zeros_like(block.gate.weight)
+            block.gate.bias = torch.full_like(block.gate.bias, logits[block.index])
+    return pinned
+
+
+def test_gate_bounds_contain_every_logit_the_int8_model_computes(tiny):
+    """The interval of each controller's int8 output holds the value TFLite computes on every
+    test image, and a proven decision is the one the predicate takes on each of them."""
+    from cosinegate.export import gate_bounds
+    tf = import_tensorflow()
+    model = restructure.read_model(tiny["all_compute"])
+    named = {e.name.decode() if isinstance(e.name, bytes) else e.name: e.tensorIndex
+             for e in model.signatureDefs[0].outputs}
+    bounds = gate_bounds.gate_bounds(tiny["all_compute"], tiny["gated_indices"])
+    assert [b.index for b in bounds] == tiny["gated_indices"]
+    interpreter = tf.lite.Interpreter(
+        model_content=tiny["all_compute"], experimental_preserve_all_tensors=True,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    logit_tensors = [gate_bounds._producer_chain(model, named[f"pred{i}"])[1].outputs[0]
+                     for i in tiny["gated_indices"]]
+    for i in range(len(tiny["xq"])):
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], tiny["xq"][i:i + 1])
+        interpreter.invoke()
+        for bound, t in zip(bounds, logit_tensors):
+            scale, zero_point = interpreter.get_tensor_details()[t]["quantization"]
+            value = (int(interpreter.get_tensor(t).reshape(-1)[0]) - zero_point) * scale
+            assert bound.logit[0] - 1e-9 <= value <= bound.logit[1] + 1e-9
+            if bound.decision != gate_bounds.INPUT:
+                assert (value > bound.threshold) == (bound.decision == gate_bounds.ALWAYS)
+
+
+def test_folding_proven_gates_changes_no_output_and_drops_the_dead_weights(tiny):
+    from cosinegate.export import gate_bounds
+    pinned = _pinned_gates(tiny["frozen"], {0: -50.0, 2: 50.0})
+    all_compute = quantize.convert_int8(onnx_export.export_all_compute(pinned, (1, 1, 8, 8)),
+                                        quantize.calibration_images("digits", None, CALIBRATION_IMAGES))
+    bounds = gate_bounds.gate_bounds(all_compute, tiny["gated_indices"])
+    assert (bounds[0].decision, bounds[2].decision) == (gate_bounds.NEVER, gate_bounds.ALWAYS)
+    kept = restructure.restructure(all_compute, tiny["gated_indices"])
+    folded = restructure.restructure(all_compute, tiny["gated_indices"], static={0: False, 2: True})
+    restructure.validate_int8(folded, 3)
+    model = restructure.read_model(folded)
+    assert len(restructure.if_ops(model)) == 1 and len(model.subgraphs) == 3
+    # block 0's convolutions are gone, block 2's run inline: only block 0's weights leave
+    assert len(kept) - len(folded) >= restructure.branch_weight_bytes(kept)[0]
+    assert restructure.branch_weight_bytes(folded) == restructure.branch_weight_bytes(kept)[1:2]
+    names = _gate_names(tiny["gated_indices"])
+    arena_kept, arena_folded = tflm.measure_arena(kept), tflm.measure_arena(folded)
+    assert arena_folded <= arena_kept
+    runners = [(parity.TfliteRunner(kept, names), parity.TfliteRunner(folded, names)),
+               (tflm.TflmRunner(kept, arena_kept, 4), tflm.TflmRunner(folded, arena_folded, 4))]
+    for a, b in runners:
+        for i in range(len(tiny["xq"])):
+            (logits_a, gates_a), (logits_b, gates_b) = a(tiny["xq"][i:i + 1]), b(tiny["xq"][i:i + 1])
+            np.testing.assert_array_equal(logits_a, logits_b)
+            np.testing.assert_array_equal(gates_a.reshape(-1), gates_b.reshape(-1))
+            assert gates_b.reshape(-1)[0] == 0 and gates_b.reshape(-1)[2] == 1
+
+
+def test_cg_export_folds_a_gate_proven_closed(tiny_ckpt, exported, tmp_path):
+    """End to end: a checkpoint whose block 0 controller can only say "skip" exports without
+    block 0's weights, and the folded model matches the unfolded one on every parity image."""
+    ckpt = checkpoint.load(tiny_ckpt)
+    state, prefix = ckpt["model"], "blocks.0.controller."
+    gamma = float(state["blocks.0.gamma"])
+    for head in ("head_c", "head_cir"):
+        state[prefix + head + ".weight"].zero_()
+    state[prefix + "head_c.bias"].fill_(-50.0 / gamma - float(state[prefix + "head_cir.bias"]))
+    checkpoint.save(tmp_path / "closed.pt", ckpt)
+    assert _export(tmp_path / "closed.pt", tmp_path / "folded", "--fold-static-gates") == 0
+    report = json.loads((tmp_path / "folded" / "export_report.json").read_text())
+    assert report["gate_bounds"][0]["decision"] == "never" and 0 in report["folded_gates"]["never"]
+    assert report["branch_weight_bytes"][0] == 0
+    assert report["parity"]["folded_vs_gated"] == {"bit_exact_fraction": 1.0, "max_lsb_diff": 0,
+                                                   "gates_identical": True}
+    assert report["file_bytes"]["model_int8.tflite"] < (exported / "model_int8.tflite").stat().st_size
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 def _assert_error(capsys, out, code, *fragments):
@@ -340,6 +427,13 @@ def test_op_tflm_cannot_run_fails_the_export_cleanly(tiny_ckpt, tmp_path, capsys
         raise tflm.TflmError("TFLM cannot run op SEGMENT_SUM: the model is not deployable")
     monkeypatch.setattr(tflm, "check_tflm_ops", refuse)
     _assert_error(capsys, tmp_path / "out", _export(tiny_ckpt, tmp_path / "out"), "SEGMENT_SUM")
+
+
+def test_fold_static_gates_needs_int8(tiny_ckpt, tmp_path, capsys):
+    from cosinegate.export import cli
+    out = tmp_path / "out"
+    code = cli.main([str(tiny_ckpt), "--out", str(out), "--fold-static-gates"])
+    _assert_error(capsys, out, code, "--int8")
 
 
 def test_plain_resnet_exports_without_if(tiny_ckpt, tmp_path, capsys):

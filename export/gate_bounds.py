@@ -135,12 +135,15 @@ def predicate_bound(model, pred: int, index: int) -> GateBound:
     q_low, q_high, q_c = int(logit[0][0]), int(logit[1][0]), int(threshold.reshape(-1)[0])
     low, high = float((q_low - z_a[0]) * s_a[0]), float((q_high - z_a[0]) * s_a[0])
     c = float((q_c - z_c[0]) * s_c[0])
-    if q_c == z_c[0] or (s_a[0] == s_c[0] and z_a[0] == z_c[0]):
-        # Against zero, or with equal quantisation, GREATER's rescaling keeps the order exactly.
-        pivot = z_a[0] if q_c == z_c[0] else q_c
-        decision = NEVER if q_high <= pivot else ALWAYS if q_low > pivot else INPUT
-    else:  # one more step of margin for rescaling two differently quantised operands
-        decision = NEVER if high + s_a[0] <= c else ALWAYS if low - s_a[0] > c else INPUT
+    # GREATER rescales both operands: (q - zp) * 2^8 * scale / (2 * max scale), rounded.
+    unit = 2 * max(s_a[0], s_c[0]) / 256            # one step of that common scale, real units
+    if q_c == z_c[0]:
+        # Against zero the sign survives rescaling; a positive value must not round down to 0.
+        smallest = (q_low - z_a[0]) * s_a[0] / unit
+        decision = NEVER if q_high <= z_a[0] else ALWAYS if q_low > z_a[0] and smallest >= 1 else INPUT
+    else:  # margins for the rounding of both rescaled operands
+        margin = s_a[0] + 2 * unit
+        decision = NEVER if high + margin <= c else ALWAYS if low - margin > c else INPUT
     return GateBound(index, decision, (low, high), c)
 
 

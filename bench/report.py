@@ -55,6 +55,12 @@ def render_markdown(bench: dict) -> str:
         cols = [("runtime", "")] + [(f"b{i}", ".2f") for i in range(len(next(iter(rates.values()))))]
         parts += ["### Execution rate per gated block",
                   table(cols, [{"runtime": n, **{f"b{i}": v for i, v in enumerate(r)}} for n, r in rates.items()])]
+    folded = {kind: blocks for kind, blocks in (bench.get("folded_gates") or {}).items() if blocks}
+    if folded:
+        parts.append("Exported with `--fold-static-gates`: "
+                     + "; ".join(f"{kind} {', '.join(map(str, blocks))}" for kind, blocks in folded.items())
+                     + " (proven for every input; no IF). Forced variants (`all_on`, `all_off`) force "
+                       "only the IFs left: a block proven never to run is not in the model.")
     parts += ["## Host latency (batch 1, single thread)",
               "MLPerf-Tiny style: warm-up runs discarded, then single-image inferences cycling through the test images.",
               table(LATENCY_COLUMNS, [{"runtime / variant": k, "median ms": v["median_ms"], "min ms": v["min_ms"],

@@ -183,6 +183,7 @@ def run_bench(args, command: str) -> dict:
         "command": command, "machine": _machine(), "export_dir": str(args.export_dir),
         "checkpoint": str(ckpt_path), "dataset": report["dataset"], "images": int(len(labels)),
         "gated_blocks": len(gated), "macs_plain": macs["plain_total"],
+        "folded_gates": report.get("folded_gates") or {},
         "runtimes": results, "difficulty": difficulty, "firmware": firmware,
         "latency": latency, "qemu": qemu,
         "qemu_note": None if args.tflm_root else "no TFLM library configured (--tflm-root or CG_TFLM_ROOT): QEMU not run",

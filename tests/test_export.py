@@ -354,6 +354,12 @@ def test_cg_export_folds_a_gate_proven_closed(tiny_ckpt, exported, tmp_path):
     assert report["parity"]["folded_vs_gated"] == {"bit_exact_fraction": 1.0, "max_lsb_diff": 0,
                                                    "gates_identical": True}
     assert report["file_bytes"]["model_int8.tflite"] < (exported / "model_int8.tflite").stat().st_size
+    from cosinegate.bench.cli import main as bench_main  # the bench reads a folded export as any other
+    assert bench_main([str(tmp_path / "folded"), "--out", str(tmp_path / "bench"), "--images", "10",
+                       "--no-plain", "--latency-runs", "2", "--latency-warmup", "1", "--no-progress"]) == 0
+    bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert 0 in bench["folded_gates"]["never"] and bench["runtimes"]["tflm"]["exec_rate_per_block"][0] == 0
+    assert "Exported with `--fold-static-gates`: " in (tmp_path / "bench" / "BENCH.md").read_text()
 
 
 # --- bad input ------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ bounds are carried through both int8 fully connected layers in integer arithmeti
 TFLite computes them: acc = sum (q_in - zp_in) * w + bias, then requantised and clamped to the
 fused activation. Each requantisation widens by one step so the bound also holds for TFLite's
 fixed-point rounding. If even the largest reachable logit is not above c, the block can never
-run (`NEVER`); if the smallest already is, it always runs (`ALWAYS`). Anything else, or a graph
+run (`NEVER`); if the smallest already is, it always runs (`ALWAYS`), allowing for the rounding
+of GREATER's own rescaling of its two operands. Anything else, or a graph
 of another shape, is `INPUT`: decided per image, as trained.
 
     bounds = gate_bounds(all_compute_int8_bytes, gated_indices)   # GateBound per gated block
@@ -71,7 +72,9 @@ def fully_connected_bounds(model, sg, op, low: np.ndarray, high: np.ndarray):
     if weights is None or bias is None or weights.ndim != 2 or weights.dtype != np.int8:
         return None
     s_in, z_in = _quant(x)
-    s_w, _ = _quant(w)
+    s_w, z_w = _quant(w)
+    if np.any(z_w != 0):  # TFLite's int8 FC takes symmetric weights; anything else is not covered
+        return None
     s_out, z_out = _quant(out)
     clamp = _activation_range(op.builtinOptions.fusedActivationFunction, int(z_out[0]))
     if clamp is None:

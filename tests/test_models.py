@@ -26,5 +26,8 @@ def test_manifest_entry(entry):
     tflite = read_model((ROOT / entry["paths"]["model_int8.tflite"]).read_bytes())
     names = builtin_names()
     main_ops = [names[builtin_code(tflite.operatorCodes[op.opcodeIndex])] for op in tflite.subgraphs[0].operators]
-    assert main_ops.count("IF") == report["gated_blocks"]
+    folded = report.get("folded_gates") or {}  # gates proven constant have no IF
+    assert main_ops.count("IF") == report["gated_blocks"] - sum(len(v) for v in folded.values())
+    if folded:
+        assert report["parity"]["folded_vs_gated"]["bit_exact_fraction"] == 1.0
     assert 0 < entry["test_acc_deploy_int8"] <= 1 and 0 < entry["mac_ratio_deploy"] <= 1.01

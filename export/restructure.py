@@ -18,6 +18,8 @@ never hand-parsed bytes.
 
     gated = restructure(all_compute_int8_bytes, gated_indices=[0, 1, 2])
     all_on = force_gates(gated, on=True)     # every IF predicate a constant: all blocks computed
+    folded = restructure(all_compute_int8_bytes, [0, 1, 2], static={0: False, 2: True})
+                                             # gates proven constant (gate_bounds.py): no IF
 """
 import copy
 

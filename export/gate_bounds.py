@@ -68,8 +68,10 @@ def fully_connected_bounds(model, sg, op, low: np.ndarray, high: np.ndarray):
     x, w, b = (sg.tensors[t] if t >= 0 else None for t in op.inputs[:3])
     out = sg.tensors[op.outputs[0]]
     weights = _constant(model, w)
+    if weights is None or weights.ndim != 2 or weights.dtype != np.int8:
+        return None
     bias = _constant(model, b) if b is not None else np.zeros(weights.shape[0], np.int32)
-    if weights is None or bias is None or weights.ndim != 2 or weights.dtype != np.int8:
+    if bias is None:
         return None
     s_in, z_in = _quant(x)
     s_w, z_w = _quant(w)
@@ -92,9 +94,9 @@ def fully_connected_bounds(model, sg, op, low: np.ndarray, high: np.ndarray):
 def _producer_chain(model, pred: int):
     """(GREATER, FC2, FC1) behind predicate tensor `pred` of subgraph 0, through RESHAPEs; else None."""
     schema = _schema().BuiltinOperator
-    from cosinegate.export.restructure import builtin_code
+    from cosinegate.export.restructure import _producers, builtin_code
     sg = model.subgraphs[0]
-    producers = {t: op for op in sg.operators for t in op.outputs if t >= 0}
+    producers = {t: sg.operators[k] for t, k in _producers(sg).items()}
 
     def code(op):
         return builtin_code(model.operatorCodes[op.opcodeIndex])
@@ -152,8 +154,7 @@ def predicate_bound(model, pred: int, index: int) -> GateBound:
 
 def gate_bounds(tflite_bytes: bytes, gated_indices: list[int]) -> list[GateBound]:
     """One GateBound per gated block of the all-compute int8 model (outputs `pred{i}`)."""
-    from cosinegate.export.restructure import read_model
+    from cosinegate.export.restructure import read_model, signature_outputs
     model = read_model(tflite_bytes)
-    named = {(e.name.decode() if isinstance(e.name, bytes) else e.name): e.tensorIndex
-             for e in model.signatureDefs[0].outputs}
+    named = signature_outputs(model)
     return [predicate_bound(model, named[f"pred{i}"], i) for i in gated_indices]

@@ -305,6 +305,12 @@ def _set_outputs(model, named: list[tuple[str, int]]) -> None:
         signature.outputs.append(entry)
 
 
+def signature_outputs(model) -> dict[str, int]:
+    """Output name -> subgraph-0 tensor index, from the model's (first) signature."""
+    return {(e.name.decode() if isinstance(e.name, bytes) else e.name): e.tensorIndex
+            for e in model.signatureDefs[0].outputs}
+
+
 def if_ops(model) -> list:
     """The main graph's IF operators, in graph order."""
     schema, _ = _schema()
@@ -345,8 +351,7 @@ def restructure(tflite_bytes: bytes, gated_indices: list[int], memory_plan: bool
     if len(model.subgraphs) != 1 or not model.signatureDefs:
         raise RestructureError("expected the single-subgraph all-compute model with a signature")
     signature = model.signatureDefs[0]
-    named = {(e.name.decode() if isinstance(e.name, bytes) else e.name): e.tensorIndex
-             for e in signature.outputs}
+    named = signature_outputs(model)
     gates = {}
     for i in gated_indices:
         x = named["stem"] if i == 0 else named[f"y{i - 1}"]

@@ -121,7 +121,9 @@ def test_results_deeper_net_and_goal_on_resnet20_scale():
     assert deeper[0].endswith("more accurate by 1.00 points at no more compute, goal met.")
     assert deeper[1].endswith("at more compute, goal not met.")  # 0.70 of ResNet-32 > ResNet-20
     goal = results._goal_lines(rows)
-    assert [line.endswith(": met.") for line in goal] == [False, False, True]
+    assert [": met;" in line for line in goal] == [False, False, True]
+    # Each Balanced line also says what plain ResNet-20 reaches with the same schedule.
+    assert all(line.endswith("plain **resnet20** with the same schedule: int8 86.00% at 1.000.") for line in goal)
 
 
 def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):

@@ -127,9 +127,13 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
     if args.int8:
         from cosinegate.export import restructure, tflm
         with stage("int8 convert") as note:
+            from cosinegate.export.freeze import bound_gate_logits
+            shifts = bound_gate_logits(frozen, torch.from_numpy(calibration.transpose(0, 3, 1, 2)))
             all_compute = quantize.convert_int8(onnx_export.export_all_compute(frozen, nchw),
                                                 calibration)
-            note["text"] = f"all-compute model, {len(all_compute)} bytes"
+            note["text"] = f"all-compute model, {len(all_compute)} bytes" + (
+                f"; gate heads of blocks {','.join(map(str, shifts))} scaled by a power of two for "
+                "TFLM's GREATER (same decisions)" if shifts else "")
         with stage("gate bounds") as note:
             from cosinegate.export.gate_bounds import INPUT, gate_bounds
             bounds = gate_bounds(all_compute, gated)
@@ -160,6 +164,8 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
                                  "threshold": b.threshold, **({"reason": b.reason} if b.reason else {})}
                                 for b in bounds],
                 "folded_gates": {d: [i for i in static if proven[i] == d] for d in ("always", "never")},
+                # block -> k: that gate head was divided by 2**k before conversion (bound_gate_logits)
+                "gate_head_shifts": {str(i): k for i, k in shifts.items()},
                 "calibration_images": len(calibration)}
 
     with stage("parity") as note:

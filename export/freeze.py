@@ -13,6 +13,7 @@ those frozen weights:
     frozen = freeze(build_model(load("runs/demo/best.pt")))
     logits, gates = DeployNet(frozen)(x)      # x (1, C, H, W) float, normalised
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +86,36 @@ def freeze(model) -> FrozenModel:
     stem_conv, stem_bn = model.stem[0], model.stem[1]
     return FrozenModel(fold_bn(stem_conv, stem_bn), blocks, model.fc.weight.detach().float(),
                        model.fc.bias.detach().float())
+
+
+# Largest |folded logit| a gate head may reach on the calibration images. The int8 logit's scale
+# is its calibrated range over 255, and TFLM's int8 GREATER aborts on an input scale of 1 or more.
+GATE_LOGIT_LIMIT = 100.0
+
+
+@torch.no_grad()
+def bound_gate_logits(frozen: FrozenModel, images: torch.Tensor, limit: float = GATE_LOGIT_LIMIT) -> dict:
+    """Divide, in place, each gate head whose folded logit reaches `limit` on `images` (N, C, H, W;
+    every block computed, as the int8 converter calibrates) by the smallest power of two that brings
+    it below. Returns {block index: k} for the heads divided by 2**k.
+
+    No decision changes: a power of two scales the float logit exactly, sign included, and the int8
+    head keeps the same integers because every scale along it (weights, bias, calibrated output)
+    scales with it; only the logit's scale drops below the one TFLM's GREATER accepts."""
+    net = _FrozenModule(frozen)
+    x = F.relu(net.conv("stem", images))
+    shifts = {}
+    for block in frozen.blocks:
+        s = net.shortcut(block, x)
+        if block.gate is not None:
+            peak = net.gate_logit(block, x).abs().max().item()
+            if peak >= limit:
+                k = math.floor(math.log2(peak / limit)) + 1
+                block.gate.weight = block.gate.weight * 2.0 ** -k
+                block.gate.bias = block.gate.bias * 2.0 ** -k
+                shifts[block.index] = k
+        x = net.residual_sum(block, x, s)
+    return shifts
 
 
 class _FrozenModule(nn.Module):

@@ -10,6 +10,7 @@ capture file descriptor 2 and turn its text into one line.
 """
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,13 +35,26 @@ def _interpreter(tflite_bytes: bytes, arena_size: int):
 
 
 def _try_load(tflite_bytes: bytes, arena_size: int) -> tuple[bool, str]:
-    with captured_stderr() as read:
-        try:
-            _interpreter(tflite_bytes, arena_size)
-            ok = True
-        except RuntimeError:
-            ok = False
-        return ok, read()
+    """(loaded, TFLM's messages). Runs in a helper process: a failed check inside a kernel's
+    Prepare aborts the whole process (TFLITE_CHECK), which must not take the caller with it."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.tflite"
+        path.write_bytes(tflite_bytes)
+        result = subprocess.run([sys.executable, "-m", "cosinegate.export.tflm", "--load", str(path),
+                                 str(arena_size)], capture_output=True, text=True, check=False)
+    if result.returncode < 0:
+        raise TflmError(f"TFLM crashed loading the model ({signal.Signals(-result.returncode).name}; "
+                        "a kernel's Prepare failed a check): the model is not deployable")
+    return result.returncode == 0, result.stderr
+
+
+def _load_and_report(path: str, arena_size: int) -> int:
+    """The helper's `--load`: TFLM prints its own messages on fd 2; exit status 0 when it loads."""
+    try:
+        _interpreter(Path(path).read_bytes(), arena_size)
+        return 0
+    except RuntimeError:
+        return 1
 
 
 def check_tflm_ops(tflite_bytes: bytes) -> None:
@@ -124,5 +138,7 @@ class TflmRunner:
         return logits, gates
 
 
-if __name__ == "__main__":  # the arena-measuring helper process: prints the arena size
+if __name__ == "__main__":  # the helper process: `--load MODEL ARENA`, or `MODEL` to print its arena size
+    if sys.argv[1] == "--load":
+        sys.exit(_load_and_report(sys.argv[2], int(sys.argv[3])))
     print(_bisect_arena(sys.argv[1]))

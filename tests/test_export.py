@@ -282,6 +282,30 @@ def _pinned_gates(frozen, logits: dict):
     return pinned
 
 
+def test_gate_heads_with_huge_logits_are_scaled_for_tflm(tiny):
+    """TFLM's int8 GREATER aborts on an input scale of 1 or more: a head whose logits span
+    thousands crashes TFLM (reported as an error, not a dead process) until bound_gate_logits
+    scales it by a power of two, after which the int8 model loads and decides as before."""
+    from cosinegate.export.freeze import bound_gate_logits
+    loud = copy.deepcopy(tiny["frozen"])
+    for block in loud.blocks:
+        block.gate.weight, block.gate.bias = block.gate.weight * 4096, block.gate.bias * 4096
+    calibration = quantize.calibration_images("digits", None, CALIBRATION_IMAGES)
+    unscaled = restructure.restructure(quantize.convert_int8(
+        onnx_export.export_all_compute(loud, (1, 1, 8, 8)), calibration), tiny["gated_indices"])
+    with pytest.raises(tflm.TflmError, match="crashed"):
+        tflm.check_tflm_ops(unscaled)
+    shifts = bound_gate_logits(loud, torch.from_numpy(calibration.transpose(0, 3, 1, 2).copy()))
+    assert set(shifts) == set(tiny["gated_indices"]) and min(shifts.values()) >= 5
+    scaled = restructure.restructure(quantize.convert_int8(
+        onnx_export.export_all_compute(loud, (1, 1, 8, 8)), calibration), tiny["gated_indices"])
+    tflm.check_tflm_ops(scaled)
+    names = _gate_names(tiny["gated_indices"])
+    reference, runner = parity.TfliteRunner(tiny["gated"], names), parity.TfliteRunner(scaled, names)
+    for i in range(len(tiny["xq"])):
+        np.testing.assert_array_equal(reference(tiny["xq"][i:i + 1])[1], runner(tiny["xq"][i:i + 1])[1])
+
+
 def test_gate_bounds_contain_every_logit_the_int8_model_computes(tiny):
     """The interval of each controller's int8 output holds the value TFLite computes on every
     test image, and a proven decision is the one the predicate takes on each of them."""

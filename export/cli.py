@@ -138,9 +138,27 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
             from cosinegate.export.gate_bounds import INPUT, gate_bounds
             bounds = gate_bounds(all_compute, gated)
             proven = {b.index: b.decision for b in bounds if b.decision != INPUT}
-            static = {i: decision == "always" for i, decision in proven.items()} if args.fold_static_gates else {}
             note["text"] = (_bounds_line(proven) + ("" if not proven or args.fold_static_gates
                                                     else " (--fold-static-gates folds them)"))
+        never = [i for i, decision in proven.items() if decision == "never"]
+        recalibrated = []
+        if args.fold_static_gates and never:
+            with stage("recalibrate") as note:
+                # Calibration ran every block; blocks that can never run add nothing when deployed,
+                # and their residuals skew every range after them. Convert again with those blocks
+                # adding nothing (they are deleted anyway), kept only if they are still proven dead.
+                from cosinegate.export.freeze import without_residuals
+                candidate = quantize.convert_int8(
+                    onnx_export.export_all_compute(without_residuals(frozen, never), nchw), calibration)
+                candidate_bounds = gate_bounds(candidate, gated)
+                if all(b.decision == "never" for b in candidate_bounds if b.index in never):
+                    all_compute, bounds, recalibrated = candidate, candidate_bounds, never
+                    proven = {b.index: b.decision for b in bounds if b.decision != INPUT}
+                    note["text"] = (f"deploy-path ranges without blocks {','.join(map(str, never))}; "
+                                    + _bounds_line(proven))
+                else:
+                    note["text"] = "kept the all-compute calibration: a dead block was no longer proven dead"
+        static = {i: decision == "always" for i, decision in proven.items()} if args.fold_static_gates else {}
         with stage("restructure") as note:
             tflite = restructure.restructure(all_compute, gated, static=static)
             restructure.validate_int8(tflite, len(gated))
@@ -166,6 +184,8 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
                 "folded_gates": {d: [i for i in static if proven[i] == d] for d in ("always", "never")},
                 # block -> k: that gate head was divided by 2**k before conversion (bound_gate_logits)
                 "gate_head_shifts": {str(i): k for i, k in shifts.items()},
+                # blocks calibrated as adding nothing (proven never to run; --fold-static-gates)
+                "calibrated_without_blocks": recalibrated,
                 "calibration_images": len(calibration)}
 
     with stage("parity") as note:

@@ -88,6 +88,19 @@ def freeze(model) -> FrozenModel:
                        model.fc.bias.detach().float())
 
 
+def without_residuals(frozen: FrozenModel, indices) -> FrozenModel:
+    """A copy in which the listed blocks add nothing to their shortcut (conv2 zeroed, so
+    y = relu(s) = s): what the deployed network computes where those blocks never run."""
+    copy = FrozenModel(frozen.stem, list(frozen.blocks), frozen.fc_weight, frozen.fc_bias)
+    for n, block in enumerate(copy.blocks):
+        if block.index in indices:
+            conv2 = FrozenConv(torch.zeros_like(block.conv2.weight), torch.zeros_like(block.conv2.bias),
+                               block.conv2.stride)
+            copy.blocks[n] = FrozenBlock(block.index, block.conv1, conv2, block.stride, block.in_channels,
+                                         block.out_channels, block.gate)
+    return copy
+
+
 # Largest |folded logit| a gate head may reach on the calibration images. The int8 logit's scale
 # is its calibrated range over 255, and TFLM's int8 GREATER aborts on an input scale of 1 or more.
 GATE_LOGIT_LIMIT = 100.0

@@ -282,6 +282,21 @@ def _pinned_gates(frozen, logits: dict):
     return pinned
 
 
+def test_without_residuals_passes_the_shortcut_through(tiny):
+    """The recalibration network: a listed block outputs its input (its shortcut), as a skipped
+    block does when deployed; the others and the original are untouched."""
+    from cosinegate.export.freeze import AllComputeNet, without_residuals
+    frozen = tiny["frozen"]
+    first = frozen.gated_indices[0]
+    x = torch.from_numpy(tiny["x"][:1])
+    with torch.no_grad():
+        before, after = AllComputeNet(frozen)(x), AllComputeNet(without_residuals(frozen, [first]))(x)
+    block_input = before["stem"] if first == 0 else before[f"y{first - 1}"]
+    torch.testing.assert_close(after[f"y{first}"], before.get(f"s{first}", block_input), rtol=0, atol=0)
+    assert not torch.equal(before[f"y{first}"], after[f"y{first}"])
+    assert frozen.blocks[first].conv2.weight.abs().sum() > 0
+
+
 def test_gate_heads_with_huge_logits_are_scaled_for_tflm(tiny):
     """TFLM's int8 GREATER aborts on an input scale of 1 or more: a head whose logits span
     thousands crashes TFLM (reported as an error, not a dead process) until bound_gate_logits
@@ -374,6 +389,8 @@ def test_cg_export_folds_a_gate_proven_closed(tiny_ckpt, exported, tmp_path):
     assert _export(tmp_path / "closed.pt", tmp_path / "folded", "--fold-static-gates") == 0
     report = json.loads((tmp_path / "folded" / "export_report.json").read_text())
     assert report["gate_bounds"][0]["decision"] == "never" and 0 in report["folded_gates"]["never"]
+    # calibrated again with block 0 adding nothing, as deployed
+    assert 0 in report["calibrated_without_blocks"]
     assert report["branch_weight_bytes"][0] == 0
     assert report["parity"]["folded_vs_gated"] == {"bit_exact_fraction": 1.0, "max_lsb_diff": 0,
                                                    "gates_identical": True}

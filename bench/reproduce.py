@@ -75,15 +75,19 @@ def run_one(name: str, train_args: list[str], args, log=None) -> int:
 
 
 def fold_one(folder: Path, args, log=None) -> int:
-    """NAME/export_folded: the same checkpoint with its proven-constant gates folded, and with
-    --tflm-root its QEMU figures in NAME/qemu_folded.json (the parity checks prove the folded
-    model computes the same bytes as NAME/export on every parity image)."""
+    """NAME/export_folded: the same checkpoint with its proven-constant gates folded, benched in
+    NAME/bench_folded (its calibration leaves out the blocks that can never run, so its accuracy
+    is its own), and with --tflm-root its QEMU figures in NAME/qemu_folded.json."""
     py, folded = sys.executable, folder / "export_folded"
     common = ["--data-dir", str(args.data_dir)] if args.data_dir else []
     if not (folded / "export_report.json").exists():
         if _call([py, "-m", "cosinegate.export.cli", str(folder / "run" / "best.pt"), "--int8",
                   "--fold-static-gates", "--out", str(folded), "--parity-images", str(args.images),
                   "--no-progress", *common], log) != 0:
+            return 1
+    if not (folder / "bench_folded" / "bench.json").exists():
+        if _call([py, "-m", "cosinegate.bench.cli", str(folded), "--out", str(folder / "bench_folded"),
+                  "--images", str(args.images), "--no-plain", "--no-progress", *common], log) != 0:
             return 1
     if args.tflm_root and not (folder / "qemu_folded.json").exists():
         with tempfile.TemporaryDirectory(prefix="cg-fold-qemu-") as work:

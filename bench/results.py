@@ -52,6 +52,7 @@ def collect(root: Path) -> list[dict]:
         config = yaml.safe_load((folder / "run" / "config.yaml").read_text())
         report = _read_json(folder / "export" / "export_report.json")
         bench = _read_json(folder / "bench" / "bench.json")
+        bench_folded = _read_json(folder / "bench_folded" / "bench.json")
         qemu = _read_json(folder / "qemu.json") or _firmware_from_bench(bench)
         # `reproduce --fold-static-gates`: the same model with its proven-constant gates folded
         folded = (_read_json(folder / "export_folded" / "export_report.json"),
@@ -59,7 +60,8 @@ def collect(root: Path) -> list[dict]:
         last = history[-1]
         peak = max(history, key=lambda m: m.get("test_acc_deploy", m["test_acc_full"]))
         row = {"name": folder.name, "preset": config["preset"], "config": config, "last": last,
-               "peak": peak, "epochs_done": len(history), "report": report, "bench": bench, "qemu": qemu,
+               "peak": peak, "epochs_done": len(history), "report": report, "bench": bench,
+               "bench_folded": bench_folded, "qemu": qemu,
                "qemu_folded": folded if all(folded) else None}
         rows.append(row)
     return rows
@@ -170,6 +172,16 @@ def _int8(row: dict) -> dict:
     return ((row["bench"] or {}).get("runtimes") or {}).get("tflite_int8") or {}
 
 
+def _folded_clause(row: dict) -> str:
+    """The folded export's own int8 and TFLM accuracy (NAME/bench_folded), where it was benched."""
+    runtimes = (row.get("bench_folded") or {}).get("runtimes") or {}
+    if "tflite_int8" not in runtimes:
+        return ""
+    tflm = f", TFLM {runtimes['tflm']['accuracy']:.2%}" if "tflm" in runtimes else ""
+    return (f" (folded export, calibrated without its dead blocks: int8 "
+            f"{runtimes['tflite_int8']['accuracy']:.2%}{tflm} at {runtimes['tflite_int8']['mac_ratio'] * _vs_resnet20(row['config']):.3f})")
+
+
 def _plain_resnet20(rows: list[dict], row: dict) -> dict | None:
     """The deployed plain ResNet-20 trained with the row's dataset and schedule, if there is one."""
     def schedule(r):
@@ -188,7 +200,8 @@ def _goal_lines(rows: list[dict]) -> list[str]:
         acc, macs = _int8(r)["accuracy"], _macs(r)
         verdict = "met" if acc >= PAPER["balanced"]["acc"] and macs <= 0.70 else "not met"
         line = (f"- **{r['name']}** (ResNet-{r['config']['depth']}, {_schedule(r['config'], r['epochs_done'])}): "
-                f"int8 {acc:.2%} at {macs:.3f} executed MACs on {_int8(r)['images']:,} test images: {verdict}")
+                f"int8 {acc:.2%} at {macs:.3f} executed MACs on {_int8(r)['images']:,} test images"
+                f"{_folded_clause(r)}: {verdict}")
         base = _plain_resnet20(rows, r)
         if base:
             line += (f"; plain **{base['name']}** with the same schedule: int8 {_int8(base)['accuracy']:.2%} "
@@ -204,7 +217,7 @@ def _deeper_lines(rows: list[dict]) -> list[str]:
         base = _plain_resnet20(rows, r)
         acc, macs = _int8(r)["accuracy"], _macs(r)
         line = (f"- **{r['name']}** (gated ResNet-{r['config']['depth']}, {_schedule(r['config'], r['epochs_done'])}): "
-                f"int8 {acc:.2%} at {macs:.3f} of ResNet-20's MACs")
+                f"int8 {acc:.2%} at {macs:.3f} of ResNet-20's MACs{_folded_clause(r)}")
         if base:
             gap = acc - _int8(base)["accuracy"]
             won = gap > 0 and macs <= 1.0

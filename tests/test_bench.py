@@ -115,8 +115,11 @@ def test_results_deeper_net_and_goal_on_resnet20_scale():
     plain = {d: macs_breakdown(ModelConfig(depth=d, gated=False))["plain_total"] for d in (20, 32)}
     rows = [row("resnet20", 20, False, 0.86, 1.0), row("r32", 32, True, 0.87, 0.58),
             row("r32_big", 32, True, 0.90, 0.70), row("balanced", 20, True, 0.92, 0.69)]
+    rows[1]["bench_folded"] = {"runtimes": {"tflite_int8": {"accuracy": 0.875, "mac_ratio": 0.58},
+                                            "tflm": {"accuracy": 0.874, "mac_ratio": 0.58}}}
     deeper = results._deeper_lines(rows)
     assert len(deeper) == 2
+    assert "(folded export, calibrated without its dead blocks: int8 87.50%, TFLM 87.40% at" in deeper[0]
     assert f"int8 87.00% at {0.58 * plain[32] / plain[20]:.3f} of ResNet-20's MACs" in deeper[0]
     assert deeper[0].endswith("more accurate by 1.00 points at no more compute, goal met.")
     assert deeper[1].endswith("at more compute, goal not met.")  # 0.70 of ResNet-32 > ResNet-20

@@ -47,7 +47,7 @@ def test_reproduce_runs_configurations_in_parallel_and_resumes(tmp_path):
         assert len((tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
-def test_reproduce_fold_stage_exports_folded_then_runs_qemu_once(tmp_path, monkeypatch):
+def test_reproduce_fold_stage_exports_benches_then_runs_qemu_once(tmp_path, monkeypatch):
     import argparse
 
     from cosinegate.bench import reproduce
@@ -55,12 +55,15 @@ def test_reproduce_fold_stage_exports_folded_then_runs_qemu_once(tmp_path, monke
     monkeypatch.setattr(reproduce, "_call", lambda argv, log=None: calls.append(argv) or 0)
     args = argparse.Namespace(data_dir=None, images=50, tflm_root=tmp_path / "tflm", qemu_images=2)
     assert reproduce.fold_one(tmp_path / "a", args) == 0
-    assert [argv[2] for argv in calls] == ["cosinegate.export.cli", "cosinegate.export.test_images",
-                                          "cosinegate.bench.qemu"]
+    assert [argv[2] for argv in calls] == ["cosinegate.export.cli", "cosinegate.bench.cli",
+                                          "cosinegate.export.test_images", "cosinegate.bench.qemu"]
     assert "--fold-static-gates" in calls[0] and str(tmp_path / "a" / "export_folded") in calls[0]
-    assert str(tmp_path / "a" / "qemu_folded.json") in calls[2]
-    (tmp_path / "a" / "export_folded").mkdir(parents=True)
+    assert str(tmp_path / "a" / "bench_folded") in calls[1]
+    assert str(tmp_path / "a" / "qemu_folded.json") in calls[3]
+    for name in ("export_folded", "bench_folded"):
+        (tmp_path / "a" / name).mkdir(parents=True)
     (tmp_path / "a" / "export_folded" / "export_report.json").write_text("{}")
+    (tmp_path / "a" / "bench_folded" / "bench.json").write_text("{}")
     (tmp_path / "a" / "qemu_folded.json").write_text("{}")
     calls.clear()
     assert reproduce.fold_one(tmp_path / "a", args) == 0 and calls == []  # finished stages are skipped

@@ -364,7 +364,11 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     stacked: dict[float, tuple[float, int]] = {}   # column -> (top accuracy, labels so far)
     for r in sorted(rows, key=lambda r: -r["last"].get("test_acc_deploy", r["last"]["test_acc_full"])):
         last = r["last"]
-        if _int8(r):
+        folded = ((r.get("bench_folded") or {}).get("runtimes") or {}).get("tflite_int8")
+        if folded:  # the export to deploy: calibrated without its dead blocks
+            point = (folded["mac_ratio"] * _vs_resnet20(r["config"]), folded["accuracy"])
+            label, style = f"{r['name']} (folded)", {"color": "C0"}
+        elif _int8(r):
             point, label, style = (_macs(r), _int8(r)["accuracy"]), r["name"], {"color": "C0"}
         elif "mac_ratio_deploy" in last:  # not exported (a static twin): its float test accuracy
             point = (_macs(r), last.get("test_acc_deploy", last["test_acc_full"]))

@@ -148,11 +148,15 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
                 # and their residuals skew every range after them. Convert again with those blocks
                 # adding nothing (they are deleted anyway), kept only if they are still proven dead.
                 from cosinegate.export.freeze import without_residuals
-                candidate = quantize.convert_int8(
-                    onnx_export.export_all_compute(without_residuals(frozen, never), nchw), calibration)
+                deployed_path = without_residuals(frozen, never)
+                # the logits change with the ranges before them: bound them again on this network
+                more = bound_gate_logits(deployed_path, torch.from_numpy(calibration.transpose(0, 3, 1, 2)))
+                candidate = quantize.convert_int8(onnx_export.export_all_compute(deployed_path, nchw),
+                                                  calibration)
                 candidate_bounds = gate_bounds(candidate, gated)
                 if all(b.decision == "never" for b in candidate_bounds if b.index in never):
                     all_compute, bounds, recalibrated = candidate, candidate_bounds, never
+                    shifts = {i: shifts.get(i, 0) + more.get(i, 0) for i in {**shifts, **more}}
                     proven = {b.index: b.decision for b in bounds if b.decision != INPUT}
                     note["text"] = (f"deploy-path ranges without blocks {','.join(map(str, never))}; "
                                     + _bounds_line(proven))

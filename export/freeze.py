@@ -14,7 +14,7 @@ those frozen weights:
     logits, gates = DeployNet(frozen)(x)      # x (1, C, H, W) float, normalised
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -90,15 +90,15 @@ def freeze(model) -> FrozenModel:
 
 def without_residuals(frozen: FrozenModel, indices) -> FrozenModel:
     """A copy in which the listed blocks add nothing to their shortcut (conv2 zeroed, so
-    y = relu(s) = s): what the deployed network computes where those blocks never run."""
-    copy = FrozenModel(frozen.stem, list(frozen.blocks), frozen.fc_weight, frozen.fc_bias)
-    for n, block in enumerate(copy.blocks):
+    y = relu(s) = s): what the deployed network computes where those blocks never run. Its gates
+    are copies too, so `bound_gate_logits` on it leaves `frozen` alone."""
+    blocks = []
+    for block in frozen.blocks:
+        conv2 = block.conv2
         if block.index in indices:
-            conv2 = FrozenConv(torch.zeros_like(block.conv2.weight), torch.zeros_like(block.conv2.bias),
-                               block.conv2.stride)
-            copy.blocks[n] = FrozenBlock(block.index, block.conv1, conv2, block.stride, block.in_channels,
-                                         block.out_channels, block.gate)
-    return copy
+            conv2 = FrozenConv(torch.zeros_like(conv2.weight), torch.zeros_like(conv2.bias), conv2.stride)
+        blocks.append(replace(block, conv2=conv2, gate=block.gate and replace(block.gate)))
+    return FrozenModel(frozen.stem, blocks, frozen.fc_weight, frozen.fc_bias)
 
 
 # Largest |folded logit| a gate head may reach on the calibration images. The int8 logit's scale

@@ -295,6 +295,9 @@ def test_without_residuals_passes_the_shortcut_through(tiny):
     torch.testing.assert_close(after[f"y{first}"], before.get(f"s{first}", block_input), rtol=0, atol=0)
     assert not torch.equal(before[f"y{first}"], after[f"y{first}"])
     assert frozen.blocks[first].conv2.weight.abs().sum() > 0
+    copy_ = without_residuals(frozen, [first])
+    copy_.blocks[first].gate.weight = copy_.blocks[first].gate.weight * 2
+    assert not torch.equal(copy_.blocks[first].gate.weight, frozen.blocks[first].gate.weight)
 
 
 def test_gate_heads_with_huge_logits_are_scaled_for_tflm(tiny):

@@ -172,14 +172,25 @@ def _int8(row: dict) -> dict:
     return ((row["bench"] or {}).get("runtimes") or {}).get("tflite_int8") or {}
 
 
+def _folded_runtimes(row: dict) -> dict:
+    """The folded export's own bench (NAME/bench_folded), by runtime; empty where not benched."""
+    return (row.get("bench_folded") or {}).get("runtimes") or {}
+
+
+def _folded_point(row: dict) -> tuple[float, float] | None:
+    """(executed MACs / plain ResNet-20, int8 accuracy) of the folded export, where benched."""
+    int8 = _folded_runtimes(row).get("tflite_int8")
+    return (int8["mac_ratio"] * _vs_resnet20(row["config"]), int8["accuracy"]) if int8 else None
+
+
 def _folded_clause(row: dict) -> str:
-    """The folded export's own int8 and TFLM accuracy (NAME/bench_folded), where it was benched."""
-    runtimes = (row.get("bench_folded") or {}).get("runtimes") or {}
-    if "tflite_int8" not in runtimes:
+    """The folded export's own int8 and TFLM accuracy, where it was benched."""
+    point, runtimes = _folded_point(row), _folded_runtimes(row)
+    if point is None:
         return ""
     tflm = f", TFLM {runtimes['tflm']['accuracy']:.2%}" if "tflm" in runtimes else ""
     return (f" (folded export, calibrated without its dead blocks: int8 "
-            f"{runtimes['tflite_int8']['accuracy']:.2%}{tflm} at {runtimes['tflite_int8']['mac_ratio'] * _vs_resnet20(row['config']):.3f})")
+            f"{point[1]:.2%}{tflm} at {point[0]:.3f})")
 
 
 def _plain_resnet20(rows: list[dict], row: dict) -> dict | None:
@@ -364,10 +375,8 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     stacked: dict[float, tuple[float, int]] = {}   # column -> (top accuracy, labels so far)
     for r in sorted(rows, key=lambda r: -r["last"].get("test_acc_deploy", r["last"]["test_acc_full"])):
         last = r["last"]
-        folded = ((r.get("bench_folded") or {}).get("runtimes") or {}).get("tflite_int8")
-        if folded:  # the export to deploy: calibrated without its dead blocks
-            point = (folded["mac_ratio"] * _vs_resnet20(r["config"]), folded["accuracy"])
-            label, style = f"{r['name']} (folded)", {"color": "C0"}
+        if _folded_point(r):  # the export to deploy: calibrated without its dead blocks
+            point, label, style = _folded_point(r), f"{r['name']} (folded)", {"color": "C0"}
         elif _int8(r):
             point, label, style = (_macs(r), _int8(r)["accuracy"]), r["name"], {"color": "C0"}
         elif "mac_ratio_deploy" in last:  # not exported (a static twin): its float test accuracy

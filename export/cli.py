@@ -128,7 +128,8 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
         from cosinegate.export import restructure, tflm
         with stage("int8 convert") as note:
             from cosinegate.export.freeze import bound_gate_logits
-            shifts = bound_gate_logits(frozen, torch.from_numpy(calibration.transpose(0, 3, 1, 2)))
+            calibration_nchw = torch.from_numpy(calibration.transpose(0, 3, 1, 2))
+            shifts = bound_gate_logits(frozen, calibration_nchw)
             all_compute = quantize.convert_int8(onnx_export.export_all_compute(frozen, nchw),
                                                 calibration)
             note["text"] = f"all-compute model, {len(all_compute)} bytes" + (
@@ -150,7 +151,7 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
                 from cosinegate.export.freeze import without_residuals
                 deployed_path = without_residuals(frozen, never)
                 # the logits change with the ranges before them: bound them again on this network
-                more = bound_gate_logits(deployed_path, torch.from_numpy(calibration.transpose(0, 3, 1, 2)))
+                more = bound_gate_logits(deployed_path, calibration_nchw)
                 candidate = quantize.convert_int8(onnx_export.export_all_compute(deployed_path, nchw),
                                                   calibration)
                 candidate_bounds = gate_bounds(candidate, gated)

@@ -34,21 +34,26 @@ def _interpreter(tflite_bytes: bytes, arena_size: int):
     return runtime.Interpreter.from_bytes(tflite_bytes, arena_size=arena_size)
 
 
-def _try_load(tflite_bytes: bytes, arena_size: int) -> tuple[bool, str]:
-    """(loaded, TFLM's messages). Runs in a helper process: a failed check inside a kernel's
-    Prepare aborts the whole process (TFLITE_CHECK), which must not take the caller with it."""
+def _run_helper(tflite_bytes: bytes, *args: str) -> subprocess.CompletedProcess:
+    """Run this module as a helper process on the model (`__main__` below): TFLM can abort the
+    whole process (a failed TFLITE_CHECK), which must not take the caller with it."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.tflite"
         path.write_bytes(tflite_bytes)
-        result = subprocess.run([sys.executable, "-m", "cosinegate.export.tflm", "--load", str(path),
-                                 str(arena_size)], capture_output=True, text=True, check=False)
+        return subprocess.run([sys.executable, "-m", "cosinegate.export.tflm", *args, str(path)],
+                              capture_output=True, text=True, check=False)
+
+
+def _try_load(tflite_bytes: bytes, arena_size: int) -> tuple[bool, str]:
+    """(loaded, TFLM's messages), loaded in the helper process."""
+    result = _run_helper(tflite_bytes, "--load", str(arena_size))
     if result.returncode < 0:
         raise TflmError(f"TFLM crashed loading the model ({signal.Signals(-result.returncode).name}; "
                         "a kernel's Prepare failed a check): the model is not deployable")
     return result.returncode == 0, result.stderr
 
 
-def _load_and_report(path: str, arena_size: int) -> int:
+def _load_and_report(arena_size: int, path: str) -> int:
     """The helper's `--load`: TFLM prints its own messages on fd 2; exit status 0 when it loads."""
     try:
         _interpreter(Path(path).read_bytes(), arena_size)
@@ -74,15 +79,9 @@ def measure_arena(tflite_bytes: bytes) -> int:
 
     TFLM can crash (not just fail) on some too-small arenas, so every probe runs in a forked
     child of a helper process that has loaded nothing but TFLM (`python -m` this module)."""
-    ok, _ = _try_load(tflite_bytes, _LARGE_ARENA)
-    if not ok:
-        check_tflm_ops(tflite_bytes)  # raises with the reason
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.tflite"
-        path.write_bytes(tflite_bytes)
-        result = subprocess.run([sys.executable, "-m", "cosinegate.export.tflm", str(path)],
-                                capture_output=True, text=True, check=False)
+    result = _run_helper(tflite_bytes)
     if result.returncode != 0 or not result.stdout.strip():
+        check_tflm_ops(tflite_bytes)  # raises with the reason where the model cannot load at all
         raise TflmError(f"TFLM arena measurement failed: {result.stderr.strip()[-300:]}")
     return int(result.stdout.split()[-1])
 
@@ -138,7 +137,7 @@ class TflmRunner:
         return logits, gates
 
 
-if __name__ == "__main__":  # the helper process: `--load MODEL ARENA`, or `MODEL` to print its arena size
+if __name__ == "__main__":  # the helper process: `--load ARENA MODEL`, or `MODEL` to print its arena size
     if sys.argv[1] == "--load":
-        sys.exit(_load_and_report(sys.argv[2], int(sys.argv[3])))
+        sys.exit(_load_and_report(int(sys.argv[2]), sys.argv[3]))
     print(_bisect_arena(sys.argv[1]))

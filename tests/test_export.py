@@ -330,8 +330,7 @@ def test_gate_bounds_contain_every_logit_the_int8_model_computes(tiny):
     from cosinegate.export import gate_bounds
     tf = import_tensorflow()
     model = restructure.read_model(tiny["all_compute"])
-    named = {e.name.decode() if isinstance(e.name, bytes) else e.name: e.tensorIndex
-             for e in model.signatureDefs[0].outputs}
+    named = restructure.signature_outputs(model)
     bounds = gate_bounds.gate_bounds(tiny["all_compute"], tiny["gated_indices"])
     assert [b.index for b in bounds] == tiny["gated_indices"]
     interpreter = tf.lite.Interpreter(

@@ -183,14 +183,16 @@ def _folded_point(row: dict) -> tuple[float, float] | None:
     return (int8["mac_ratio"] * _vs_resnet20(row["config"]), int8["accuracy"]) if int8 else None
 
 
-def _folded_clause(row: dict) -> str:
-    """The folded export's own int8 and TFLM accuracy, where it was benched."""
-    point, runtimes = _folded_point(row), _folded_runtimes(row)
+def _deployed(row: dict) -> tuple[float, float, str]:
+    """(executed MACs / plain ResNet-20, int8 accuracy, how it was read) of the export to deploy:
+    the folded one where it was benched (calibrated without its dead blocks), else the plain export."""
+    point = _folded_point(row)
     if point is None:
-        return ""
-    tflm = f", TFLM {runtimes['tflm']['accuracy']:.2%}" if "tflm" in runtimes else ""
-    return (f" (folded export, calibrated without its dead blocks: int8 "
-            f"{point[1]:.2%}{tflm} at {point[0]:.3f})")
+        return _macs(row), _int8(row)["accuracy"], ""
+    tflm = _folded_runtimes(row).get("tflm")
+    tflm = f", TFLM {tflm['accuracy']:.2%}" if tflm else ""
+    return (*point, f" (folded export, calibrated without its dead blocks{tflm}; "
+                    f"unfolded export int8 {_int8(row)['accuracy']:.2%})")
 
 
 def _plain_resnet20(rows: list[dict], row: dict) -> dict | None:
@@ -203,16 +205,17 @@ def _plain_resnet20(rows: list[dict], row: dict) -> dict | None:
 
 
 def _goal_lines(rows: list[dict]) -> list[str]:
-    """Every deployed Balanced model against the bar: int8 accuracy >= the paper's 91.3 % at
+    """Every deployed Balanced ResNet-20 (the paper's claim is for ResNet-20; deeper nets have their
+    own section) against the bar: int8 accuracy >= the paper's 91.3 % at
     <= 0.70 executed MACs; beside it, what plain ResNet-20 reaches with the same schedule, which
     tells how much of the gap is the schedule's."""
     lines = []
-    for r in (r for r in rows if r["preset"] == "balanced" and _int8(r)):
-        acc, macs = _int8(r)["accuracy"], _macs(r)
+    for r in (r for r in rows if r["preset"] == "balanced" and r["config"]["depth"] == 20 and _int8(r)):
+        macs, acc, how = _deployed(r)
         verdict = "met" if acc >= PAPER["balanced"]["acc"] and macs <= 0.70 else "not met"
-        line = (f"- **{r['name']}** (ResNet-{r['config']['depth']}, {_schedule(r['config'], r['epochs_done'])}): "
+        line = (f"- **{r['name']}** ({_schedule(r['config'], r['epochs_done'])}): "
                 f"int8 {acc:.2%} at {macs:.3f} executed MACs on {_int8(r)['images']:,} test images"
-                f"{_folded_clause(r)}: {verdict}")
+                f"{how}: {verdict}")
         base = _plain_resnet20(rows, r)
         if base:
             line += (f"; plain **{base['name']}** with the same schedule: int8 {_int8(base)['accuracy']:.2%} "
@@ -226,9 +229,9 @@ def _deeper_lines(rows: list[dict]) -> list[str]:
     lines = []
     for r in (r for r in rows if r["config"]["gated"] and r["config"]["depth"] > 20 and _int8(r)):
         base = _plain_resnet20(rows, r)
-        acc, macs = _int8(r)["accuracy"], _macs(r)
+        macs, acc, how = _deployed(r)
         line = (f"- **{r['name']}** (gated ResNet-{r['config']['depth']}, {_schedule(r['config'], r['epochs_done'])}): "
-                f"int8 {acc:.2%} at {macs:.3f} of ResNet-20's MACs{_folded_clause(r)}")
+                f"int8 {acc:.2%} at {macs:.3f} of ResNet-20's MACs{how}")
         if base:
             gap = acc - _int8(base)["accuracy"]
             won = gap > 0 and macs <= 1.0
@@ -290,7 +293,7 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
     goal = _goal_lines(rows)
     if goal:
         parts += ["## The bar: int8 Balanced at least 91.3 % at no more than 0.70 executed MACs",
-                  "The paper's Balanced claim (91.3 % at 0.715 mean gate), held against deployed int8 models "
+                  "The paper's Balanced ResNet-20 claim (91.3 % at 0.715 mean gate), held against deployed int8 models "
                   "and executed MACs:", "\n".join(goal)]
     deeper = _deeper_lines(rows)
     if deeper:

@@ -16,6 +16,7 @@ import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from cosinegate import atomic  # noqa: E402
 from cosinegate.bench.report import table  # noqa: E402
@@ -375,16 +376,19 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
         ax.scatter(p["flops"], p["acc"], marker="x", color="gray")
         ax.annotate(f"paper {p['label'].replace('CosineGate ', '')}", (p["flops"], p["acc"]), fontsize=7,
                     color="gray", xytext=(3, 3), textcoords="offset points")
+    # One colour per schedule: only points of the same schedule compare.
+    schedules = sorted({r["epochs_done"] for r in rows})
+    colour = {epochs: f"C{i}" for i, epochs in enumerate(schedules)}
     stacked: dict[float, tuple[float, int]] = {}   # column -> (top accuracy, labels so far)
     for r in sorted(rows, key=lambda r: -r["last"].get("test_acc_deploy", r["last"]["test_acc_full"])):
-        last = r["last"]
+        last, c = r["last"], colour[r["epochs_done"]]
         if _folded_point(r):  # the export to deploy: calibrated without its dead blocks
-            point, label, style = _folded_point(r), f"{r['name']} (folded)", {"color": "C0"}
+            point, label, style = _folded_point(r), f"{r['name']} (folded)", {"color": c}
         elif _int8(r):
-            point, label, style = (_macs(r), _int8(r)["accuracy"]), r["name"], {"color": "C0"}
+            point, label, style = (_macs(r), _int8(r)["accuracy"]), r["name"], {"color": c}
         elif "mac_ratio_deploy" in last:  # not exported (a static twin): its float test accuracy
             point = (_macs(r), last.get("test_acc_deploy", last["test_acc_full"]))
-            label, style = f"{r['name']} (float)", {"facecolors": "none", "edgecolors": "C1"}
+            label, style = f"{r['name']} (float)", {"facecolors": "none", "edgecolors": c}
         else:
             continue
         ax.scatter(*point, **style)
@@ -394,6 +398,11 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
         stacked[column] = (top, count + 1)
         ax.annotate(label, point, xytext=(point[0] + 0.03, top + 0.003 - 0.0045 * count), fontsize=7,
                     va="center", arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "gray"})
+    handles = [Line2D([], [], marker="o", ls="", color=colour[e], label=f"ours, {e} epochs") for e in schedules]
+    handles += [Line2D([], [], marker="o", ls="", markerfacecolor="none", markeredgecolor="gray",
+                       label="hollow: float, not exported"),
+                Line2D([], [], marker="x", ls="", color="gray", label="paper, 160 epochs")]
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
     ax.set(xlabel="compute: executed MACs / ResNet-20 (ours, int8)  ·  mean gate (paper)",
            ylabel="CIFAR-10 test accuracy", title="Accuracy vs compute")
     ax.grid(alpha=0.3)

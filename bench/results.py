@@ -243,6 +243,57 @@ def _deeper_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _not_reproduced_lines(rows: list[dict]) -> list[str]:
+    """Where our preset runs part from the paper's Table 2, each point with the measurement that
+    shows it; a point is left out when the runs that would show it are missing."""
+    presets = [r for r in rows if r["name"] == r["preset"] and r["preset"] in PAPER and r["config"]["gated"]]
+    presets += [r for r in rows if r["config"]["gated"] and r["config"]["depth"] == 20
+                and r["preset"] in PAPER and r["name"] != r["preset"] and r["name"].startswith(r["preset"] + "_e")]
+    lines = []
+    gaps = [(r, _plain_resnet20(rows, r)) for r in presets if _int8(r)]
+    gaps = [(r, base) for r, base in gaps if base]
+    if gaps:
+        told = "; ".join(f"{r['name']} {(_deployed(r)[1] - _int8(base)['accuracy']) * 100:+.2f} points at "
+                         f"{_deployed(r)[0]:.3f} ({r['epochs_done']} ep)" for r, base in gaps)
+        lines.append("- **Accuracy against plain ResNet-20.** The paper's Balanced matches ResNet-20 (91.3 % "
+                     f"both) at 0.715 mean gate. Ours, int8 against plain ResNet-20 int8 of the same schedule: "
+                     f"{told}."
+                     + (" Skipping whole blocks costs accuracy at equal training; whether the gap closes on "
+                        "the paper's 160 epochs needs that run." if all(
+                            _deployed(r)[1] < _int8(base)["accuracy"] for r, base in gaps) else ""))
+    gbar = [r for r in presets if r["name"] == r["preset"] and "gbar" in r["last"]]
+    if gbar:
+        told = "; ".join(f"{r['name']} τ_target {r['config']['tau_target']:.2f}, paper {PAPER[r['name']]['flops']:.3f}, "
+                         f"ours {r['last']['gbar']:.3f} (executed MACs {_macs(r):.3f})" for r in gbar)
+        lines.append("- **Compute.** The paper's \"FLOPs\" is the mean relaxed gate ḡ in training, and its "
+                     "gate needs F(x) before deciding, so as written every block runs (executed MACs 1.000). "
+                     "Ours is what the x-only gate executes. With the paper's λ_FLOPs and τ_target, the "
+                     f"penalty max(0, ḡ − τ_target)² leaves our ḡ "
+                     + ("at each preset's target" if all(abs(r["last"]["gbar"] - r["config"]["tau_target"]) < 0.05
+                                                         for r in gbar) else "where the list shows")
+                     + f", while the paper's Aggressive and Conservative end about 0.16 above theirs: {told}.")
+    peaks = presets
+    if peaks:
+        told = ", ".join(f"{r['name']} E{r['peak']['epoch']} of {r['epochs_done']} (end "
+                         f"{r['last'].get('test_acc_deploy', r['last']['test_acc_full']):.2%})" for r in peaks)
+        drop = max(r["peak"].get("test_acc_deploy", r["peak"]["test_acc_full"])
+                   - r["last"].get("test_acc_deploy", r["last"]["test_acc_full"]) for r in peaks)
+        lines.append("- **Peak and final accuracy.** The paper's Conservative peaks at 93.2 % (E146) and ends at "
+                     "82.2 % (E160), 11 points lower within the cosine schedule's last 14 epochs, and below "
+                     f"its own Aggressive. Our peaks (deploy gate, float) and last epochs: {told}; the largest "
+                     f"drop from peak to end is {drop * 100:.2f} points.")
+    paths = [r for r in presets if "distinct_paths_deploy" in r["last"]]
+    if paths:
+        told = ", ".join(f"{r['name']} {r['last']['distinct_paths_deploy']} (adaptivity "
+                         f"{r['last']['adaptivity_deploy']:.2f})" for r in paths)
+        lines.append("- **Input-adaptive routing.** The paper describes routing that adapts to each input. Distinct "
+                     f"gate patterns over the 10,000 test images under the deploy gate: {told}."
+                     + (" With the paper's losses the routing settles on one path for every image: static "
+                        "pruning (see the static twins below)." if all(
+                            r["last"]["distinct_paths_deploy"] == 1 for r in paths) else ""))
+    return lines
+
+
 def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
     columns = [("configuration", ""), ("net", ""), ("schedule", ""), ("paper acc", ".1%"), ("paper FLOPs", ".3f"),
                ("ours: acc paper gate", ".2%"), ("ours: peak deploy acc", ""), ("ours: gbar", ".3f"), ("deploy float acc", ".2%"),
@@ -291,6 +342,9 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
                      "with each other (same schedule), not with the paper's accuracy. \"ours: acc paper "
                      "gate\" and the peak are on all 10,000 test images; the deploy, int8 and TFLM columns "
                      "come from `cg-bench` on the first \"bench images\" test images.")
+    not_reproduced = _not_reproduced_lines(rows)
+    if not_reproduced:
+        parts += ["## Where the paper's Table 2 is not reproduced, and why", "\n".join(not_reproduced)]
     goal = _goal_lines(rows)
     if goal:
         parts += ["## The bar: int8 Balanced at least 91.3 % at no more than 0.70 executed MACs",

@@ -133,6 +133,32 @@ def test_results_deeper_net_and_goal_on_resnet20_scale():
     assert all(line.endswith("plain **resnet20** with the same schedule: int8 86.00% at 1.000.") for line in goal)
 
 
+def test_results_not_reproduced_lines_follow_the_data():
+    """The "not reproduced" section states a conclusion only when every run it covers shows it."""
+    from cosinegate.bench import results
+
+    def row(name, preset, gated, accuracy, paths=1, gbar=0.70, epochs=10):
+        config = {"dataset": "cifar10", "depth": 20, "gated": gated, "removed_blocks": "", "epochs": epochs,
+                  "warmup_epochs": 3, "preset": preset, "tau_target": 0.70}
+        last = {"epoch": epochs, "test_acc_deploy": accuracy, "test_acc_full": accuracy, "mac_ratio_deploy": 0.68,
+                "gbar": gbar, "distinct_paths_deploy": paths, "adaptivity_deploy": 0.0}
+        return {"name": name, "preset": preset, "config": config, "epochs_done": epochs, "last": last,
+                "peak": dict(last, test_acc_deploy=accuracy + 0.01, epoch=epochs - 1),
+                "bench": {"runtimes": {"tflite_int8": {"accuracy": accuracy, "mac_ratio": 0.68, "images": 100}}}}
+
+    rows = [row("resnet20", "resnet20", False, 0.86), row("balanced", "balanced", True, 0.83)]
+    lines = results._not_reproduced_lines(rows)
+    assert "balanced -3.00 points at 0.680 (10 ep)" in lines[0] and "costs accuracy" in lines[0]
+    assert "at each preset's target" in lines[1] and "balanced τ_target 0.70, paper 0.715, ours 0.700" in lines[1]
+    assert "balanced E9 of 10 (end 83.00%); the largest drop from peak to end is 1.00 points" in lines[2]
+    assert "settles on one path" in lines[3]
+    # A gated run above plain, off its target, with several paths: none of those conclusions is drawn.
+    rows = [row("resnet20", "resnet20", False, 0.86), row("balanced", "balanced", True, 0.87, paths=4, gbar=0.8)]
+    lines = results._not_reproduced_lines(rows)
+    assert "+1.00 points" in lines[0] and "costs accuracy" not in lines[0]
+    assert "where the list shows" in lines[1] and "settles on one path" not in lines[3]
+
+
 def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):
     from cosinegate.bench import publish, results
     row = tmp_path / "root" / "tiny"

@@ -268,7 +268,7 @@ def _not_reproduced_lines(rows: list[dict]) -> list[str]:
         lines.append("- **Compute.** The paper's \"FLOPs\" is the mean relaxed gate ḡ in training, and its "
                      "gate needs F(x) before deciding, so as written every block runs (executed MACs 1.000). "
                      "Ours is what the x-only gate executes. With the paper's λ_FLOPs and τ_target, the "
-                     f"penalty max(0, ḡ − τ_target)² leaves our ḡ "
+                     "penalty max(0, ḡ − τ_target)² leaves our ḡ "
                      + ("at each preset's target" if all(abs(r["last"]["gbar"] - r["config"]["tau_target"]) < 0.05
                                                          for r in gbar) else "where the list shows")
                      + f", while the paper's Aggressive and Conservative end about 0.16 above theirs: {told}.")

@@ -247,8 +247,8 @@ def _deeper_lines(rows: list[dict]) -> list[str]:
             if macs > 1.0:
                 line += "at more compute, goal not met."
             elif abs(gap) <= noise:
-                line += (f"{gap * 100:+.2f} points, within sampling noise (±{noise * 100:.2f} points, 95 %): as "
-                         "accurate at no more compute; goal not shown (it needs a gain beyond the noise).")
+                line += (f"{gap * 100:+.2f} points, within sampling noise (±{noise * 100:.2f} points, 95 %): no "
+                         "difference shown at no more compute; goal not shown (it needs a gain beyond the noise).")
             else:
                 line += (f"{'more' if gap > 0 else 'less'} accurate by {abs(gap) * 100:.2f} points "
                          f"(noise ±{noise * 100:.2f}, 95 %) at no more compute, goal {'met' if gap > 0 else 'not met'}.")
@@ -368,7 +368,9 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
         parts += ["## Deeper gated networks at ResNet-20's compute",
                   "A gated ResNet-32 or -56 trained to execute no more MACs than plain ResNet-20 "
                   "(`--depth 32 --tau-target T`), against plain ResNet-20 with the same schedule, both int8 "
-                  "on the same bench images:", "\n".join(deeper)]
+                  "on the same bench images. The noise is the 95 % interval of the difference of two accuracies, each "
+                  "a binomial proportion over its test images (unpaired, so wider than a paired test):",
+                  "\n".join(deeper)]
     by_name = {r["name"]: r for r in rows}
     pairs = [(by_name[r["name"][: -len("_static")]], r) for r in rows
              if r["name"].endswith("_static") and r["name"][: -len("_static")] in by_name]

@@ -21,6 +21,7 @@ import bisect
 import json
 import shutil
 import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,6 +251,10 @@ def main(argv=None) -> None:
               f"mean={sum(costs) / max(len(costs), 1):.0f}")
         for error in result.log.errors:
             print(f"[{kernels}] firmware error: {error.reason}: {error.message}")
+        if result.log.header is None or result.log.errors:
+            reason = "; ".join(f"{e.reason}: {e.message}" for e in result.log.errors) or "no header line"
+            print(f"qemu: error: the {kernels} firmware stopped ({reason})", file=sys.stderr)
+            return 1
         profile = function_profile(elf, profile_path, len(costs)) if args.profile else []
         for name, count in profile[:args.profile]:
             print(f"[{kernels}]   {count:>14,.0f} instr/inference  {name}")
@@ -263,7 +268,8 @@ def main(argv=None) -> None:
     if args.json:
         from cosinegate import atomic
         atomic.write_text(args.json, json.dumps(summary, indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -292,6 +292,17 @@ def _compact_buffers(model) -> None:
         m.buffer = new_index[m.buffer]
 
 
+def _compact_opcodes(model) -> None:
+    """Delete operator codes no op refers to: a folded model without IFs must not list IF or
+    GREATER, or the firmware (and any op-resolver check) would ask for kernels it never runs."""
+    used = sorted({op.opcodeIndex for sg in model.subgraphs for op in sg.operators})
+    new_index = {old: new for new, old in enumerate(used)}
+    model.operatorCodes = [model.operatorCodes[old] for old in used]
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            op.opcodeIndex = new_index[op.opcodeIndex]
+
+
 def _set_outputs(model, named: list[tuple[str, int]]) -> None:
     """Subgraph 0 outputs and signature outputs become `named`, in order; tensors renamed."""
     schema, _ = _schema()
@@ -367,6 +378,7 @@ def restructure(tflite_bytes: bytes, gated_indices: list[int], memory_plan: bool
     _toposort(main)
     _compact_tensors(model, main, signature)
     _compact_buffers(model)
+    _compact_opcodes(model)
     if memory_plan and if_ops(model):
         plan.add_plan(model, if_ops(model))
     return write_model(model)

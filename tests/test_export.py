@@ -378,6 +378,22 @@ def test_folding_proven_gates_changes_no_output_and_drops_the_dead_weights(tiny)
             assert gates_b.reshape(-1)[0] == 0 and gates_b.reshape(-1)[2] == 1
 
 
+def test_folding_every_gate_leaves_no_if_or_greater_op_code(tiny):
+    """With every gate folded the model is a static network: its op-code table must not list IF
+    or GREATER either, or the firmware asks for kernels no op uses (seen on a ResNet-32)."""
+    pinned = _pinned_gates(tiny["frozen"], {i: (-50.0 if k == 0 else 50.0) for k, i in enumerate(tiny["gated_indices"])})
+    all_compute = quantize.convert_int8(onnx_export.export_all_compute(pinned, (1, 1, 8, 8)),
+                                        quantize.calibration_images("digits", None, CALIBRATION_IMAGES))
+    static = {i: k != 0 for k, i in enumerate(tiny["gated_indices"])}
+    folded = restructure.restructure(all_compute, tiny["gated_indices"], static=static)
+    model = restructure.read_model(folded)
+    names = restructure.builtin_names()
+    codes = {names[restructure.builtin_code(c)] for c in model.operatorCodes}
+    assert not restructure.if_ops(model) and codes == set(restructure.op_names(folded))
+    assert not codes & {"IF", "GREATER"}
+    assert tflm.measure_arena(folded) > 0
+
+
 def test_cg_export_folds_a_gate_proven_closed(tiny_ckpt, exported, tmp_path):
     """End to end: a checkpoint whose block 0 controller can only say "skip" exports without
     block 0's weights, and the folded model matches the unfolded one on every parity image."""

@@ -77,13 +77,18 @@ void WriteLine(const char* format, ...) {
 
 // Name of the first op the model uses that RegisterOps() did not register, or nullptr.
 const char* FirstUnregisteredOp(const tflite::Model* model, const CgOpResolver& op_resolver) {
-  if (model->operator_codes() == nullptr) return nullptr;
-  for (const tflite::OperatorCode* code : *model->operator_codes()) {
-    // Schema 3a keeps codes above 127 only in builtin_code: the larger field is the op.
-    const int builtin = std::max<int>(code->deprecated_builtin_code(), code->builtin_code());
-    const auto op = static_cast<tflite::BuiltinOperator>(builtin);
-    if (op != tflite::BuiltinOperator_CUSTOM && op_resolver.FindOp(op) == nullptr) {
-      return tflite::EnumNameBuiltinOperator(op);
+  if (model->operator_codes() == nullptr || model->subgraphs() == nullptr) return nullptr;
+  // Only the codes an operator refers to: a model may list codes that no operator uses.
+  for (const tflite::SubGraph* subgraph : *model->subgraphs()) {
+    if (subgraph->operators() == nullptr) continue;
+    for (const tflite::Operator* op : *subgraph->operators()) {
+      const tflite::OperatorCode* code = model->operator_codes()->Get(op->opcode_index());
+      // Schema 3a keeps codes above 127 only in builtin_code: the larger field is the op.
+      const int builtin = std::max<int>(code->deprecated_builtin_code(), code->builtin_code());
+      const auto builtin_op = static_cast<tflite::BuiltinOperator>(builtin);
+      if (builtin_op != tflite::BuiltinOperator_CUSTOM && op_resolver.FindOp(builtin_op) == nullptr) {
+        return tflite::EnumNameBuiltinOperator(builtin_op);
+      }
     }
   }
   return nullptr;

@@ -54,11 +54,15 @@ def run_one(name: str, train_args: list[str], args, log=None) -> int:
                       "--out", str(run), "--no-progress"])
         if args.stop_after:
             argv += ["--stop-after", str(args.stop_after)]
+        if args.compile:
+            argv += ["--compile"]
         if _call(argv, log) != 0:
             return 1
         if len((run / "metrics.jsonl").read_text().splitlines()) < args.epochs:
             print(f"reproduce: {name}: training paused (--stop-after); run the same command again", file=log)
             return 0
+    if args.train_only:
+        return 0
     if not (export / "export_report.json").exists():
         if _call([py, "-m", "cosinegate.export.cli", str(run / "best.pt"), "--int8", "--out", str(export),
                   "--parity-images", str(args.images), "--no-progress", *common], log) != 0:
@@ -113,6 +117,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--images", type=int, default=10000, help="test images for parity and bench")
     parser.add_argument("--stop-after", type=int, help="train at most N epochs per configuration this call")
+    parser.add_argument("--compile", action="store_true", help="pass --compile to cg-train (GPU)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="stop after training (a GPU machine without TensorFlow); a later call "
+                             "without it exports and benches")
     parser.add_argument("--tflm-root", type=Path, help="also run the QEMU Cortex-M4 bench")
     parser.add_argument("--qemu-images", type=int, default=3,
                         help="test images per QEMU run (a CIFAR-10 ResNet-20 with reference kernels is "

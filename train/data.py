@@ -203,29 +203,35 @@ class DeviceLoader:
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
     def __iter__(self):
-        n = len(self.y)
+        n, device = len(self.y), self.y.device
+        shifts = flips = None
         if self.train:
             order = torch.randperm(n, generator=self.generator)[self.rank::self.world]
             order = order[: len(self) * self.batch_size]  # drop the ragged last batch
+            if self.augment:
+                # The whole epoch's crops and flips in one host-to-device copy: a per-batch copy
+                # would make the host wait for the device at every step.
+                shifts = torch.randint(0, 9, (2, len(order)), generator=self.generator).to(device)
+                flips = (torch.rand(len(order), generator=self.generator) < 0.5).to(device)
         else:
             order = torch.arange(n)[self.rank::self.world]
-        order = order.to(self.y.device)
+        order = order.to(device)
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            x = self.x[idx]
-            if self.augment:
-                x = self._crop_flip(x)
-            yield x, self.y[idx]
+            batch = slice(start, start + self.batch_size)
+            x = self.x[order[batch]]
+            if shifts is not None:
+                x = _crop_flip(x, shifts[:, batch], flips[batch])
+            yield x, self.y[order[batch]]
 
-    def _crop_flip(self, x: torch.Tensor) -> torch.Tensor:
-        """Random 4-pixel-padded crop and horizontal flip, vectorised over the batch."""
-        b, c, h, w = x.shape
-        shifts = torch.randint(0, 9, (2, b), generator=self.generator).to(x.device)
-        flips = (torch.rand(b, generator=self.generator) < 0.5).to(x.device)
-        padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
-        rows = (shifts[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (shifts[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        bi = torch.arange(b, device=x.device)[:, None, None, None]
-        ci = torch.arange(c, device=x.device)[None, :, None, None]
-        out = padded[bi, ci, rows, cols]
-        return torch.where(flips[:, None, None, None], out.flip(3), out)
+
+def _crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Random 4-pixel-padded crop (offsets `shifts` (2, B) in 0..8) and horizontal flip (`flips`
+    (B,) bool), vectorised over the batch."""
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    rows = (shifts[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (shifts[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    out = padded[bi, ci, rows, cols]
+    return torch.where(flips[:, None, None, None], out.flip(3), out)

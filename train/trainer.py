@@ -102,8 +102,16 @@ def _summary(m: dict, epochs: int) -> str:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
-          stop_after: int | None = None, progress_bar: bool = True) -> list[dict]:
-    """Train (or continue) the run in `out_dir`; return the metrics history."""
+          stop_after: int | None = None, progress_bar: bool = True,
+          compile_step: bool = False) -> list[dict]:
+    """Train (or continue) the run in `out_dir`; return the metrics history.
+
+    `compile_step` runs the training forward through torch.compile: on a GPU the gate math (dozens
+    of tiny element-wise ops per block) fuses into a few kernels, so a step is no longer
+    launch-bound. Only the network is compiled, not the loss, so runs of one architecture share
+    inductor's on-disk cache whatever their loss weights. It changes speed and the random stream,
+    not the training rule, so it is not part of the config.
+    """
     out_dir = Path(out_dir)
     # -- distributed set-up (torchrun sets WORLD_SIZE / RANK / LOCAL_RANK) --------------------
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -157,7 +165,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
               f"(controllers {100 * params['controller_share']:.2f} %) | {device} x{world} | "
               f"{steps} steps/epoch | epochs {start_epoch + 1}..{cfg.epochs} -> {out_dir}", flush=True)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    train_forward = torch.compile(net) if compile_step else net
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    last_plot = -math.inf
 
     for epoch in range(start_epoch, last_epoch):
         t0 = time.perf_counter()
@@ -171,8 +181,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
                    disable=not (progress_bar and main_process), dynamic_ncols=True)
         for step, (x, y) in enumerate(train_loader):
             progress, tau = _schedule(cfg, epoch + step / steps)
+            if compile_step:  # a tensor, not a float: a changing Python float would recompile
+                tau = torch.full((), tau, device=device)
             with autocast() if autocast else nullcontext():
-                logits, stats = net(x, mode, tau)
+                logits, stats = train_forward(x, mode, tau)
             terms = loss_terms(cfg, logits, stats, y, progress, mode)
             loss = total_loss(cfg, terms)
             optimizer.zero_grad(set_to_none=True)
@@ -180,9 +192,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             optimizer.step()
             nonfinite |= ~torch.isfinite(loss.detach())
             n = y.shape[0]
-            sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double(),
-                                 terms.get("gbar", torch.ones((), device=device)).detach().double() * n,
-                                 torch.tensor(n, device=device, dtype=torch.float64)])
+            sums[:3] += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double(),
+                                     terms.get("gbar", torch.ones((), device=device)).detach().double() * n])
+            sums[3] += n  # a scalar argument, not a host-to-device copy (which would wait for the device)
             bar.update()
         bar.close()
         scheduler.step()
@@ -225,7 +237,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             checkpoint.save(out_dir / "last.pt", state)
             if improved or not settled:
                 checkpoint.save(out_dir / "best.pt", state)
-            plot_run(history, out_dir / "plots")
+            # Redrawn at most every 30 s (a GPU epoch takes seconds) and after the last epoch;
+            # `python -m cosinegate.train.plots RUN` redraws them from metrics.jsonl any time.
+            if epoch + 1 == last_epoch or time.perf_counter() - last_plot >= 30:
+                plot_run(history, out_dir / "plots")
+                last_plot = time.perf_counter()
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

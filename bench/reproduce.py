@@ -49,13 +49,12 @@ def run_one(name: str, train_args: list[str], args, log=None) -> int:
     last = run / "last.pt"
     done = last.exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= args.epochs
     if not done:
-        argv = ([py, "-m", "cosinegate.train.cli", "--resume", str(run), "--no-progress"] if last.exists()
+        argv = ([py, "-m", "cosinegate.train.cli", "--resume", str(run), "--no-progress", *common, *threads]
+                if last.exists()
                 else [py, "-m", "cosinegate.train.cli", *train_args, *schedule, *common, *threads,
                       "--out", str(run), "--no-progress"])
         if args.stop_after:
             argv += ["--stop-after", str(args.stop_after)]
-        if args.compile:
-            argv += ["--compile"]
         if _call(argv, log) != 0:
             return 1
         if len((run / "metrics.jsonl").read_text().splitlines()) < args.epochs:
@@ -117,7 +116,6 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--images", type=int, default=10000, help="test images for parity and bench")
     parser.add_argument("--stop-after", type=int, help="train at most N epochs per configuration this call")
-    parser.add_argument("--compile", action="store_true", help="pass --compile to cg-train (GPU)")
     parser.add_argument("--train-only", action="store_true",
                         help="stop after training (a GPU machine without TensorFlow); a later call "
                              "without it exports and benches")

@@ -237,6 +237,22 @@ def _noise(acc_a: float, images_a: int, acc_b: float, images_b: int) -> float:
     return 1.96 * math.sqrt(acc_a * (1 - acc_a) / images_a + acc_b * (1 - acc_b) / images_b)
 
 
+def _deployed_correct(row: dict) -> str | None:
+    """Per-image int8 correctness ('1'/'0' per test image) of the export `_deployed` judges."""
+    runtimes = _folded_runtimes(row) if _folded_point(row) is not None else (row["bench"] or {}).get("runtimes", {})
+    return (runtimes.get("tflite_int8") or {}).get("correct")
+
+
+def _mcnemar(a: str, b: str) -> tuple[int, int, float]:
+    """Exact two-sided McNemar test of two models on the same images, from their per-image
+    correctness: (images only `a` gets right, images only `b` gets right, p-value)."""
+    only_a = sum(x == "1" and y == "0" for x, y in zip(a, b))
+    only_b = sum(x == "0" and y == "1" for x, y in zip(a, b))
+    n = only_a + only_b
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1))
+    return only_a, only_b, min(1.0, 2 * tail / 2 ** n) if n else 1.0
+
+
 def _deeper_lines(rows: list[dict]) -> list[str]:
     """Gated nets deeper than ResNet-20 against plain ResNet-20 of the same schedule, both int8."""
     lines = []
@@ -249,8 +265,19 @@ def _deeper_lines(rows: list[dict]) -> list[str]:
             plain = _int8(base)["accuracy"]
             gap, noise = acc - plain, _noise(acc, _int8(r)["images"], plain, _int8(base)["images"])
             line += f"; plain **{base['name']}** int8 {plain:.2%} at 1.000: "
+            ours, theirs = _deployed_correct(r), _deployed_correct(base)
             if macs > 1.0:
                 line += "at more compute, goal not met."
+            elif ours and theirs and len(ours) == len(theirs):
+                wins, losses, p = _mcnemar(ours, theirs)
+                line += (f"{gap * 100:+.2f} points; on the same {len(ours):,} images it is right where plain "
+                         f"is wrong on {wins} and wrong where plain is right on {losses} (exact McNemar "
+                         f"p = {p:.3g}): ")
+                if p < 0.05:
+                    line += (f"{'more' if wins > losses else 'less'} accurate at no more compute, "
+                             f"goal {'met' if wins > losses else 'not met'}.")
+                else:
+                    line += "no difference shown at no more compute; goal not shown (it needs p < 0.05)."
             elif abs(gap) <= noise:
                 line += (f"{gap * 100:+.2f} points, within sampling noise (±{noise * 100:.2f} points, 95 %): no "
                          "difference shown at no more compute; goal not shown (it needs a gain beyond the noise).")

@@ -136,6 +136,9 @@ def run_bench(args, command: str) -> dict:
                                   xq, "tflm")
         runtimes["tflm"] = (m_logits.argmax(1), m_gates)
     results = {name: routing_summary(g, p, labels, macs, gated, t_gates) for name, (p, g) in runtimes.items()}
+    if "tflite_int8" in runtimes:  # per image, so two models benched on the same images compare paired
+        right = runtimes["tflite_int8"][0] == labels
+        results["tflite_int8"]["correct"] = "".join("1" if c else "0" for c in right)
     from cosinegate.train.model import executed_mac_ratio
     ratio = executed_mac_ratio(macs, torch.from_numpy(t_gates.astype(np.float64)), gated).numpy()
     difficulty = {"mac_ratio_by_class": _per_class_macs(ratio, labels),

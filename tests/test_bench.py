@@ -31,6 +31,9 @@ def test_bench_json_contract(bench_dir):
         assert len(r["exec_rate_per_block"]) == 3 and r["images"] == 60
         assert 0 <= r["skip_rate"] <= 1 and 0 <= r["accuracy"] <= 1
     assert bench["runtimes"]["torch"]["gate_agreement_vs_torch"] == 1.0
+    right = bench["runtimes"]["tflite_int8"]["correct"]  # per image, for paired comparisons
+    assert len(right) == 60 and set(right) <= {"0", "1"}
+    assert right.count("1") / 60 == pytest.approx(bench["runtimes"]["tflite_int8"]["accuracy"])
     assert bench["runtimes"]["onnxruntime"]["gate_agreement_vs_torch"] == 1.0
     for variant in ("onnxruntime/gated", "onnxruntime/all_on", "onnxruntime/plain",
                     "tflite_int8/gated", "tflite_int8/all_on", "tflite_int8/plain"):
@@ -133,6 +136,18 @@ def test_results_deeper_net_and_goal_on_resnet20_scale():
     rows[1]["bench_folded"]["runtimes"]["tflite_int8"]["accuracy"] = 0.863
     assert "+0.30 points, within sampling noise (±0.96 points, 95 %)" in results._deeper_lines(rows)[0]
     assert "no difference shown at no more compute; goal not shown" in results._deeper_lines(rows)[0]
+    # With per-image results on the same images the test is paired, and far sharper: the same
+    # +0.30 points made of 40 images gained and 10 lost is a real difference.
+    plain_right = "1" * 8600 + "0" * 1400
+    ours_right = "1" * 8590 + "0" * 10 + "1" * 40 + "0" * 1360
+    rows[0]["bench"]["runtimes"]["tflite_int8"]["correct"] = plain_right
+    rows[1]["bench_folded"]["runtimes"]["tflite_int8"]["correct"] = ours_right
+    assert results._mcnemar(ours_right, plain_right)[:2] == (40, 10)
+    line = results._deeper_lines(rows)[0]
+    assert "right where plain is wrong on 40 and wrong where plain is right on 10" in line
+    assert line.endswith("more accurate at no more compute, goal met.")
+    assert results._mcnemar("1" * 10, "0" * 10) == (10, 0, 2 / 1024)
+    assert results._mcnemar("10", "01")[2] == 1.0
     # Each Balanced line also says what plain ResNet-20 reaches with the same schedule.
     assert all(line.endswith("plain **resnet20** with the same schedule: int8 86.00% at 1.000.") for line in goal)
 

@@ -1,6 +1,7 @@
 """The small command-line tools around the pipeline: static baseline, reproduce, ablations."""
 import json
 
+import pytest
 import yaml
 
 from cosinegate.bench.reproduce import parse_config
@@ -67,3 +68,14 @@ def test_reproduce_fold_stage_exports_benches_then_runs_qemu_once(tmp_path, monk
     (tmp_path / "a" / "qemu_folded.json").write_text("{}")
     calls.clear()
     assert reproduce.fold_one(tmp_path / "a", args) == 0 and calls == []  # finished stages are skipped
+
+
+@pytest.mark.slow
+def test_step_profile_times_plain_and_gated_steps(capsys):
+    from cosinegate.bench.step_profile import main as profile_main
+    assert profile_main(["--steps", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("step_profile: ") and "data loader" in out
+    for preset in ("resnet20", "balanced"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(preset))
+        assert "eager" in line and float(line.split(":")[1].split("ms/step")[0]) > 0

@@ -89,6 +89,16 @@ def test_unknown_config_key(tmp_path, capsys):
     assert "unknown config key(s)" in capsys.readouterr().err
 
 
+def test_resume_on_another_machine_may_change_where_it_runs(tmp_path, capsys):
+    run = tmp_path / "moved"
+    assert main(TINY + ["--epochs", "2", "--out", str(run), "--stop-after", "1"]) == 0
+    assert main(["--resume", str(run), "--threads", "2", "--device", "cpu", "--no-progress"]) == 0
+    assert "resuming with new device=cpu, threads=2" in capsys.readouterr().out
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["threads"], saved["device"], saved["epochs"]) == (2, "cpu", 2)
+    assert len(_metrics(run)) == 2
+
+
 def test_malformed_cifar_file(tmp_path, capsys):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()

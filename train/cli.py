@@ -3,6 +3,7 @@
     cg-train --preset demo --out runs/demo                 # offline default, ~1 min on 2 CPU cores
     cg-train --preset balanced --data-dir ../shared/data --out runs/balanced
     cg-train --resume runs/balanced                        # continue a killed run
+    cg-train --resume runs/balanced --data-dir /data --threads 2   # ... on another machine
     torchrun --nproc-per-node 2 -m cosinegate.train.cli --preset demo --out runs/ddp
 
 Run folder: config.yaml, metrics.jsonl (one JSON object per epoch), last.pt, best.pt, plots/*.png.
@@ -33,9 +34,6 @@ def build_parser(defaults: dict) -> argparse.ArgumentParser:
     run.add_argument("--stop-after", type=int, metavar="N",
                      help="stop after N more epochs (split a long run across sessions; --resume continues)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    run.add_argument("--compile", action="store_true",
-                     help="torch.compile the forward and loss (GPU: fuses the gate math; a minute "
-                          "of compiling per gate mode, then several times faster steps)")
     C.add_config_arguments(parser)
     parser.set_defaults(**defaults)
     return parser
@@ -58,12 +56,17 @@ def parse(argv) -> tuple[C.TrainConfig, argparse.Namespace]:
     if args.resume:
         saved = C.from_dict(defaults)
         changed = sorted(k for k, v in C.to_dict(cfg).items() if C.to_dict(saved)[k] != v)
+        machine = [k for k in changed if k in C.MACHINE_KEYS]
+        changed = [k for k in changed if k not in C.MACHINE_KEYS]
         if changed:
             raise C.ConfigError(f"--resume {args.resume}: its config differs in {', '.join(changed)}; "
                                 "resume with the saved config or start a new --out")
         if not (Path(args.resume) / "last.pt").is_file():
             raise CheckpointError(f"--resume {args.resume}: no last.pt there to continue from")
         args.out = Path(args.resume)
+        if machine:
+            print(f"cg-train: resuming with new {', '.join(f'{k}={getattr(cfg, k)}' for k in machine)}")
+            atomic.write_text(args.out / "config.yaml", yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
     elif args.out is None:
         raise C.ConfigError("--out DIR is required (or --resume DIR)")
     elif (args.out / "last.pt").exists():
@@ -80,7 +83,7 @@ def main(argv=None) -> int:
         if not args.resume and int(os.environ.get("RANK", "0")) == 0:
             atomic.write_text(args.out / "config.yaml", yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
         history = train(cfg, args.out, resume=bool(args.resume), stop_after=args.stop_after,
-                        progress_bar=not args.no_progress, compile_step=args.compile)
+                        progress_bar=not args.no_progress)
     except (C.ConfigError, DataError, CheckpointError, TrainingDiverged, ValueError, RuntimeError) as e:
         print(f"cg-train: error: {e}", file=sys.stderr)
         return 1

@@ -129,6 +129,11 @@ def read_yaml(path: Path, what: str) -> dict:
     return data
 
 
+# Where and how fast a run executes, not what it trains: `--resume` may change these (a run
+# started on a GPU machine can finish on another machine with the data elsewhere).
+MACHINE_KEYS = ("data_dir", "download", "device", "threads")
+
+
 def preset_values(name: str) -> dict:
     if name not in presets():
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(presets())}")

@@ -102,16 +102,8 @@ def _summary(m: dict, epochs: int) -> str:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
-          stop_after: int | None = None, progress_bar: bool = True,
-          compile_step: bool = False) -> list[dict]:
-    """Train (or continue) the run in `out_dir`; return the metrics history.
-
-    `compile_step` runs the training forward through torch.compile: on a GPU the gate math (dozens
-    of tiny element-wise ops per block) fuses into a few kernels, so a step is no longer
-    launch-bound. Only the network is compiled, not the loss, so runs of one architecture share
-    inductor's on-disk cache whatever their loss weights. It changes speed and the random stream,
-    not the training rule, so it is not part of the config.
-    """
+          stop_after: int | None = None, progress_bar: bool = True) -> list[dict]:
+    """Train (or continue) the run in `out_dir`; return the metrics history."""
     out_dir = Path(out_dir)
     # -- distributed set-up (torchrun sets WORLD_SIZE / RANK / LOCAL_RANK) --------------------
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -165,7 +157,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
               f"(controllers {100 * params['controller_share']:.2f} %) | {device} x{world} | "
               f"{steps} steps/epoch | epochs {start_epoch + 1}..{cfg.epochs} -> {out_dir}", flush=True)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    train_forward = torch.compile(net) if compile_step else net
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     last_plot = -math.inf
 
@@ -181,10 +172,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
                    disable=not (progress_bar and main_process), dynamic_ncols=True)
         for step, (x, y) in enumerate(train_loader):
             progress, tau = _schedule(cfg, epoch + step / steps)
-            if compile_step:  # a tensor, not a float: a changing Python float would recompile
-                tau = torch.full((), tau, device=device)
             with autocast() if autocast else nullcontext():
-                logits, stats = train_forward(x, mode, tau)
+                logits, stats = net(x, mode, tau)
             terms = loss_terms(cfg, logits, stats, y, progress, mode)
             loss = total_loss(cfg, terms)
             optimizer.zero_grad(set_to_none=True)

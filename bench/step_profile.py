@@ -3,7 +3,8 @@ CUDA, the loss of Algorithm 1, SGD) on random data, plain and gated ResNet-20.
 
     python -m cosinegate.bench.step_profile [--steps 100] [--compile] [--device auto]
 
-Reports per step: wall time, the time the host spends issuing it (equal to the wall time when
+Variants: `eager` (torch.optim.SGD, every kernel launched by the host), on CUDA `graph` (the
+trainer's StaticStep replaying one CUDA graph per step), with --compile `compiled`. Reports per step: wall time, the time the host spends issuing it (equal to the wall time when
 the host, not the device, is the bottleneck) and, on CUDA, kernel launches and device busy time
 from torch.profiler. `--compile` adds torch.compile variants. The device, torch version and
 settings are printed with the numbers.
@@ -17,17 +18,26 @@ import torch
 
 from cosinegate.train import config as C
 from cosinegate.train.data import DeviceLoader, dataset_info
+from cosinegate.train.graph_step import StaticStep
 from cosinegate.train.model import CosineGateResNet
 from cosinegate.train.trainer import loss_terms, total_loss
 
 
-def make_step(preset: str, device: torch.device, compiled: bool):
+def make_step(preset: str, device: torch.device, variant: str, like: tuple):
     cfg = C.from_dict(C.preset_values(preset))
     model = CosineGateResNet(cfg.model_config(dataset_info("cifar10"))).to(device)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    forward = torch.compile(model) if compiled else model
     mode = "relaxed" if cfg.gated else "full"
+    if variant == "graph":
+        def loss_fn(logits, stats, y, progress, mode):
+            terms = loss_terms(cfg, logits, stats, y, progress, mode)
+            return total_loss(cfg, terms), terms.get("gbar")
+        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)  # noqa: E731
+        static = StaticStep(model, optimizer, loss_fn, autocast, *like, use_graph=True)
+        static.new_epoch(0.1)
+        return lambda x, y: static(x, y, 1.0, 0.5, mode)
+    forward = torch.compile(model) if variant == "compiled" else model
     sums = torch.zeros(3, device=device, dtype=torch.float64)
 
     def step(x, y):
@@ -94,13 +104,15 @@ def main(argv=None) -> int:
     batches = [next(batches) for _ in range(args.steps)]
     sync()
     print(f"  data loader (index, crop, flip): {1e3 * (time.perf_counter() - t0) / args.steps:.2f} ms/batch")
-    variants = [("resnet20", False), ("balanced", False)]
+    variants = [("resnet20", "eager"), ("balanced", "eager")]
+    if device.type == "cuda":
+        variants += [("resnet20", "graph"), ("balanced", "graph")]
     if args.compile:
-        variants += [("resnet20", True), ("balanced", True)]
-    for preset, compiled in variants:
-        label = f"  {preset:9s} {'compiled' if compiled else 'eager   '}"
+        variants += [("resnet20", "compiled"), ("balanced", "compiled")]
+    for preset, variant in variants:
+        label = f"  {preset:9s} {variant:8s}"
         try:
-            step = make_step(preset, device, compiled)
+            step = make_step(preset, device, variant, batches[0])
             warm, issue, wall = time_step(step, batches, sync)
         except Exception as e:  # a compiler failure is a result here, not a crash
             print(f"{label}: FAILED ({type(e).__name__}: {str(e).strip().splitlines()[0][:160]})")

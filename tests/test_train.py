@@ -164,3 +164,44 @@ def test_two_process_ddp_on_cpu(tmp_path):
     assert len(rows) == 2 and 0 <= rows[-1]["test_acc_deploy"] <= 1
     ckpt = checkpoint.load(run / "last.pt")
     assert len(ckpt["rng"]["torch"]) == 2
+
+
+def test_static_step_matches_torch_sgd():
+    """The graph-ready step (static buffers, foreach SGD with a tensor learning rate) trains exactly
+    as the plain loop with torch.optim.SGD does; on a GPU the same step is what a CUDA graph replays."""
+    import copy
+
+    from cosinegate.train.config import TrainConfig
+    from cosinegate.train.graph_step import StaticStep
+    from cosinegate.train.model import CosineGateResNet, ModelConfig
+    from cosinegate.train.trainer import loss_terms, total_loss
+
+    cfg = TrainConfig(depth=8, lambda_flops=3.0)
+    torch.manual_seed(0)
+    reference = CosineGateResNet(ModelConfig(depth=8, input_size=16))
+    ours = copy.deepcopy(reference)
+    sgd = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opt_ref, opt_ours = torch.optim.SGD(reference.parameters(), **sgd), torch.optim.SGD(ours.parameters(), **sgd)
+
+    def loss_fn(logits, stats, y, progress, mode):
+        terms = loss_terms(cfg, logits, stats, y, progress, mode)
+        return total_loss(cfg, terms), terms.get("gbar")
+
+    batches = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(3)]
+    step = StaticStep(ours, opt_ours, loss_fn, None, *batches[0], use_graph=True)  # no CUDA: eager
+    step.new_epoch(0.1)
+    for i, (x, y) in enumerate(batches):
+        torch.manual_seed(i)
+        logits, stats = reference(x, "relaxed", 0.7)
+        loss = total_loss(cfg, loss_terms(cfg, logits, stats, y, 0.5, "relaxed"))
+        opt_ref.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_ref.step()
+        torch.manual_seed(i)
+        step(x, y, 0.7, 0.5, "relaxed")
+    for a, b in zip(reference.parameters(), ours.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(opt_ref.state.values(), opt_ours.state.values()):
+        assert torch.allclose(a["momentum_buffer"], b["momentum_buffer"], rtol=1e-5, atol=1e-7)
+    assert step.sums[3].item() == 24 and not step.nonfinite.item()
+    assert 0 < step.sums[2].item() / 24 <= 1  # the mean gate, accumulated on the device

@@ -34,6 +34,8 @@ def build_parser(defaults: dict) -> argparse.ArgumentParser:
     run.add_argument("--stop-after", type=int, metavar="N",
                      help="stop after N more epochs (split a long run across sessions; --resume continues)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-cuda-graph", action="store_true",
+                     help="on a GPU, launch each step's kernels one by one instead of replaying a CUDA graph")
     C.add_config_arguments(parser)
     parser.set_defaults(**defaults)
     return parser
@@ -83,7 +85,8 @@ def main(argv=None) -> int:
         if not args.resume and int(os.environ.get("RANK", "0")) == 0:
             atomic.write_text(args.out / "config.yaml", yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
         history = train(cfg, args.out, resume=bool(args.resume), stop_after=args.stop_after,
-                        progress_bar=not args.no_progress)
+                        progress_bar=not args.no_progress,
+                        cuda_graph=not args.no_cuda_graph)
     except (C.ConfigError, DataError, CheckpointError, TrainingDiverged, ValueError, RuntimeError) as e:
         print(f"cg-train: error: {e}", file=sys.stderr)
         return 1

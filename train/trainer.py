@@ -8,7 +8,7 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from cosinegate.train import checkpoint, gate as G
 from cosinegate.train.config import TrainConfig, to_dict
 from cosinegate.train.data import DeviceLoader, dataset_info, load_arrays
 from cosinegate.train.evaluate import evaluate
+from cosinegate.train.graph_step import StaticStep
 from cosinegate.train.model import CosineGateResNet, param_counts
 from cosinegate.train.plots import plot_run
 
@@ -102,8 +103,9 @@ def _summary(m: dict, epochs: int) -> str:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
-          stop_after: int | None = None, progress_bar: bool = True) -> list[dict]:
-    """Train (or continue) the run in `out_dir`; return the metrics history."""
+          stop_after: int | None = None, progress_bar: bool = True, cuda_graph: bool = True) -> list[dict]:
+    """Train (or continue) the run in `out_dir`; return the metrics history. On one GPU each
+    training step replays a CUDA graph unless `cuda_graph` is False (see graph_step.py)."""
     out_dir = Path(out_dir)
     # -- distributed set-up (torchrun sets WORLD_SIZE / RANK / LOCAL_RANK) --------------------
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
@@ -121,7 +123,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + rank)  # Gumbel noise differs per process, weights are broadcast
     cuda = device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if (cuda and cfg.amp) else None
+    # No autocast weight-cast cache: a CUDA graph must not capture a cache that lives across steps.
+    autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False))
+                if (cuda and cfg.amp) else None)
     # -- data, normalised once and kept on the device --------------------------------------------
     info = dataset_info(cfg.dataset)
     x_train, y_train = load_arrays(cfg.dataset, cfg.data_dir, "train", cfg.download)
@@ -160,33 +164,30 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     last_plot = -math.inf
 
+    def loss_fn(logits, stats, y, progress, mode):
+        terms = loss_terms(cfg, logits, stats, y, progress, mode)
+        return total_loss(cfg, terms), terms.get("gbar")
+
+    train_step = StaticStep(net, optimizer, loss_fn, autocast, train_loader.x[:cfg.batch_size // world],
+                            train_loader.y[:cfg.batch_size // world], use_graph=cuda_graph and world == 1)
+
     for epoch in range(start_epoch, last_epoch):
         t0 = time.perf_counter()
         net.train()
         mode = gate_mode(cfg, epoch)
         lr = optimizer.param_groups[0]["lr"]
-        # Epoch sums stay on the device: no host sync inside the loop.
-        sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss, correct, gbar, samples
-        nonfinite = torch.zeros((), device=device, dtype=torch.bool)
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not (progress_bar and main_process), dynamic_ncols=True)
+        train_step.new_epoch(lr)
         for step, (x, y) in enumerate(train_loader):
             progress, tau = _schedule(cfg, epoch + step / steps)
-            with autocast() if autocast else nullcontext():
-                logits, stats = net(x, mode, tau)
-            terms = loss_terms(cfg, logits, stats, y, progress, mode)
-            loss = total_loss(cfg, terms)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            nonfinite |= ~torch.isfinite(loss.detach())
-            n = y.shape[0]
-            sums[:3] += torch.stack([loss.detach().double() * n, (logits.argmax(1) == y).sum().double(),
-                                     terms.get("gbar", torch.ones((), device=device)).detach().double() * n])
-            sums[3] += n  # a scalar argument, not a host-to-device copy (which would wait for the device)
+            train_step(x, y, tau, progress, mode)
             bar.update()
         bar.close()
-        scheduler.step()
+        with warnings.catch_warnings():  # SGD runs in graph_step, so torch never sees optimizer.step()
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            scheduler.step()
+        sums, nonfinite = train_step.sums.clone(), train_step.nonfinite.clone()
         if world > 1:
             dist.all_reduce(sums)
             flag = nonfinite.to(torch.int32)

@@ -399,8 +399,10 @@ def render(rows: list[dict], root: Path, plot_path: Path | None) -> str:
         parts += ["## Deeper gated networks at ResNet-20's compute",
                   "A gated ResNet-32 or -56 trained to execute no more MACs than plain ResNet-20 "
                   "(`--depth 32 --tau-target T`), against plain ResNet-20 with the same schedule, both int8 "
-                  "on the same bench images. The noise is the 95 % interval of the difference of two accuracies, each "
-                  "a binomial proportion over its test images (unpaired, so wider than a paired test):",
+                  "on the same bench images. Where both benches kept per-image results the two are compared "
+                  "image by image (exact McNemar test on the images only one of them gets right); otherwise "
+                  "the noise is the 95 % interval of the difference of two accuracies, each a binomial "
+                  "proportion over its test images (unpaired, so wider than a paired test):",
                   "\n".join(deeper)]
     by_name = {r["name"]: r for r in rows}
     pairs = [(by_name[r["name"][: -len("_static")]], r) for r in rows

@@ -32,6 +32,7 @@ class StaticStep:
         group = optimizer.param_groups[0]
         self.momentum, self.weight_decay = group["momentum"], group["weight_decay"]
         self.use_graph = use_graph and device.type == "cuda"
+        self.side = torch.cuda.Stream() if self.use_graph else None  # where warm-up steps run
         self.graph, self.graph_mode, self.warm = None, None, 0
 
     def new_epoch(self, lr: float) -> None:
@@ -50,11 +51,10 @@ class StaticStep:
         if mode != self.graph_mode:  # a new gate mode is a different computation: capture again
             self.graph, self.graph_mode, self.warm = None, mode, 0
         if self.graph is None and self.warm < WARMUP_STEPS:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            self.side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side):
                 self._step(mode)
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream().wait_stream(self.side)
             self.warm += 1
             return
         if self.graph is None:

@@ -190,13 +190,21 @@ def _folded_point(row: dict) -> tuple[float, float] | None:
     return (int8["mac_ratio"] * _vs_resnet20(row["config"]), int8["accuracy"]) if int8 else None
 
 
+def _deployed_runtimes(row: dict) -> dict:
+    """The bench, by runtime, of the export to deploy: the folded one where it was benched
+    (calibrated without its dead blocks), else the plain export."""
+    if _folded_point(row) is not None:
+        return _folded_runtimes(row)
+    return (row["bench"] or {}).get("runtimes") or {}
+
+
 def _deployed(row: dict) -> tuple[float, float, str]:
-    """(executed MACs / plain ResNet-20, int8 accuracy, how it was read) of the export to deploy:
-    the folded one where it was benched (calibrated without its dead blocks), else the plain export."""
+    """(executed MACs / plain ResNet-20, int8 accuracy, how it was read) of the export to deploy
+    (`_deployed_runtimes`)."""
     point = _folded_point(row)
     if point is None:
         return _macs(row), _int8(row)["accuracy"], ""
-    tflm = _folded_runtimes(row).get("tflm")
+    tflm = _deployed_runtimes(row).get("tflm")
     tflm = f", TFLM {tflm['accuracy']:.2%}" if tflm else ""
     return (*point, f" (folded export, calibrated without its dead blocks{tflm}; "
                     f"unfolded export int8 {_int8(row)['accuracy']:.2%})")
@@ -239,8 +247,7 @@ def _noise(acc_a: float, images_a: int, acc_b: float, images_b: int) -> float:
 
 def _deployed_correct(row: dict) -> str | None:
     """Per-image int8 correctness ('1'/'0' per test image) of the export `_deployed` judges."""
-    runtimes = _folded_runtimes(row) if _folded_point(row) is not None else (row["bench"] or {}).get("runtimes", {})
-    return (runtimes.get("tflite_int8") or {}).get("correct")
+    return (_deployed_runtimes(row).get("tflite_int8") or {}).get("correct")
 
 
 def _mcnemar(a: str, b: str) -> tuple[int, int, float]:

@@ -20,7 +20,7 @@ from cosinegate.train import config as C
 from cosinegate.train.data import DeviceLoader, dataset_info
 from cosinegate.train.graph_step import StaticStep
 from cosinegate.train.model import CosineGateResNet
-from cosinegate.train.trainer import loss_terms, total_loss
+from cosinegate.train.trainer import loss_terms, step_loss, total_loss
 
 
 def make_step(preset: str, device: torch.device, variant: str, like: tuple):
@@ -30,11 +30,8 @@ def make_step(preset: str, device: torch.device, variant: str, like: tuple):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     mode = "relaxed" if cfg.gated else "full"
     if variant == "graph":
-        def loss_fn(logits, stats, y, progress, mode):
-            terms = loss_terms(cfg, logits, stats, y, progress, mode)
-            return total_loss(cfg, terms), terms.get("gbar")
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)  # noqa: E731
-        static = StaticStep(model, optimizer, loss_fn, autocast, *like, use_graph=True)
+        static = StaticStep(model, optimizer, step_loss(cfg), autocast, *like, use_graph=True)
         static.new_epoch(0.1)
         return lambda x, y: static(x, y, 1.0, 0.5, mode)
     forward = torch.compile(model) if variant == "compiled" else model

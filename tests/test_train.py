@@ -174,7 +174,7 @@ def test_static_step_matches_torch_sgd():
     from cosinegate.train.config import TrainConfig
     from cosinegate.train.graph_step import StaticStep
     from cosinegate.train.model import CosineGateResNet, ModelConfig
-    from cosinegate.train.trainer import loss_terms, total_loss
+    from cosinegate.train.trainer import loss_terms, step_loss, total_loss
 
     cfg = TrainConfig(depth=8, lambda_flops=3.0)
     torch.manual_seed(0)
@@ -183,12 +183,8 @@ def test_static_step_matches_torch_sgd():
     sgd = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
     opt_ref, opt_ours = torch.optim.SGD(reference.parameters(), **sgd), torch.optim.SGD(ours.parameters(), **sgd)
 
-    def loss_fn(logits, stats, y, progress, mode):
-        terms = loss_terms(cfg, logits, stats, y, progress, mode)
-        return total_loss(cfg, terms), terms.get("gbar")
-
     batches = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(3)]
-    step = StaticStep(ours, opt_ours, loss_fn, None, *batches[0], use_graph=True)  # no CUDA: eager
+    step = StaticStep(ours, opt_ours, step_loss(cfg), None, *batches[0], use_graph=True)  # no CUDA: eager
     step.new_epoch(0.1)
     for i, (x, y) in enumerate(batches):
         torch.manual_seed(i)

@@ -218,10 +218,11 @@ class DeviceLoader:
         order = order.to(device)
         for start in range(0, len(order), self.batch_size):
             batch = slice(start, start + self.batch_size)
-            x = self.x[order[batch]]
+            idx = order[batch]
+            x = self.x[idx]
             if shifts is not None:
                 x = _crop_flip(x, shifts[:, batch], flips[batch])
-            yield x, self.y[order[batch]]
+            yield x, self.y[idx]
 
 
 def _crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:

@@ -92,6 +92,14 @@ def total_loss(cfg: TrainConfig, terms: dict) -> torch.Tensor:
     return loss
 
 
+def step_loss(cfg: TrainConfig):
+    """The loss a training step minimises, as `StaticStep` calls it: (loss, mean gate or None)."""
+    def loss_fn(logits, stats, y, progress, mode):
+        terms = loss_terms(cfg, logits, stats, y, progress, mode)
+        return total_loss(cfg, terms), terms.get("gbar")
+    return loss_fn
+
+
 def _summary(m: dict, epochs: int) -> str:
     line = (f"epoch {m['epoch']:>3}/{epochs} | lr {m['lr']:.4f} | loss {m['train_loss']:.4f} "
             f"acc {m['train_acc']:.4f} | test full {m['test_acc_full']:.4f}")
@@ -164,11 +172,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     last_plot = -math.inf
 
-    def loss_fn(logits, stats, y, progress, mode):
-        terms = loss_terms(cfg, logits, stats, y, progress, mode)
-        return total_loss(cfg, terms), terms.get("gbar")
-
-    train_step = StaticStep(net, optimizer, loss_fn, autocast, train_loader.x[:cfg.batch_size // world],
+    train_step = StaticStep(net, optimizer, step_loss(cfg), autocast, train_loader.x[:cfg.batch_size // world],
                             train_loader.y[:cfg.batch_size // world], use_graph=cuda_graph and world == 1)
 
     for epoch in range(start_epoch, last_epoch):

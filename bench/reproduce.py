@@ -63,7 +63,7 @@ def run_one(name: str, train_args: list[str], args, log=None) -> int:
     if args.train_only:
         return 0
     if not (export / "export_report.json").exists():
-        if _call([py, "-m", "cosinegate.export.cli", str(run / "best.pt"), "--int8", "--out", str(export),
+        if _call([py, "-m", "cosinegate.export.cli", str(run / f"{args.checkpoint}.pt"), "--int8", "--out", str(export),
                   "--parity-images", str(args.images), "--no-progress", *common], log) != 0:
             return 1
     if not (bench / "bench.json").exists():
@@ -84,7 +84,7 @@ def fold_one(folder: Path, args, log=None) -> int:
     py, folded = sys.executable, folder / "export_folded"
     common = ["--data-dir", str(args.data_dir)] if args.data_dir else []
     if not (folded / "export_report.json").exists():
-        if _call([py, "-m", "cosinegate.export.cli", str(folder / "run" / "best.pt"), "--int8",
+        if _call([py, "-m", "cosinegate.export.cli", str(folder / "run" / f"{args.checkpoint}.pt"), "--int8",
                   "--fold-static-gates", "--out", str(folded), "--parity-images", str(args.images),
                   "--no-progress", *common], log) != 0:
             return 1
@@ -119,6 +119,10 @@ def main(argv=None) -> int:
     parser.add_argument("--train-only", action="store_true",
                         help="stop after training (a GPU machine without TensorFlow); a later call "
                              "without it exports and benches")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="what to export: best.pt (best deploy accuracy on the test set after the "
+                             "warm-up, so chosen on the images it is then judged on) or last.pt (the "
+                             "final epoch, as the paper's Table 2 reports)")
     parser.add_argument("--tflm-root", type=Path, help="also run the QEMU Cortex-M4 bench")
     parser.add_argument("--qemu-images", type=int, default=3,
                         help="test images per QEMU run (a CIFAR-10 ResNet-20 with reference kernels is "

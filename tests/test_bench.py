@@ -149,7 +149,25 @@ def test_results_deeper_net_and_goal_on_resnet20_scale():
     assert results._mcnemar("1" * 10, "0" * 10) == (10, 0, 2 / 1024)
     assert results._mcnemar("10", "01")[2] == 1.0
     # Each Balanced line also says what plain ResNet-20 reaches with the same schedule.
-    assert all(line.endswith("plain **resnet20** with the same schedule: int8 86.00% at 1.000.") for line in goal)
+    assert all(line.endswith("plain ResNet-20 with the same schedule, **resnet20**: int8 86.00% at 1.000.")
+               for line in goal)
+    # A warm start is held against the run it began from, whatever that run's schedule.
+    source = row("resnet20_e160", 20, False, 0.92, 1.0)
+    source["config"].update(epochs=160, warmup_epochs=40)
+    source["epochs_done"] = 160
+    warm = row("balanced_warm", 20, True, 0.915, 0.68)
+    warm["config"].update(epochs=24, warmup_epochs=6, lr=0.02, init_from="runs/cifar10/resnet20_e160/run/last.pt",
+                          tau_target=0.65)
+    warm["epochs_done"] = 24
+    source["report"] = {"checkpoint": {"path": "runs/cifar10/resnet20_e160/run/last.pt", "epoch": 160}}
+    warm["report"] = {"checkpoint": {"path": "runs/cifar10/balanced_warm/run/last.pt", "epoch": 24}}
+    line = results._goal_lines([rows[0], source, warm])[0]
+    assert line.startswith("- **balanced_warm** (24/24 ep, warm-up 6, lr 0.02, warm start from resnet20_e160; "
+                           "exported E24 last.pt; tau_target 0.65 (preset 0.7)): int8 91.50% at 0.680")
+    assert line.endswith(": met; the plain ResNet-20 it started from, **resnet20_e160** (exported E160 last.pt): "
+                         "int8 92.00% at 1.000.")
+    assert results._training_label(warm, [source, warm]) == "160 + 24 epochs (warm start)"
+    assert results._training_label(warm, [warm]) == "24 epochs (warm start from resnet20_e160)"
 
 
 def test_results_not_reproduced_lines_follow_the_data():

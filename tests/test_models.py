@@ -27,7 +27,20 @@ def test_manifest_entry(entry):
     names = builtin_names()
     main_ops = [names[builtin_code(tflite.operatorCodes[op.opcodeIndex])] for op in tflite.subgraphs[0].operators]
     folded = report.get("folded_gates") or {}  # gates proven constant have no IF
-    assert main_ops.count("IF") == report["gated_blocks"] - sum(len(v) for v in folded.values())
-    if folded:
+    folded_count = sum(len(v) for v in folded.values())  # an unfolded export lists none
+    assert main_ops.count("IF") == report["gated_blocks"] - folded_count
+    if folded_count:
         assert report["parity"]["folded_vs_gated"]["bit_exact_fraction"] == 1.0
     assert 0 < entry["test_acc_deploy_int8"] <= 1 and 0 < entry["mac_ratio_deploy"] <= 1.01
+
+
+def test_published_warm_start_names_a_published_source():
+    """A warm-started model's source is published too, and starts a gated network as cg-train would."""
+    from cosinegate.train.model import CosineGateResNet
+    warm = [m for m in MANIFEST if checkpoint.load(ROOT / m["paths"]["model.pt"])["config"].get("init_from")]
+    assert warm, "no published warm start"
+    for entry in warm:
+        ckpt = checkpoint.load(ROOT / entry["paths"]["model.pt"])
+        source = next(m for m in MANIFEST if m is not entry and m["paths"]["model.pt"] in entry["command"])
+        model = CosineGateResNet(checkpoint.build_model(ckpt).cfg)
+        assert checkpoint.load_backbone(model, ROOT / source["paths"]["model.pt"]) > 0

@@ -54,8 +54,10 @@ def test_reproduce_fold_stage_exports_benches_then_runs_qemu_once(tmp_path, monk
     from cosinegate.bench import reproduce
     calls = []
     monkeypatch.setattr(reproduce, "_call", lambda argv, log=None: calls.append(argv) or 0)
-    args = argparse.Namespace(data_dir=None, images=50, tflm_root=tmp_path / "tflm", qemu_images=2)
+    args = argparse.Namespace(data_dir=None, images=50, tflm_root=tmp_path / "tflm", qemu_images=2,
+                              checkpoint="last")
     assert reproduce.fold_one(tmp_path / "a", args) == 0
+    assert calls[0][3] == str(tmp_path / "a" / "run" / "last.pt")
     assert [argv[2] for argv in calls] == ["cosinegate.export.cli", "cosinegate.bench.cli",
                                           "cosinegate.export.test_images", "cosinegate.bench.qemu"]
     assert "--fold-static-gates" in calls[0] and str(tmp_path / "a" / "export_folded") in calls[0]

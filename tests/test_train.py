@@ -201,3 +201,30 @@ def test_static_step_matches_torch_sgd():
         assert torch.allclose(a["momentum_buffer"], b["momentum_buffer"], rtol=1e-5, atol=1e-7)
     assert step.sums[3].item() == 24 and not step.nonfinite.item()
     assert 0 < step.sums[2].item() / 24 <= 1  # the mean gate, accumulated on the device
+
+
+def test_warm_start_copies_the_backbone_and_keeps_the_gates(three_epoch_run, tmp_path, capsys):
+    plain = tmp_path / "plain"
+    assert main(TINY + ["--gated", "false", "--epochs", "1", "--out", str(plain)]) == 0
+    source = checkpoint.load(plain / "last.pt")["model"]
+    model = checkpoint.build_model(checkpoint.load(three_epoch_run / "last.pt"))
+    gates_before = {k: v.clone() for k, v in model.state_dict().items() if "controller" in k or "gamma" in k}
+    assert checkpoint.load_backbone(model, plain / "last.pt") == len(source)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in source.items())
+    assert gates_before and all(torch.equal(after[k], v) for k, v in gates_before.items())
+    # through cg-train: the saved config names the source, the run trains from it
+    warm = tmp_path / "warm"
+    assert main(TINY + ["--epochs", "1", "--init-from", str(plain / "last.pt"), "--out", str(warm)]) == 0
+    assert "warm start, " in capsys.readouterr().out
+    assert yaml.safe_load((warm / "config.yaml").read_text())["init_from"] == str(plain / "last.pt")
+
+
+def test_warm_start_refuses_another_network(three_epoch_run, tmp_path, capsys):
+    deeper = TINY + ["--depth", "14", "--epochs", "1", "--init-from", str(three_epoch_run / "last.pt")]
+    assert main(deeper + ["--out", str(tmp_path / "deeper")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "is a different network (depth 8 vs 14)" in err and "\n" not in err
+    assert main(TINY + ["--init-from", str(tmp_path / "none.pt"), "--out", str(tmp_path / "r")]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before the run folder was made

@@ -51,3 +51,34 @@ def build_model(ckpt: dict):
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint weights do not match its model config: {str(e)[:200]}") from None
     return model.eval()
+
+
+# What must agree between a warm-start checkpoint and the model it initialises.
+_SHAPE_KEYS = ("depth", "in_channels", "num_classes", "input_size", "widths")
+
+
+def _as_tuple(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value  # widths: list in YAML, tuple here
+
+
+def load_backbone(model, path: str | Path) -> int:
+    """Copy a checkpoint's convolutions, norms and classifier into `model`; gates and controllers
+    keep their initialisation. Returns the number of tensors copied. The checkpoint may be plain
+    or gated; any other mismatch is refused with one line."""
+    ckpt = load(path)
+    theirs, ours = ckpt["model_config"], vars(model.cfg)
+    differ = [f"{k} {theirs.get(k)!r} vs {ours[k]!r}" for k in _SHAPE_KEYS
+              if _as_tuple(theirs.get(k)) != _as_tuple(ours[k])]
+    if differ:
+        raise CheckpointError(f"{path} is a different network ({'; '.join(differ)}); cannot start from it")
+    gate_names = ("controller.", ".gamma")
+    weights = {k: v for k, v in ckpt["model"].items() if not any(g in k for g in gate_names)}
+    own = model.state_dict()
+    unknown = sorted(k for k in weights if k not in own or own[k].shape != weights[k].shape)
+    missing = sorted(k for k in own if k not in weights and not any(g in k for g in gate_names))
+    if unknown or missing:
+        first = (unknown or missing)[0]
+        raise CheckpointError(f"{path} does not fit this model ({len(unknown)} unexpected, "
+                              f"{len(missing)} missing tensors, first: {first}); cannot start from it")
+    model.load_state_dict(weights, strict=False)
+    return len(weights)

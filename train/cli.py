@@ -17,6 +17,7 @@ import yaml
 
 from cosinegate import atomic
 from cosinegate.train import config as C
+from cosinegate.train import checkpoint
 from cosinegate.train.checkpoint import CheckpointError
 from cosinegate.train.data import DataError
 
@@ -74,6 +75,8 @@ def parse(argv) -> tuple[C.TrainConfig, argparse.Namespace]:
     elif (args.out / "last.pt").exists():
         raise C.ConfigError(f"{args.out} already holds a run (last.pt); continue it with "
                             f"--resume {args.out} or choose another --out")
+    if cfg.init_from and not args.resume:
+        checkpoint.load(cfg.init_from)  # refuse a missing or foreign warm start before the run folder exists
     return cfg, args
 
 

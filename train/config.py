@@ -60,6 +60,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0
+    init_from: str | None = None      # warm start: backbone weights from this checkpoint
+                                      # (gates and controllers keep their initialisation)
     # execution
     device: str = "auto"              # auto | cpu | cuda
     amp: bool = True                  # bf16 autocast, CUDA only
@@ -106,6 +108,7 @@ FIELD_HELP = {
     "gate_init": "faithful | open (see README, fidelity)",
     "gate_train": "deploy | paper: which gate drives training after the hand-over",
     "routing": "faithful | adaptive: batch-mean FLOPs hinge, or per-sample budgets by difficulty",
+    "init_from": "checkpoint (best.pt/last.pt) whose convolutions, norms and classifier start this run",
 }
 
 

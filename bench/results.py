@@ -296,10 +296,10 @@ def _goal_lines(rows: list[dict]) -> list[str]:
         if base:
             line += (f"; {_baseline_words(r)}, **{base['name']}**{_exported_words(base, ' (', ')')}: "
                      f"int8 {_int8(base)['accuracy']:.2%} at 1.000")
-            ours, theirs = _deployed_correct(r), _deployed_correct(base)
-            if ours and theirs and len(ours) == len(theirs):
-                wins, losses, p = _mcnemar(ours, theirs)
-                line += (f" (on the same {len(ours):,} images: right where it is wrong on {wins}, wrong where "
+            paired = _paired(r, base)
+            if paired:
+                images, wins, losses, p = paired
+                line += (f" (on the same {images:,} images: right where it is wrong on {wins}, wrong where "
                          f"it is right on {losses}, exact McNemar p = {p:.2g})")
         lines.append(line + ".")
     return lines
@@ -326,6 +326,15 @@ def _mcnemar(a: str, b: str) -> tuple[int, int, float]:
     return only_a, only_b, min(1.0, 2 * tail / 2 ** n) if n else 1.0
 
 
+def _paired(row: dict, base: dict) -> tuple[int, int, int, float] | None:
+    """(images compared, only `row` right, only `base` right, McNemar p) of the two deployed exports,
+    where both benches kept per-image results on the same images."""
+    ours, theirs = _deployed_correct(row), _deployed_correct(base)
+    if not (ours and theirs and len(ours) == len(theirs)):
+        return None
+    return (len(ours), *_mcnemar(ours, theirs))
+
+
 def _deeper_lines(rows: list[dict]) -> list[str]:
     """Gated nets deeper than ResNet-20 against plain ResNet-20 of the same schedule, both int8."""
     lines = []
@@ -338,12 +347,12 @@ def _deeper_lines(rows: list[dict]) -> list[str]:
             plain = _int8(base)["accuracy"]
             gap, noise = acc - plain, _noise(acc, _int8(r)["images"], plain, _int8(base)["images"])
             line += f"; {_baseline_words(r)}, **{base['name']}**: int8 {plain:.2%} at 1.000: "
-            ours, theirs = _deployed_correct(r), _deployed_correct(base)
+            paired = _paired(r, base)
             if macs > 1.0:
                 line += "at more compute, goal not met."
-            elif ours and theirs and len(ours) == len(theirs):
-                wins, losses, p = _mcnemar(ours, theirs)
-                line += (f"{gap * 100:+.2f} points; on the same {len(ours):,} images it is right where plain "
+            elif paired:
+                images, wins, losses, p = paired
+                line += (f"{gap * 100:+.2f} points; on the same {images:,} images it is right where plain "
                          f"is wrong on {wins} and wrong where plain is right on {losses} (exact McNemar "
                          f"p = {p:.3g}): ")
                 if p < 0.05:

@@ -61,6 +61,11 @@ def _as_tuple(value):
     return tuple(value) if isinstance(value, (list, tuple)) else value  # widths: list in YAML, tuple here
 
 
+def _is_gate(name: str) -> bool:
+    """A gate's own parameter (controller or scale γ), which a warm start leaves at its initialisation."""
+    return "controller." in name or name.endswith(".gamma")
+
+
 def load_backbone(model, path: str | Path) -> int:
     """Copy a checkpoint's convolutions, norms and classifier into `model`; gates and controllers
     keep their initialisation. Returns the number of tensors copied. The checkpoint may be plain
@@ -71,11 +76,10 @@ def load_backbone(model, path: str | Path) -> int:
               if _as_tuple(theirs.get(k)) != _as_tuple(ours[k])]
     if differ:
         raise CheckpointError(f"{path} is a different network ({'; '.join(differ)}); cannot start from it")
-    gate_names = ("controller.", ".gamma")
-    weights = {k: v for k, v in ckpt["model"].items() if not any(g in k for g in gate_names)}
+    weights = {k: v for k, v in ckpt["model"].items() if not _is_gate(k)}
     own = model.state_dict()
     unknown = sorted(k for k in weights if k not in own or own[k].shape != weights[k].shape)
-    missing = sorted(k for k in own if k not in weights and not any(g in k for g in gate_names))
+    missing = sorted(k for k in own if k not in weights and not _is_gate(k))
     if unknown or missing:
         first = (unknown or missing)[0]
         raise CheckpointError(f"{path} does not fit this model ({len(unknown)} unexpected, "

@@ -248,3 +248,35 @@ def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):
     assert manifest["models"] == [entry] and entry["depth"] == 8 and entry["dataset"] == "digits"
     assert (tmp_path / "models" / "tiny" / "model_int8.tflite").read_bytes() == \
         (tiny_export / "model_int8.tflite").read_bytes()
+
+
+def test_archive_keeps_what_results_reads(tiny_run, tiny_export, bench_dir, tmp_path, capsys):
+    from cosinegate.bench import archive, results
+    root = tmp_path / "runs"
+    for name, target in (("run", tiny_run), ("export", tiny_export), ("bench", bench_dir)):
+        (root / "tiny").mkdir(parents=True, exist_ok=True)
+        (root / "tiny" / name).symlink_to(target)
+    assert archive.main([str(root), str(tmp_path / "kept")]) == 0
+    kept = sorted(str(p.relative_to(tmp_path / "kept")) for p in (tmp_path / "kept").rglob("*") if p.is_file())
+    assert kept == ["tiny/bench/bench.json", "tiny/export/export_report.json", "tiny/run/config.yaml",
+                    "tiny/run/metrics.jsonl", "tiny/run/plots/accuracy.png",
+                    "tiny/run/plots/compute.png"]  # no checkpoint, no model
+    # The table from the archive is the table from the run folders.
+    from_runs = results.render(results.collect(root), root, None)
+    from_archive = results.render(results.collect(tmp_path / "kept"), root, None)
+    assert from_archive == from_runs
+    # Table 2 rows without a run of ours keep the paper's values; earlier tables are pointed to.
+    assert "| aggressive | ResNet-20 | no run of ours here | 89.9% | 0.759 | — |" in from_archive
+    earlier = results.render(results.collect(tmp_path / "kept"), root, None, tmp_path / "old.md")
+    assert f"**Earlier runs.** [{(tmp_path / 'old.md').as_posix()}]" in earlier and "**Earlier runs.**" not in from_runs
+    # A checkpoint alone gives back the run folder's config and metrics (and becomes its last.pt).
+    assert archive.main([str(tiny_run / "last.pt"), str(tmp_path / "restored"), "--restore"]) == 0
+    for name in ("metrics.jsonl", "last.pt"):
+        assert (tmp_path / "restored" / name).read_bytes() == (tiny_run / name).read_bytes()
+    assert yaml.safe_load((tmp_path / "restored" / "config.yaml").read_text()) == \
+        yaml.safe_load((tiny_run / "config.yaml").read_text())
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    capsys.readouterr()
+    assert archive.main([str(tmp_path / "bad.pt"), str(tmp_path / "r2"), "--restore"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("archive: error:") and not (tmp_path / "r2").exists()

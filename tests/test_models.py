@@ -44,3 +44,15 @@ def test_published_warm_start_names_a_published_source():
         source = next(m for m in MANIFEST if m is not entry and m["paths"]["model.pt"] in entry["command"])
         model = CosineGateResNet(checkpoint.build_model(ckpt).cfg)
         assert checkpoint.load_backbone(model, ROOT / source["paths"]["model.pt"]) > 0
+
+
+def test_results_md_is_regenerated_from_the_archive(monkeypatch):
+    """RESULTS.md is exactly what `bench.results` makes of the committed results/cifar10 archive,
+    so every number in it can be rebuilt on a fresh clone (and a stale table fails here)."""
+    from cosinegate.bench import results
+    archive, plots = Path("results/cifar10"), Path("docs/results")
+    earlier = plots / "earlier" / "RESULTS.md"
+    monkeypatch.chdir(ROOT)  # the table links plots by paths relative to the repository
+    text = results.render(results.collect(archive), archive, plots / "pareto.png",
+                          earlier if earlier.is_file() else None)
+    assert text == (ROOT / "RESULTS.md").read_text()

@@ -1,0 +1,85 @@
+"""Keep every run's small result files in the repository, so RESULTS.md regenerates on any clone.
+
+    python -m cosinegate.bench.archive runs/cifar10 results/cifar10      # after reproduce
+    python -m cosinegate.bench.results results/cifar10 --out RESULTS.md
+    python -m cosinegate.bench.archive --restore models/X/model.pt runs/cifar10/NAME/run
+
+Run folders hold checkpoints and exports (megabytes each) and live outside git, on the machine that
+made them; a new machine has none of them. RESULTS.md reads only the files named in RESULT_FILES
+(config, metrics, training curves, export reports, bench and QEMU JSON: kilobytes), so those are copied into a
+folder of the same layout that is committed. `--restore` rebuilds a run folder (config.yaml,
+metrics.jsonl, last.pt) from a checkpoint, which stores the first two, e.g. to export and bench a
+published model again with `reproduce --checkpoint last`, which then skips the finished training.
+"""
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+from cosinegate import atomic
+
+# Everything `bench.results` reads from a run folder, relative to ROOT/NAME.
+RESULT_FILES = ("run/config.yaml", "run/metrics.jsonl", "run/plots/accuracy.png", "run/plots/compute.png",
+                "export/export_report.json", "export_folded/export_report.json",
+                "bench/bench.json", "bench_folded/bench.json", "qemu.json", "qemu_folded.json")
+
+
+def archive(root: Path, dest: Path) -> list[str]:
+    """Copy RESULT_FILES of every run folder under `root` into `dest`; returns the run names."""
+    names = []
+    for folder in sorted(p for p in root.iterdir() if (p / "run" / "metrics.jsonl").is_file()):
+        for rel in RESULT_FILES:
+            if (folder / rel).is_file():
+                atomic.write_bytes(dest / folder.name / rel, (folder / rel).read_bytes())
+        names.append(folder.name)
+    return names
+
+
+def restore(checkpoint_path: Path, run_dir: Path) -> int:
+    """Write run_dir/config.yaml and metrics.jsonl from a checkpoint, which becomes the folder's
+    last.pt (the last epoch it knows); returns the epochs restored."""
+    from cosinegate.train import checkpoint
+    state = checkpoint.load(checkpoint_path)
+    history = state["history"]
+    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(state["config"], sort_keys=False))
+    atomic.write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
+    if not (run_dir / "last.pt").exists():
+        shutil.copyfile(checkpoint_path, run_dir / "last.pt")
+    return len(history)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cosinegate.bench.archive",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("source", type=Path, help="runs root (or, with --restore, a checkpoint)")
+    parser.add_argument("dest", type=Path, help="archive root (or, with --restore, a run folder)")
+    parser.add_argument("--restore", action="store_true",
+                        help="rebuild a run folder's config.yaml and metrics.jsonl from a checkpoint")
+    args = parser.parse_args(argv)
+    if args.restore:
+        from cosinegate.train.checkpoint import CheckpointError
+        try:
+            epochs = restore(args.source, args.dest)
+        except CheckpointError as e:
+            print(f"archive: error: {e}", file=sys.stderr)
+            return 1
+        print(f"archive: restored {epochs} epochs of {args.source} into {args.dest}")
+        return 0
+    if not args.source.is_dir():
+        print(f"archive: error: no runs root at {args.source}", file=sys.stderr)
+        return 1
+    names = archive(args.source, args.dest)
+    if not names:
+        print(f"archive: error: no run folders with run/metrics.jsonl under {args.source}", file=sys.stderr)
+        return 1
+    print(f"archive: {len(names)} runs -> {args.dest} ({', '.join(names)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -612,7 +612,7 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     handles += [Line2D([], [], marker="o", ls="", markerfacecolor="none", markeredgecolor="gray",
                        label="hollow: float, not exported"),
                 Line2D([], [], marker="x", ls="", color="gray", label="paper, 160 epochs")]
-    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)  # below: hides no point
     ax.set(xlabel="compute: executed MACs / ResNet-20 (ours, int8)  ·  mean gate (paper)",
            ylabel="CIFAR-10 test accuracy", title="Accuracy vs compute")
     ax.grid(alpha=0.3)

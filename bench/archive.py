@@ -13,7 +13,6 @@ published model again with `reproduce --checkpoint last`, which then skips the f
 """
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -42,12 +41,13 @@ def restore(checkpoint_path: Path, run_dir: Path) -> int:
     """Write run_dir/config.yaml and metrics.jsonl from a checkpoint, which becomes the folder's
     last.pt (the last epoch it knows); returns the epochs restored."""
     from cosinegate.train import checkpoint
+    if any((run_dir / name).exists() for name in ("config.yaml", "metrics.jsonl", "last.pt")):
+        raise FileExistsError(f"{run_dir} already holds a run; nothing overwritten")
     state = checkpoint.load(checkpoint_path)
     history = state["history"]
     atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(state["config"], sort_keys=False))
     atomic.write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
-    if not (run_dir / "last.pt").exists():
-        shutil.copyfile(checkpoint_path, run_dir / "last.pt")
+    atomic.write_bytes(run_dir / "last.pt", Path(checkpoint_path).read_bytes())
     return len(history)
 
 
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         from cosinegate.train.checkpoint import CheckpointError
         try:
             epochs = restore(args.source, args.dest)
-        except CheckpointError as e:
+        except (CheckpointError, FileExistsError) as e:
             print(f"archive: error: {e}", file=sys.stderr)
             return 1
         print(f"archive: restored {epochs} epochs of {args.source} into {args.dest}")

@@ -275,6 +275,11 @@ def test_archive_keeps_what_results_reads(tiny_run, tiny_export, bench_dir, tmp_
         assert (tmp_path / "restored" / name).read_bytes() == (tiny_run / name).read_bytes()
     assert yaml.safe_load((tmp_path / "restored" / "config.yaml").read_text()) == \
         yaml.safe_load((tiny_run / "config.yaml").read_text())
+    before = (tmp_path / "restored" / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    assert archive.main([str(tmp_path / "bad.pt"), str(tmp_path / "restored"), "--restore"]) == 1
+    assert "already holds a run" in capsys.readouterr().err  # refused before reading the checkpoint
+    assert (tmp_path / "restored" / "metrics.jsonl").read_bytes() == before
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     capsys.readouterr()
     assert archive.main([str(tmp_path / "bad.pt"), str(tmp_path / "r2"), "--restore"]) == 1

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     parser.add_argument("source", type=Path, help="runs root (or, with --restore, a checkpoint)")
     parser.add_argument("dest", type=Path, help="archive root (or, with --restore, a run folder)")
     parser.add_argument("--restore", action="store_true",
-                        help="rebuild a run folder's config.yaml and metrics.jsonl from a checkpoint")
+                        help="rebuild a run folder (config.yaml, metrics.jsonl, last.pt) from a checkpoint")
     args = parser.parse_args(argv)
     if args.restore:
         from cosinegate.train.checkpoint import CheckpointError

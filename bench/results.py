@@ -1,6 +1,6 @@
 """Build RESULTS.md and the Pareto plot from the folders `bench.reproduce` writes.
 
-    python -m cosinegate.bench.results runs/cifar10 --out RESULTS.md [--plots docs/results]
+    python -m cosinegate.bench.results results/cifar10 --out RESULTS.md [--plots docs/results]
 
 ROOT is a runs root or its archive (`bench.archive`, the same layout with only the files read here).
 Every number comes from a file under ROOT/NAME/{run,export,bench}: metrics.jsonl (the paper's

@@ -185,15 +185,46 @@ def test_results_not_reproduced_lines_follow_the_data():
 
     rows = [row("resnet20", "resnet20", False, 0.86), row("balanced", "balanced", True, 0.83)]
     lines = results._not_reproduced_lines(rows)
-    assert "balanced -3.00 points at 0.680 (10 ep)" in lines[0] and "costs accuracy" in lines[0]
+    assert "balanced -3.00 points at 0.680 (10 ep)" in lines[0] and "trails its plain" in lines[0]
     assert "at each preset's target" in lines[1] and "balanced τ_target 0.70, paper 0.715, ours 0.700" in lines[1]
     assert "balanced E9 of 10 (end 83.00%); the largest drop from peak to end is 1.00 points" in lines[2]
     assert "settles on one path" in lines[3]
     # A gated run above plain, off its target, with several paths: none of those conclusions is drawn.
     rows = [row("resnet20", "resnet20", False, 0.86), row("balanced", "balanced", True, 0.87, paths=4, gbar=0.8)]
     lines = results._not_reproduced_lines(rows)
-    assert "+1.00 points" in lines[0] and "costs accuracy" not in lines[0]
+    assert "+1.00 points" in lines[0] and "trails its plain" not in lines[0]
     assert "where the list shows" in lines[1] and "settles on one path" not in lines[3]
+    # A warm start is held against the plain run it began from, and says so.
+    source = row("resnet20_e160", "resnet20", False, 0.92, epochs=160)
+    warm = row("aggressive_warm", "aggressive", True, 0.91, epochs=12)
+    warm["config"].update(init_from="runs/cifar10/resnet20_e160/run/last.pt", tau_target=0.60)
+    lines = results._not_reproduced_lines([source, warm])
+    assert "aggressive_warm -1.00 points at 0.680 (160 + 12 ep, warm start)" in lines[0]
+    assert "aggressive_warm τ_target 0.60, paper 0.759" in lines[1] and "need not skip" not in lines[1]
+    # A mean gate below 1 with every block executed is called out.
+    warm["last"].update(gbar=0.84, mac_ratio_deploy=1.0)
+    warm["bench"]["runtimes"]["tflite_int8"]["mac_ratio"] = 1.0
+    assert "aggressive_warm (ḡ 0.840) executes every block" in results._not_reproduced_lines([source, warm])[1]
+
+
+def test_results_paper_row_is_the_presets_objective():
+    """The paper's Table 2 values stand beside every ResNet-20 that trains the preset's losses, from
+    scratch or warm-started, and beside no variant of the losses, static twin or deeper net."""
+    from cosinegate.bench import results
+
+    def row(preset, gated=True, depth=20, removed="", **config):
+        return {"preset": preset, "config": {"preset": preset, "gated": gated, "depth": depth,
+                                             "removed_blocks": removed, **config}}
+
+    aggressive = {"lambda_flops": 5.0, "tau_target": 0.60}
+    assert results._paper_key(row("aggressive", **aggressive)) == "aggressive"
+    assert results._paper_key(row("aggressive", **aggressive, gate_init="open", lr=0.02,
+                                  init_from="runs/cifar10/resnet20_e160/run/last.pt")) == "aggressive"
+    assert results._paper_key(row("aggressive", **{**aggressive, "lambda_flops": 20.0})) is None
+    assert results._paper_key(row("aggressive", gated=False, removed="1", **aggressive)) is None
+    assert results._paper_key(row("aggressive", depth=32, **aggressive)) is None
+    assert results._paper_key(row("resnet20", gated=False)) == "resnet20"
+    assert results._paper_key(row("resnet20", gated=True)) is None
 
 
 def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):

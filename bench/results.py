@@ -627,7 +627,7 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     for key, p in PAPER.items():
         ax.scatter(p["flops"], p["acc"], marker="x", color="gray")
         ax.annotate(f"paper {p['label'].replace('CosineGate ', '')}", (p["flops"], p["acc"]), fontsize=7,
-                    color="gray", xytext=(3, 3), textcoords="offset points")
+                    color="gray", xytext=(3, -9), textcoords="offset points")  # below the mark, clear of our labels
     # One colour per schedule: only points of the same schedule compare.
     training = {r["name"]: _training_label(r, rows) for r in rows}
     schedules = sorted(set(training.values()), key=lambda label: [int(w) for w in label.split() if w.isdigit()])

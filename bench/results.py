@@ -8,6 +8,7 @@ metrics: test_acc_paper, gbar), export_report.json (int8 parity), bench.json (wh
 decided and executed, QEMU instruction ratios). The paper's Table 2 values stand beside ours.
 """
 import argparse
+import functools
 import json
 import math
 import sys
@@ -90,10 +91,16 @@ def _schedule(config: dict, epochs_done: int) -> str:
     return text
 
 
+def _source_row(row: dict, rows: list[dict]) -> dict | None:
+    """The row of the run a warm start began from, where it is among the rows."""
+    name = _source_name(row["config"])
+    return next((r for r in rows if r["name"] == name), None) if name else None
+
+
 def _training_label(row: dict, rows: list[dict]) -> str:
     """How much training a row had, for grouping points that compare: '20 epochs', '160 + 24 epochs'."""
     name = _source_name(row["config"])
-    source = next((r for r in rows if r["name"] == name), None)
+    source = _source_row(row, rows)
     if source:
         return f"{source['epochs_done']} + {row['epochs_done']} epochs (warm start)"
     return f"{row['epochs_done']} epochs" + (f" (warm start from {name})" if name else "")
@@ -244,6 +251,7 @@ OBJECTIVE_KEYS = ("lambda_flops", "lambda_cons", "tau_target", "gamma0", "gate_i
 LOSS_KEYS = ("lambda_flops", "lambda_cons", "tau_target", "routing", "lambda_adapt")
 
 
+@functools.lru_cache  # asked once per row and section; each call reads the preset's YAML
 def _preset_config(name: str) -> dict | None:
     from cosinegate.train.config import ConfigError, TrainConfig, preset_values
     try:
@@ -395,7 +403,7 @@ def _deeper_lines(rows: list[dict]) -> list[str]:
 
 def _epochs_words(row: dict, rows: list[dict]) -> str:
     """'10 ep' for a run from scratch, '160 + 12 ep, warm start' for one that began from another."""
-    source = next((r for r in rows if r["name"] == _source_name(row["config"])), None)
+    source = _source_row(row, rows)
     return (f"{source['epochs_done']} + {row['epochs_done']} ep, warm start" if source
             else f"{row['epochs_done']} ep")
 

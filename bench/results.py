@@ -307,6 +307,27 @@ def _baseline_words(row: dict) -> str:
             else "plain ResNet-20 with the same schedule")
 
 
+def _warm_start_note(rows: list[dict]) -> str | None:
+    """What a *warm start from NAME* row is, and, where one grew a deeper net, how it grew."""
+    warm = [r for r in rows if _source_name(r["config"])]
+    if not warm:
+        return None
+    note = ("**Warm starts.** Rows whose schedule says *warm start from NAME* began from that run's "
+            "final checkpoint (`cg-train --init-from NAME/run/last.pt`: convolutions, norms and "
+            "classifier copied, gates and controllers fresh) and then trained the gates with the "
+            "schedule shown. That is not the paper's protocol (160 epochs from scratch); their "
+            "baseline is the run they started from.")
+    grown = [(r["name"], r["config"]["depth"], source["config"]["depth"]) for r in warm
+             for source in [_source_row(r, rows)] if source and source["config"]["depth"] < r["config"]["depth"]]
+    if grown:
+        note += (" A deeper net warm-started from a shallower one (" + ", ".join(
+            f"{name}: ResNet-{ours} from ResNet-{theirs}" for name, ours, theirs in grown) +
+            ") keeps the source's blocks at the head of each stage and starts each new block as an "
+            "identity (a copy of the stage's last block with its last norm zeroed), so it begins "
+            "exactly where the source net ended.")
+    return note
+
+
 def _goal_lines(rows: list[dict]) -> list[str]:
     """Every deployed Balanced ResNet-20 (the paper's claim is for ResNet-20; deeper nets have their
     own section) against the bar: int8 accuracy >= the paper's 91.3 % at
@@ -524,13 +545,9 @@ def render(rows: list[dict], root: Path, plot_path: Path | None, earlier: Path |
         "gate forced on.",
         table(columns, body),
     ]
-    warm = [r for r in rows if _source_name(r["config"])]
-    if warm:
-        parts.append("**Warm starts.** Rows whose schedule says *warm start from NAME* began from that run's "
-                     "final checkpoint (`cg-train --init-from NAME/run/last.pt`: convolutions, norms and "
-                     "classifier copied, gates and controllers fresh) and then trained the gates with the "
-                     "schedule shown. That is not the paper's protocol (160 epochs from scratch); their "
-                     "baseline is the run they started from.")
+    warm_starts = _warm_start_note(rows)
+    if warm_starts:
+        parts.append(warm_starts)
     if any(r["config"]["epochs"] != 160 and not _source_name(r["config"]) for r in rows):
         parts.append("**Not the paper's protocol.** Rows marked *shortened* ran fewer than the paper's 160 "
                      "epochs (on a 2-core CPU), so their accuracies sit far below Table 2: compare our rows "
@@ -549,7 +566,8 @@ def render(rows: list[dict], root: Path, plot_path: Path | None, earlier: Path |
     if deeper:
         parts += ["## Deeper gated networks at ResNet-20's compute",
                   "A gated ResNet-32 or -56 trained to execute no more MACs than plain ResNet-20 "
-                  "(`--depth 32 --tau-target T`), against plain ResNet-20 with the same schedule, both int8 "
+                  "(`--depth 32 --tau-target T`), against plain ResNet-20 with the same schedule (for a warm "
+                  "start, the plain run it began from), both int8 "
                   "on the same bench images. Where both benches kept per-image results the two are compared "
                   "image by image (exact McNemar test on the images only one of them gets right); otherwise "
                   "the noise is the 95 % interval of the difference of two accuracies, each a binomial "

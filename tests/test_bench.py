@@ -168,6 +168,11 @@ def test_results_deeper_net_and_goal_on_resnet20_scale():
                          "int8 92.00% at 1.000.")
     assert results._training_label(warm, [source, warm]) == "160 + 24 epochs (warm start)"
     assert results._training_label(warm, [warm]) == "24 epochs (warm start from resnet20_e160)"
+    assert "grew" not in results._warm_start_note([source, warm]) and results._warm_start_note(rows) is None
+    grown = row("resnet32_grown", 32, True, 0.925, 0.98)
+    grown["config"].update(init_from="runs/cifar10/resnet20_e160/run/last.pt")
+    assert "(resnet32_grown: ResNet-32 from ResNet-20) keeps the source's blocks" in results._warm_start_note(
+        [source, warm, grown])
 
 
 def test_results_not_reproduced_lines_follow_the_data():

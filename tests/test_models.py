@@ -43,7 +43,7 @@ def test_published_warm_start_names_a_published_source():
         ckpt = checkpoint.load(ROOT / entry["paths"]["model.pt"])
         source = next(m for m in MANIFEST if m is not entry and m["paths"]["model.pt"] in entry["command"])
         model = CosineGateResNet(checkpoint.build_model(ckpt).cfg)
-        assert checkpoint.load_backbone(model, ROOT / source["paths"]["model.pt"]) > 0
+        assert checkpoint.load_backbone(model, ROOT / source["paths"]["model.pt"])[0] > 0
 
 
 def test_results_md_is_regenerated_from_the_archive(monkeypatch):

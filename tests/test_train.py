@@ -12,6 +12,7 @@ import yaml
 from cosinegate.train import checkpoint
 from cosinegate.train.cli import main
 from cosinegate.train.config import presets
+from cosinegate.train.model import CosineGateResNet, ModelConfig
 
 TINY = ["--preset", "demo", "--depth", "8", "--epochs", "3", "--warmup-epochs", "1",
         "--threads", "1", "--no-progress"]
@@ -209,7 +210,7 @@ def test_warm_start_copies_the_backbone_and_keeps_the_gates(three_epoch_run, tmp
     source = checkpoint.load(plain / "last.pt")["model"]
     model = checkpoint.build_model(checkpoint.load(three_epoch_run / "last.pt"))
     gates_before = {k: v.clone() for k, v in model.state_dict().items() if "controller" in k or "gamma" in k}
-    assert checkpoint.load_backbone(model, plain / "last.pt") == len(source)
+    assert checkpoint.load_backbone(model, plain / "last.pt") == (len(source), [])
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in source.items())
     assert gates_before and all(torch.equal(after[k], v) for k, v in gates_before.items())
@@ -220,11 +221,34 @@ def test_warm_start_copies_the_backbone_and_keeps_the_gates(three_epoch_run, tmp
     assert yaml.safe_load((warm / "config.yaml").read_text())["init_from"] == str(plain / "last.pt")
 
 
-def test_warm_start_refuses_another_network(three_epoch_run, tmp_path, capsys):
-    deeper = TINY + ["--depth", "14", "--epochs", "1", "--init-from", str(three_epoch_run / "last.pt")]
-    assert main(deeper + ["--out", str(tmp_path / "deeper")]) == 1
+def test_warm_start_grows_a_deeper_net_that_computes_the_same(three_epoch_run, tmp_path):
+    source_ckpt = checkpoint.load(three_epoch_run / "last.pt")
+    source = checkpoint.build_model(source_ckpt)
+    cfg = ModelConfig(**{**source_ckpt["model_config"], "depth": 20, "open_logit": 4.0})
+    deeper = CosineGateResNet(cfg).eval()
+    copied, grown = checkpoint.load_backbone(deeper, three_epoch_run / "last.pt")
+    assert grown == [1, 2, 4, 5, 7, 8]  # depth 8 -> 20: blocks 1-2 of each stage are new
+    # a trained block keeps its weights; a new block copies its stage's last trained block where
+    # shapes allow, with its last norm zeroed, so every new block is an identity
+    state = deeper.state_dict()
+    assert torch.equal(state["blocks.3.conv1.weight"], source_ckpt["model"]["blocks.1.conv1.weight"])
+    assert torch.equal(state["blocks.1.conv1.weight"], source_ckpt["model"]["blocks.0.conv1.weight"])
+    assert all(not state[f"blocks.{i}.bn2.{p}"].any() for i in grown for p in ("weight", "bias"))
+    mc = source_ckpt["model_config"]
+    x = torch.rand(4, mc["in_channels"], mc["input_size"], mc["input_size"])
+    with torch.no_grad():
+        assert torch.allclose(deeper(x, "full")[0], source(x, "full")[0], atol=1e-5)
+    assert copied == len([k for k in state if "controller" not in k and not k.endswith("gamma")])
+
+
+def test_warm_start_grows_through_cg_train_and_refuses_a_shallower_net(three_epoch_run, tmp_path, capsys):
+    deeper = TINY + ["--depth", "14", "--epochs", "1", "--out", str(tmp_path / "deeper")]
+    assert main(deeper + ["--init-from", str(three_epoch_run / "last.pt")]) == 0
+    assert "new blocks [1, 3, 5] start as identities" in capsys.readouterr().out
+    shallower = TINY + ["--epochs", "1", "--init-from", str(tmp_path / "deeper" / "last.pt")]
+    assert main(shallower + ["--out", str(tmp_path / "shallower")]) == 1
     err = capsys.readouterr().err.strip()
-    assert "is a different network (depth 8 vs 14)" in err and "\n" not in err
+    assert "is a different network (depth 14 vs 8: a warm start can only grow a net)" in err and "\n" not in err
     assert main(TINY + ["--init-from", str(tmp_path / "none.pt"), "--out", str(tmp_path / "r")]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # refused before the run folder was made

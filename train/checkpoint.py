@@ -53,8 +53,8 @@ def build_model(ckpt: dict):
     return model.eval()
 
 
-# What must agree between a warm-start checkpoint and the model it initialises.
-_SHAPE_KEYS = ("depth", "in_channels", "num_classes", "input_size", "widths")
+# What must agree between a warm-start checkpoint and the model it initialises (depth may grow).
+_SHAPE_KEYS = ("in_channels", "num_classes", "input_size", "widths")
 
 
 def _as_tuple(value):
@@ -66,18 +66,58 @@ def _is_gate(name: str) -> bool:
     return "controller." in name or name.endswith(".gamma")
 
 
-def load_backbone(model, path: str | Path) -> int:
+def _grown_weights(weights: dict, own: dict, theirs: int, ours: int) -> tuple[dict, list[int]]:
+    """Backbone weights of a net with `theirs` blocks per stage, laid into one (`own`, its state
+    dict) with `ours` > theirs.
+
+    Stage s's block j keeps its weights (j < theirs). Each new block j >= theirs copies the
+    stage's last trained block (or keeps its own initialisation where shapes differ: a
+    downsampling block) and gets its last BatchNorm's scale and shift zeroed, so its residual
+    branch is exactly 0 and the block, y = ReLU(x + 0) with x >= 0, is an identity. The grown net
+    computes what the source net computed, and training grows the new blocks from there (the
+    zero-init residual of Goyal et al. 2017). Returns the weights and the new blocks' indices.
+    """
+    out = {k: v for k, v in weights.items() if not k.startswith("blocks.")}
+    trained = {}
+    for key, value in weights.items():
+        if key.startswith("blocks."):
+            _, index, rest = key.split(".", 2)
+            stage, j = divmod(int(index), theirs)
+            out[f"blocks.{stage * ours + j}.{rest}"] = value
+            trained[stage, j, rest] = value
+    new_blocks = [stage * ours + j for stage in range(3) for j in range(theirs, ours)]
+    for index in new_blocks:
+        stage = index // ours
+        for key in own:
+            if not key.startswith(f"blocks.{index}.") or _is_gate(key):
+                continue
+            rest = key.split(".", 2)[2]
+            source = trained.get((stage, theirs - 1, rest))
+            value = source.clone() if source is not None and source.shape == own[key].shape else own[key].clone()
+            out[key] = value.zero_() if rest in ("bn2.weight", "bn2.bias") else value
+    return out, new_blocks
+
+
+def load_backbone(model, path: str | Path) -> tuple[int, list[int]]:
     """Copy a checkpoint's convolutions, norms and classifier into `model`; gates and controllers
-    keep their initialisation. Returns the number of tensors copied. The checkpoint may be plain
-    or gated; any other mismatch is refused with one line."""
+    keep their initialisation. The checkpoint may be plain or gated, and shallower than `model`
+    (see `_grown_weights`); any other mismatch is refused with one line. Returns the number of
+    tensors copied and the indices of the blocks that were grown (empty at equal depth)."""
     ckpt = load(path)
     theirs, ours = ckpt["model_config"], vars(model.cfg)
     differ = [f"{k} {theirs.get(k)!r} vs {ours[k]!r}" for k in _SHAPE_KEYS
               if _as_tuple(theirs.get(k)) != _as_tuple(ours[k])]
+    if theirs.get("depth", 0) > ours["depth"]:
+        differ.insert(0, f"depth {theirs.get('depth')!r} vs {ours['depth']!r}: a warm start can only grow a net")
     if differ:
         raise CheckpointError(f"{path} is a different network ({'; '.join(differ)}); cannot start from it")
     weights = {k: v for k, v in ckpt["model"].items() if not _is_gate(k)}
-    own = model.state_dict()
+    own, grown = model.state_dict(), []
+    if theirs["depth"] < ours["depth"]:
+        if theirs.get("removed_blocks") or model.cfg.removed_blocks:
+            raise CheckpointError(f"{path}: a net with removed blocks cannot grow; start from a full one")
+        per_stage = (theirs["depth"] - 2) // 6
+        weights, grown = _grown_weights(weights, own, per_stage, model.cfg.blocks_per_stage)
     unknown = sorted(k for k in weights if k not in own or own[k].shape != weights[k].shape)
     missing = sorted(k for k in own if k not in weights and not _is_gate(k))
     if unknown or missing:
@@ -85,4 +125,4 @@ def load_backbone(model, path: str | Path) -> int:
         raise CheckpointError(f"{path} does not fit this model ({len(unknown)} unexpected, "
                               f"{len(missing)} missing tensors, first: {first}); cannot start from it")
     model.load_state_dict(weights, strict=False)
-    return len(weights)
+    return len(weights), grown

@@ -162,9 +162,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             torch.cuda.set_rng_state(state["rng"]["cuda"][rank])
         history, start_epoch, best_score = state["history"], state["epoch"], state["best_score"]
     elif cfg.init_from:
-        copied = checkpoint.load_backbone(model, cfg.init_from)
+        copied, grown = checkpoint.load_backbone(model, cfg.init_from)
         if main_process:
-            print(f"cg-train: warm start, {copied} backbone tensors from {cfg.init_from}", flush=True)
+            print(f"cg-train: warm start, {copied} backbone tensors from {cfg.init_from}"
+                  + (f"; new blocks {grown} start as identities" if grown else ""), flush=True)
     if main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         params = param_counts(model)

@@ -77,25 +77,30 @@ def _grown_weights(weights: dict, own: dict, theirs: int, ours: int) -> tuple[di
     computes what the source net computed, and training grows the new blocks from there (the
     zero-init residual of Goyal et al. 2017). Returns the weights and the new blocks' indices.
     """
+    def split(key, per_stage):  # 'blocks.7.bn2.weight' -> (stage, block in stage, 'bn2.weight')
+        _, index, rest = key.split(".", 2)
+        return (*divmod(int(index), per_stage), rest)
+
     out = {k: v for k, v in weights.items() if not k.startswith("blocks.")}
-    trained = {}
+    last_trained = {}  # (stage, tensor name) -> the stage's last trained block's tensor
     for key, value in weights.items():
         if key.startswith("blocks."):
-            _, index, rest = key.split(".", 2)
-            stage, j = divmod(int(index), theirs)
+            stage, j, rest = split(key, theirs)
             out[f"blocks.{stage * ours + j}.{rest}"] = value
-            trained[stage, j, rest] = value
-    new_blocks = [stage * ours + j for stage in range(3) for j in range(theirs, ours)]
-    for index in new_blocks:
-        stage = index // ours
-        for key in own:
-            if not key.startswith(f"blocks.{index}.") or _is_gate(key):
-                continue
-            rest = key.split(".", 2)[2]
-            source = trained.get((stage, theirs - 1, rest))
-            value = source.clone() if source is not None and source.shape == own[key].shape else own[key].clone()
-            out[key] = value.zero_() if rest in ("bn2.weight", "bn2.bias") else value
-    return out, new_blocks
+            if j == theirs - 1:
+                last_trained[stage, rest] = value
+    new_blocks = set()
+    for key, init in own.items():
+        if not key.startswith("blocks.") or _is_gate(key):
+            continue
+        stage, j, rest = split(key, ours)
+        if j < theirs:
+            continue
+        new_blocks.add(stage * ours + j)
+        source = last_trained.get((stage, rest))
+        value = (source if source is not None and source.shape == init.shape else init).clone()
+        out[key] = value.zero_() if rest in ("bn2.weight", "bn2.bias") else value
+    return out, sorted(new_blocks)
 
 
 def load_backbone(model, path: str | Path) -> tuple[int, list[int]]:

@@ -84,6 +84,8 @@ def _source_name(config: dict) -> str | None:
 
 def _schedule(config: dict, epochs_done: int) -> str:
     text = f"{epochs_done}/{config['epochs']} ep, warm-up {config['warmup_epochs']}"
+    if config.get("flops_delay_epochs"):  # runs from before the delay have no such key
+        text += f" after {config['flops_delay_epochs']} ep without FLOPs penalty"
     if _source_name(config):
         text += f", lr {config['lr']:g}, warm start from {_source_name(config)}"
     elif config["epochs"] != 160:

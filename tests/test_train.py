@@ -252,3 +252,22 @@ def test_warm_start_grows_through_cg_train_and_refuses_a_shallower_net(three_epo
     assert main(TINY + ["--init-from", str(tmp_path / "none.pt"), "--out", str(tmp_path / "r")]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # refused before the run folder was made
+
+
+def test_flops_delay_holds_the_penalty_off_then_ramps_it_and_moves_the_handover():
+    from cosinegate.train.config import TrainConfig
+    from cosinegate.train.trainer import _schedule, gate_mode, routing_settled_epoch
+    cfg = TrainConfig(epochs=12, warmup_epochs=3, flops_delay_epochs=4)
+    assert [_schedule(cfg, t)[0] for t in (0, 2, 4, 5.5, 7, 9)] == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+    assert cfg.handover_epoch == 7 and routing_settled_epoch(cfg) == 7
+    assert gate_mode(cfg, 6) == "relaxed" and gate_mode(cfg, 7) == "relaxed_deploy"
+    paper = TrainConfig(epochs=12, warmup_epochs=3)
+    assert _schedule(paper, 1.5)[0] == 0.5 and paper.handover_epoch == 3
+
+
+def test_flops_delay_reaches_the_metrics_log_and_refuses_a_negative_delay(tmp_path, capsys):
+    run = tmp_path / "delayed"
+    assert main(TINY + ["--flops-delay-epochs", "2", "--out", str(run)]) == 0  # 3 epochs, warm-up 1
+    assert [m["flops_progress"] for m in _metrics(run)] == [0.0, 0.0, 1.0]
+    assert main(TINY + ["--flops-delay-epochs", "-1", "--out", str(tmp_path / "bad")]) == 1
+    assert "flops_delay_epochs must be >= 0" in capsys.readouterr().err

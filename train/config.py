@@ -40,6 +40,8 @@ class TrainConfig:
     lambda_cons: float = 0.01
     tau_target: float = 0.70
     warmup_epochs: int = 40           # FLOPs-penalty warm-up T_warmup, epochs
+    flops_delay_epochs: int = 0       # epochs with no FLOPs penalty before its warm-up starts
+                                      # (0 = paper; lets a grown net train its new blocks first)
     routing: str = "faithful"         # faithful: hinge on the batch-mean gate (eq. 18)
                                       # adaptive: per-sample hinge, budget grows with difficulty
     adaptive_spread: float = 0.4      # adaptive: budgets span tau_target +- spread/2 over a batch
@@ -49,7 +51,7 @@ class TrainConfig:
     # deployable gate
     gate_train: str = "deploy"        # deploy: hand over to the x-only gate (hard, straight-through)
                                       # paper: train with the CIR gate throughout, as written
-    handover_epoch: int | None = None  # default: warmup_epochs
+    handover_epoch: int | None = None  # default: flops_delay_epochs + warmup_epochs
     lambda_cir: float = 1.0           # regression of the CIR estimate onto the measured CIR
     lambda_margin: float = 0.1        # keeps deploy logits `margin` away from the threshold
     margin: float = 1.0
@@ -69,12 +71,13 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.handover_epoch is None:
-            self.handover_epoch = self.warmup_epochs
+            self.handover_epoch = self.flops_delay_epochs + self.warmup_epochs
         checks = [
             (self.gate_init in ("faithful", "open"), "gate_init must be 'faithful' or 'open'"),
             (self.gate_train in ("deploy", "paper"), "gate_train must be 'deploy' or 'paper'"),
             (self.routing in ("faithful", "adaptive"), "routing must be 'faithful' or 'adaptive'"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
+            (self.flops_delay_epochs >= 0, "flops_delay_epochs must be >= 0"),
             (0.0 < self.tau_target <= 1.0, "tau_target must lie in (0, 1]"),
             (self.tau_start > 0 and self.tau_end > 0, "Gumbel temperatures must be > 0"),
             (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),

@@ -39,8 +39,13 @@ def _pick_device(name: str) -> torch.device:
 
 
 def _schedule(cfg: TrainConfig, epoch_float: float) -> tuple[float, float]:
-    """FLOPs-penalty progress prog(t) (eq. 19) and the Gumbel temperature, t in epochs."""
-    progress = 1.0 if cfg.warmup_epochs <= 0 else min(1.0, epoch_float / cfg.warmup_epochs)
+    """FLOPs-penalty progress prog(t) (eq. 19, shifted by the delay) and the Gumbel temperature,
+    t in epochs."""
+    t = epoch_float - cfg.flops_delay_epochs
+    if t < 0:
+        progress = 0.0
+    else:
+        progress = 1.0 if cfg.warmup_epochs <= 0 else min(1.0, t / cfg.warmup_epochs)
     tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (epoch_float / cfg.epochs)
     return progress, tau
 
@@ -58,7 +63,8 @@ def routing_settled_epoch(cfg: TrainConfig) -> int:
     deploy-gate reading, the hand-over done (earlier epochs skip little, so they are not 'best')."""
     if not cfg.gated:
         return 0
-    return max(cfg.warmup_epochs, cfg.handover_epoch if cfg.gate_train == "deploy" else 0)
+    return max(cfg.flops_delay_epochs + cfg.warmup_epochs,
+               cfg.handover_epoch if cfg.gate_train == "deploy" else 0)
 
 
 def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str) -> dict:

@@ -101,6 +101,10 @@ def run_bench(args, command: str) -> dict:
     x = float_inputs(images, info)
     xq = quantize_inputs(x, report["input"]["scale"], report["input"]["zero_point"])
     macs = macs_breakdown(model.cfg)
+    # A gate folded at export has no controller left in the int8 model: the device pays nothing for it.
+    folded_gates = report.get("folded_gates") or {}
+    folded = {*folded_gates.get("always", []), *folded_gates.get("never", [])}
+    int8_macs = dict(macs, controllers=[0 if i in folded else c for i, c in enumerate(macs["controllers"])])
     gated = model.gated_indices
     gate_names = [f"gate_{i}" for i in gated]
     print(f"cg-bench: {args.export_dir} | {report['dataset']} | {len(labels)} test images | "
@@ -135,7 +139,8 @@ def run_bench(args, command: str) -> dict:
         m_logits, m_gates = _loop(TflmRunner(tflite_bytes, report["tflm_arena_bytes"], 1 + len(gated)),
                                   xq, "tflm")
         runtimes["tflm"] = (m_logits.argmax(1), m_gates)
-    results = {name: routing_summary(g, p, labels, macs, gated, t_gates) for name, (p, g) in runtimes.items()}
+    results = {name: routing_summary(g, p, labels, int8_macs if name in ("tflite_int8", "tflm") else macs, gated,
+                                     t_gates) for name, (p, g) in runtimes.items()}
     if "tflite_int8" in runtimes:  # per image, so two models benched on the same images compare paired
         right = runtimes["tflite_int8"][0] == labels
         results["tflite_int8"]["correct"] = "".join("1" if c else "0" for c in right)
@@ -150,7 +155,7 @@ def run_bench(args, command: str) -> dict:
         from cosinegate.bench.serial_reader import read_serial
         logs.append((args.serial, read_serial(args.serial, args.baud, args.serial_timeout)))
     for source, text in logs:
-        firmware[source] = _firmware_summary(text, t_gates, labels, macs, gated)
+        firmware[source] = _firmware_summary(text, t_gates, labels, int8_macs, gated)
     # -- host latency: gated, every gate on, plain ---------------------------------------------------
     latency = {}
     variants = {"gated": onnx_bytes,
@@ -186,7 +191,7 @@ def run_bench(args, command: str) -> dict:
         "command": command, "machine": _machine(), "export_dir": str(args.export_dir),
         "checkpoint": str(ckpt_path), "dataset": report["dataset"], "images": int(len(labels)),
         "gated_blocks": len(gated), "macs_plain": macs["plain_total"],
-        "folded_gates": report.get("folded_gates") or {},
+        "folded_gates": folded_gates,
         "runtimes": results, "difficulty": difficulty, "firmware": firmware,
         "latency": latency, "qemu": qemu,
         "qemu_note": None if args.tflm_root else "no TFLM library configured (--tflm-root or CG_TFLM_ROOT): QEMU not run",

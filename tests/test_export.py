@@ -418,6 +418,14 @@ def test_cg_export_folds_a_gate_proven_closed(tiny_ckpt, exported, tmp_path):
                        "--no-plain", "--latency-runs", "2", "--latency-warmup", "1", "--no-progress"]) == 0
     bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert 0 in bench["folded_gates"]["never"] and bench["runtimes"]["tflm"]["exec_rate_per_block"][0] == 0
+    # the folded gate's controller is gone from the int8 model, and from what it is said to execute
+    torch_run, tflm_run = bench["runtimes"]["torch"], bench["runtimes"]["tflm"]
+    routing = sum((a - b) * report["macs_per_block"][i] for i, a, b in
+                  zip(report["gated_indices"], tflm_run["exec_rate_per_block"], torch_run["exec_rate_per_block"]))
+    folded = report["folded_gates"]["always"] + report["folded_gates"]["never"]
+    controllers = sum(report["macs_controllers"][i] for i in folded)
+    assert controllers > 0 and tflm_run["mac_ratio"] == pytest.approx(
+        torch_run["mac_ratio"] + (routing - controllers) / report["macs_plain"], abs=1e-9)
     assert "Exported with `--fold-static-gates`: " in (tmp_path / "bench" / "BENCH.md").read_text()
 
 

@@ -71,7 +71,7 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.handover_epoch is None:
-            self.handover_epoch = self.flops_delay_epochs + self.warmup_epochs
+            self.handover_epoch = self.penalty_full_epoch
         checks = [
             (self.gate_init in ("faithful", "open"), "gate_init must be 'faithful' or 'open'"),
             (self.gate_train in ("deploy", "paper"), "gate_train must be 'deploy' or 'paper'"),
@@ -85,6 +85,11 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+
+    @property
+    def penalty_full_epoch(self) -> int:
+        """First epoch with the FLOPs penalty at full weight: after the delay and the warm-up."""
+        return self.flops_delay_epochs + self.warmup_epochs
 
     @property
     def removed_block_list(self) -> tuple:

@@ -44,8 +44,10 @@ def _schedule(cfg: TrainConfig, epoch_float: float) -> tuple[float, float]:
     t = epoch_float - cfg.flops_delay_epochs
     if t < 0:
         progress = 0.0
+    elif cfg.warmup_epochs <= 0:
+        progress = 1.0
     else:
-        progress = 1.0 if cfg.warmup_epochs <= 0 else min(1.0, t / cfg.warmup_epochs)
+        progress = min(1.0, t / cfg.warmup_epochs)
     tau = cfg.tau_start * (cfg.tau_end / cfg.tau_start) ** (epoch_float / cfg.epochs)
     return progress, tau
 
@@ -63,8 +65,7 @@ def routing_settled_epoch(cfg: TrainConfig) -> int:
     deploy-gate reading, the hand-over done (earlier epochs skip little, so they are not 'best')."""
     if not cfg.gated:
         return 0
-    return max(cfg.flops_delay_epochs + cfg.warmup_epochs,
-               cfg.handover_epoch if cfg.gate_train == "deploy" else 0)
+    return max(cfg.penalty_full_epoch, cfg.handover_epoch if cfg.gate_train == "deploy" else 0)
 
 
 def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str) -> dict:

@@ -420,8 +420,24 @@ def _deeper_lines(rows: list[dict]) -> list[str]:
             else:
                 line += (f"{'more' if gap > 0 else 'less'} accurate by {abs(gap) * 100:.2f} points "
                          f"(noise ±{noise * 100:.2f}, 95 %) at no more compute, goal {'met' if gap > 0 else 'not met'}.")
+        control = _fine_tuned_control(rows, r)
+        if base and control:
+            paired = _paired(r, control)
+            line += (f" Control: plain ResNet-20 warm-started from the same run for the same {r['epochs_done']} "
+                     f"epochs, **{control['name']}**: int8 {_int8(control)['accuracy']:.2%}")
+            line += (f"; {paired[1]} images only the deeper net gets right, {paired[2]} only the control "
+                     f"(exact McNemar p = {paired[3]:.3g})." if paired else ".")
         lines.append(line if base else line + ".")
     return lines
+
+
+def _fine_tuned_control(rows: list[dict], row: dict) -> dict | None:
+    """A plain ResNet-20 trained from the same source as the warm-started `row` for as many epochs:
+    it separates what depth and routing add from what the extra epochs alone do."""
+    source = _source_name(row["config"])
+    return next((r for r in rows if source and _source_name(r["config"]) == source and r is not row
+                 and r["config"]["depth"] == 20 and not r["config"]["gated"] and _int8(r)
+                 and r["epochs_done"] == row["epochs_done"]), None)
 
 
 def _epochs_words(row: dict, rows: list[dict]) -> str:

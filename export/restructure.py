@@ -212,12 +212,34 @@ def _requantize(model, source: int, target: int):
     return op
 
 
+def _same_quantization(a, b) -> bool:
+    qa, qb = a.quantization, b.quantization
+    return (a.type == b.type and list(a.shape) == list(b.shape)
+            and np.array_equal(qa.scale, qb.scale) and np.array_equal(qa.zeroPoint, qb.zeroPoint))
+
+
+def _copy(model, source: int, target: int):
+    """RESHAPE to the same shape: TFLM runs it as one memcpy, where an int8 -> int8 QUANTIZE
+    between equal scales still requantises every byte (43 M4 instructions a byte). Both tensors
+    keep their lifetimes, so TFLM's planner lays out the arena as it did for the QUANTIZE."""
+    schema, _ = _schema()
+    options = schema.ReshapeOptionsT()
+    options.newShape = [int(d) for d in model.subgraphs[0].tensors[target].shape]
+    op = schema.OperatorT()
+    op.opcodeIndex = _opcode_index(model, schema.BuiltinOperator.RESHAPE, 1)
+    op.inputs, op.outputs = [source], [target]
+    op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.ReshapeOptions, options
+    return op
+
+
 def _drop_block(model, index: int, x: int, s: int, y: int, pred: int) -> None:
-    """Block `index` never runs: its ops leave subgraph 0 and y becomes the requantised shortcut."""
+    """Block `index` never runs: its ops leave subgraph 0 and y becomes the shortcut, copied
+    where y and s share a scale (as after `cg-export`'s recalibration), requantised otherwise."""
     main = model.subgraphs[0]
     dropped = set(_block_ops(model, index, x, s, y, pred))
     main.operators = [op for k, op in enumerate(main.operators) if k not in dropped]
-    main.operators.append(_requantize(model, s, y))
+    same = _same_quantization(main.tensors[s], main.tensors[y])
+    main.operators.append(_copy(model, s, y) if same else _requantize(model, s, y))
 
 
 def _carve_block(model, index: int, x: int, s: int, y: int, pred: int) -> None:
@@ -355,7 +377,7 @@ def restructure(tflite_bytes: bytes, gated_indices: list[int], memory_plan: bool
 
     `static` maps gated blocks to a decision proven for every input (`gate_bounds.py`): True
     leaves the block inline with no IF and no controller, False deletes the block and its
-    weights (y is the requantised shortcut). Their `gate_{i}` outputs become that constant.
+    weights (y is the shortcut, copied or requantised). Their `gate_{i}` outputs become that constant.
     """
     static = static or {}
     model = read_model(tflite_bytes)

@@ -170,9 +170,21 @@ def test_results_deeper_net_and_goal_on_resnet20_scale():
     assert results._training_label(warm, [warm]) == "24 epochs (warm start from resnet20_e160)"
     assert "grew" not in results._warm_start_note([source, warm]) and results._warm_start_note(rows) is None
     grown = row("resnet32_grown", 32, True, 0.925, 0.98)
-    grown["config"].update(init_from="runs/cifar10/resnet20_e160/run/last.pt")
+    grown["config"].update(init_from="runs/cifar10/resnet20_e160/run/last.pt", lr=0.02)
     assert "(resnet32_grown: ResNet-32 from ResNet-20) keeps the source's blocks" in results._warm_start_note(
         [source, warm, grown])
+    # A plain ResNet-20 fine-tuned from the same source for as many epochs is the deeper net's control.
+    grown["epochs_done"] = 24
+    source["bench"]["runtimes"]["tflite_int8"]["correct"] = "1" * 9200 + "0" * 800
+    grown["bench"]["runtimes"]["tflite_int8"].update(accuracy=0.9, mac_ratio=0.58, correct="1" * 9000 + "0" * 1000)
+    assert "Control" not in results._deeper_lines([source, grown])[0]
+    control = row("resnet20_ft", 20, False, 0.91, 1.0)
+    control["config"].update(init_from="runs/cifar10/resnet20_e160/run/last.pt")
+    control["epochs_done"] = 24
+    control["bench"]["runtimes"]["tflite_int8"]["correct"] = "1" * 9050 + "0" * 950
+    assert results._deeper_lines([source, grown, control])[0].endswith(
+        "Control: plain ResNet-20 warm-started from the same run for the same 24 epochs, **resnet20_ft**: "
+        "int8 91.00%; 0 images only the deeper net gets right, 50 only the control (exact McNemar p = 1.78e-15).")
 
 
 def test_results_not_reproduced_lines_follow_the_data():

@@ -413,6 +413,12 @@ def test_cg_export_folds_a_gate_proven_closed(tiny_ckpt, exported, tmp_path):
     assert report["parity"]["folded_vs_gated"] == {"bit_exact_fraction": 1.0, "max_lsb_diff": 0,
                                                    "gates_identical": True}
     assert report["file_bytes"]["model_int8.tflite"] < (exported / "model_int8.tflite").stat().st_size
+    # the shortcut and block 0's output now share a scale: y is a copy (RESHAPE), not a requantisation
+    model = restructure.read_model((tmp_path / "folded" / "model_int8.tflite").read_bytes())
+    names = restructure.builtin_names()
+    main_ops = [names[restructure.builtin_code(model.operatorCodes[op.opcodeIndex])]
+                for op in model.subgraphs[0].operators]
+    assert "RESHAPE" in main_ops and "QUANTIZE" not in main_ops
     from cosinegate.bench.cli import main as bench_main  # the bench reads a folded export as any other
     assert bench_main([str(tmp_path / "folded"), "--out", str(tmp_path / "bench"), "--images", "10",
                        "--no-plain", "--latency-runs", "2", "--latency-warmup", "1", "--no-progress"]) == 0

@@ -295,13 +295,15 @@ def _plain_resnet20(rows: list[dict], row: dict) -> dict | None:
         return (r["config"]["dataset"], r["config"]["epochs"], r["config"]["warmup_epochs"], r["epochs_done"],
                 _source_name(r["config"]))
 
-    def plain(r):
-        return (r["config"]["depth"] == 20 and not r["config"]["gated"] and not r["config"]["removed_blocks"]
-                and _int8(r))
-
     if _source_name(row["config"]):
-        return next((r for r in rows if r["name"] == _source_name(row["config"]) and plain(r)), None)
-    return next((r for r in rows if plain(r) and schedule(r) == schedule(row)), None)
+        return next((r for r in rows if r["name"] == _source_name(row["config"]) and _is_plain_resnet20(r)), None)
+    return next((r for r in rows if _is_plain_resnet20(r) and schedule(r) == schedule(row)), None)
+
+
+def _is_plain_resnet20(row: dict) -> bool:
+    """An ungated ResNet-20 with all its blocks and an int8 bench: a baseline a gated row can face."""
+    config = row["config"]
+    return config["depth"] == 20 and not config["gated"] and not config["removed_blocks"] and bool(_int8(row))
 
 
 def _baseline_words(row: dict) -> str:
@@ -420,8 +422,8 @@ def _deeper_lines(rows: list[dict]) -> list[str]:
             else:
                 line += (f"{'more' if gap > 0 else 'less'} accurate by {abs(gap) * 100:.2f} points "
                          f"(noise ±{noise * 100:.2f}, 95 %) at no more compute, goal {'met' if gap > 0 else 'not met'}.")
-        control = _fine_tuned_control(rows, r)
-        if base and control:
+        control = _fine_tuned_control(rows, r) if base else None
+        if control:
             paired = _paired(r, control)
             line += (f" Control: plain ResNet-20 warm-started from the same run for the same {r['epochs_done']} "
                      f"epochs, **{control['name']}**: int8 {_int8(control)['accuracy']:.2%}")
@@ -435,8 +437,7 @@ def _fine_tuned_control(rows: list[dict], row: dict) -> dict | None:
     """A plain ResNet-20 trained from the same source as the warm-started `row` for as many epochs:
     it separates what depth and routing add from what the extra epochs alone do."""
     source = _source_name(row["config"])
-    return next((r for r in rows if source and _source_name(r["config"]) == source and r is not row
-                 and r["config"]["depth"] == 20 and not r["config"]["gated"] and _int8(r)
+    return next((r for r in rows if source and _source_name(r["config"]) == source and _is_plain_resnet20(r)
                  and r["epochs_done"] == row["epochs_done"]), None)
 
 

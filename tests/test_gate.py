@@ -78,3 +78,36 @@ def test_margin_penalty_zero_far_from_threshold():
     near = torch.tensor([G.THRESHOLD_LOGIT + 0.1])
     assert G.margin_penalty(far, 1.0).item() == 0.0
     assert G.margin_penalty(near, 1.0).item() == pytest.approx(0.9)
+
+
+def test_straight_through_deploy_gate_is_the_deploy_decision_with_a_sigmoid_gradient():
+    logit = torch.linspace(-3, 3, 61, requires_grad=True)
+    g = G.deploy_gate_straight_through(logit)
+    assert torch.allclose(g.detach(), G.hard_gate(logit.detach()), atol=1e-6)
+    g.sum().backward()
+    soft = torch.sigmoid(logit.detach() - G.THRESHOLD_LOGIT)
+    assert torch.allclose(logit.grad, soft * (1 - soft))
+
+
+def test_target_rate_loss_charges_blocks_that_are_always_on_or_off():
+    half = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat(8, 1)  # each block on for half the batch
+    assert G.target_rate_loss(half, 0.5).item() == 0.0
+    static = torch.tensor([[1.0, 0.0]]).repeat(16, 1)           # one block always on, one always off
+    assert math.isclose(G.target_rate_loss(static, 0.5).item(), 0.25)
+
+
+def test_beta_quantiles_match_closed_forms():
+    uniform = G.beta_quantiles(9, 1.0, 1.0)
+    assert torch.allclose(uniform, torch.arange(1, 10, dtype=torch.float64) / 10, atol=1e-4)
+    # Beta(2, 1) has CDF t^2, so its quantile at level u is sqrt(u).
+    ramp = G.beta_quantiles(9, 2.0, 1.0)
+    assert torch.allclose(ramp, (torch.arange(1, 10, dtype=torch.float64) / 10).sqrt(), atol=1e-4)
+
+
+def test_batch_shaping_is_zero_on_the_prior_and_penalises_a_constant_gate():
+    q = G.beta_quantiles(64, 0.6, 0.4)
+    logit_on_prior = (torch.logit(q.clamp(1e-6, 1 - 1e-6)) + G.THRESHOLD_LOGIT).float().unsqueeze(1)
+    shuffled = logit_on_prior[torch.randperm(64)]  # order in the batch does not matter
+    assert G.batch_shaping_loss(shuffled, q).item() < 1e-8
+    constant = torch.full((64, 1), 5.0)
+    assert G.batch_shaping_loss(constant, q).item() > 0.1

@@ -1,5 +1,6 @@
 """`cg-train` end to end on tiny runs: the run-folder contract, exact resume, bad input, DDP."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -76,6 +77,9 @@ def test_killed_and_resumed_run_matches_uninterrupted(three_epoch_run, tmp_path)
     (["--preset", "demo", "--dataset", "mnist", "--data-dir", "/nonexistent"], "mnist not found"),
     (["--preset", "demo", "--dataset", "svhn"], "unknown dataset 'svhn'"),
     (["--preset", "demo", "--gate-init", "sideways"], "gate_init must be"),
+    (["--preset", "demo", "--routing", "sideways"], "routing must be one of"),
+    (["--preset", "demo", "--routing", "target_rate", "--gated", "false"], "the net is not gated"),
+    (["--preset", "demo", "--routing", "batch_shape", "--target-rate", "1.2"], "target_rate must lie"),
 ])
 def test_bad_input_gives_one_line(argv, message, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path / "r"), "--threads", "1", "--no-progress"]) == 1
@@ -271,3 +275,40 @@ def test_flops_delay_reaches_the_metrics_log_and_refuses_a_negative_delay(tmp_pa
     assert [m["flops_progress"] for m in _metrics(run)] == [0.0, 0.0, 1.0]
     assert main(TINY + ["--flops-delay-epochs", "-1", "--out", str(tmp_path / "bad")]) == 1
     assert "flops_delay_epochs must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("routing", ["target_rate", "batch_shape"])
+def test_routing_terms_train_the_deploy_gate(routing):
+    from cosinegate.train.config import TrainConfig
+    from cosinegate.train.model import CosineGateResNet, ModelConfig
+    from cosinegate.train.trainer import loss_terms, total_loss
+    torch.manual_seed(0)
+    cfg = TrainConfig(routing=routing, target_rate=0.5)
+    model = CosineGateResNet(ModelConfig(depth=8, in_channels=1, input_size=8, open_logit=3.0))
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    logits, stats = model(x, "relaxed_deploy", 1.0)
+    terms = loss_terms(cfg, logits, stats, y, 1.0, "relaxed_deploy")
+    assert terms["routing"].item() > 0  # open gates, target 0.5: the term is not met
+    total_loss(cfg, terms).backward()
+    assert all(b.controller.head_c.bias.grad.abs().item() > 0 for b in model.blocks)
+    faithful = loss_terms(TrainConfig(), logits, stats, y, 1.0, "relaxed_deploy")
+    assert "routing" not in faithful
+
+
+@pytest.mark.parametrize("routing", ["target_rate", "batch_shape"])
+def test_routing_modes_run_end_to_end(routing, tmp_path):
+    run = tmp_path / routing
+    assert main(TINY + ["--routing", routing, "--target-rate", "0.5", "--out", str(run)]) == 0
+    metrics = _metrics(run)
+    assert len(metrics) == 3 and all(math.isfinite(m["train_loss"]) for m in metrics)
+
+
+def test_warm_start_into_a_static_twin_drops_the_deleted_blocks(three_epoch_run, tmp_path):
+    from cosinegate.train.model import CosineGateResNet, ModelConfig
+    source = checkpoint.load(three_epoch_run / "last.pt")
+    cfg = dict(source["model_config"], gated=False, removed_blocks=(1,))
+    twin = CosineGateResNet(ModelConfig(**cfg))
+    copied, grown = checkpoint.load_backbone(twin, three_epoch_run / "last.pt")
+    assert grown == [] and not any(k.startswith("blocks.1.") for k in twin.state_dict())
+    kept = twin.state_dict()
+    assert copied == len(kept) and all(torch.equal(kept[k], source["model"][k]) for k in kept)

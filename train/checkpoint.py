@@ -105,8 +105,8 @@ def _grown_weights(weights: dict, own: dict, theirs: int, ours: int) -> tuple[di
 
 def load_backbone(model, path: str | Path) -> tuple[int, list[int]]:
     """Copy a checkpoint's convolutions, norms and classifier into `model`; gates and controllers
-    keep their initialisation. The checkpoint may be plain or gated, and shallower than `model`
-    (see `_grown_weights`); any other mismatch is refused with one line. Returns the number of
+    keep their initialisation. The checkpoint may be plain or gated, hold blocks that `model`
+    deletes, or be shallower than `model` (see `_grown_weights`); any other mismatch is refused with one line. Returns the number of
     tensors copied and the indices of the blocks that were grown (empty at equal depth)."""
     ckpt = load(path)
     theirs, ours = ckpt["model_config"], vars(model.cfg)
@@ -116,7 +116,9 @@ def load_backbone(model, path: str | Path) -> tuple[int, list[int]]:
         differ.insert(0, f"depth {theirs.get('depth')!r} vs {ours['depth']!r}: a warm start can only grow a net")
     if differ:
         raise CheckpointError(f"{path} is a different network ({'; '.join(differ)}); cannot start from it")
-    weights = {k: v for k, v in ckpt["model"].items() if not _is_gate(k)}
+    # Blocks this model deletes (a static twin pruned from a trained net) take none of their weights.
+    deleted = tuple(f"blocks.{i}." for i in model.cfg.removed_blocks if i not in theirs.get("removed_blocks", ()))
+    weights = {k: v for k, v in ckpt["model"].items() if not _is_gate(k) and not k.startswith(deleted)}
     own, grown = model.state_dict(), []
     if theirs["depth"] < ours["depth"]:
         if theirs.get("removed_blocks") or model.cfg.removed_blocks:

@@ -14,6 +14,9 @@ import yaml
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
+ROUTING_MODES = ("faithful", "adaptive", "target_rate", "batch_shape")
+
+
 class ConfigError(ValueError):
     """Unknown preset or key, or a value of the wrong kind."""
 
@@ -44,6 +47,11 @@ class TrainConfig:
                                       # (0 = paper; lets a grown net train its new blocks first)
     routing: str = "faithful"         # faithful: hinge on the batch-mean gate (eq. 18)
                                       # adaptive: per-sample hinge, budget grows with difficulty
+                                      # target_rate: + each block's deploy-gate rate pulled to target_rate
+                                      # batch_shape: + each block's deploy probabilities shaped to a Beta prior
+    target_rate: float = 0.6          # target_rate: per-block execution rate; batch_shape: the prior's mean
+    lambda_routing: float = 2.0       # weight of the target_rate / batch_shape term (ramped like eq. 19)
+    shape_concentration: float = 1.0  # batch_shape: prior Beta(k t, k (1 - t)); k <= 1 is U-shaped
     adaptive_spread: float = 0.4      # adaptive: budgets span tau_target +- spread/2 over a batch
     lambda_adapt: float = 0.0         # weight of the routing-information term (0 = paper)
     tau_start: float = 1.0            # Gumbel temperature, annealed geometrically per step
@@ -75,7 +83,11 @@ class TrainConfig:
         checks = [
             (self.gate_init in ("faithful", "open"), "gate_init must be 'faithful' or 'open'"),
             (self.gate_train in ("deploy", "paper"), "gate_train must be 'deploy' or 'paper'"),
-            (self.routing in ("faithful", "adaptive"), "routing must be 'faithful' or 'adaptive'"),
+            (self.routing in ROUTING_MODES, f"routing must be one of {', '.join(ROUTING_MODES)}"),
+            (self.gated or self.routing in ("faithful",),
+             f"routing {self.routing!r} shapes gate decisions, but the net is not gated (--gated true)"),
+            (0.0 < self.target_rate < 1.0, "target_rate must lie strictly between 0 and 1"),
+            (self.shape_concentration > 0, "shape_concentration must be > 0"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (self.flops_delay_epochs >= 0, "flops_delay_epochs must be >= 0"),
             (0.0 < self.tau_target <= 1.0, "tau_target must lie in (0, 1]"),
@@ -115,7 +127,7 @@ FIELD_HELP = {
     "preset": "named preset (train/presets/NAME.yaml)",
     "gate_init": "faithful | open (see README, fidelity)",
     "gate_train": "deploy | paper: which gate drives training after the hand-over",
-    "routing": "faithful | adaptive: batch-mean FLOPs hinge, or per-sample budgets by difficulty",
+    "routing": "faithful | adaptive | target_rate | batch_shape (see docs/routing.md)",
     "init_from": "checkpoint (best.pt/last.pt) whose convolutions, norms and classifier start this run",
 }
 

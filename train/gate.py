@@ -150,3 +150,39 @@ def consistency_term(ss, sr, rr, g: torch.Tensor, eps: float = 1e-8) -> torch.Te
 def margin_penalty(logit: torch.Tensor, margin: float) -> torch.Tensor:
     """Keeps deploy logits at least `margin` away from the threshold, so int8 rounding cannot flip them."""
     return F.relu(margin - (logit - THRESHOLD_LOGIT).abs()).mean()
+
+
+def deploy_gate_straight_through(logit: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The deterministic deploy decision (eq. 16) in the forward pass, with the gradient of
+    sigmoid((logit - threshold) / temperature): the gate the device runs, made trainable."""
+    soft = torch.sigmoid((logit - THRESHOLD_LOGIT) / temperature)
+    return (logit > THRESHOLD_LOGIT).to(soft.dtype) + soft - soft.detach()
+
+
+def target_rate_loss(gates: torch.Tensor, target: float) -> torch.Tensor:
+    """Per-block execution-rate target (ConvNet-AIG, Veit & Belongie 2018): the mean over blocks of
+    (mean_b g_bi - t)^2 for deploy gates g (B, n_blocks). Measured on the deterministic gate, a rate
+    strictly between 0 and 1 is reachable only by deciding per input: a block that is always on or
+    always off pays for it, and input-independent noise cannot meet it."""
+    return (gates.float().mean(0) - target).pow(2).mean()
+
+
+def beta_quantiles(n: int, alpha: float, beta: float, grid: int = 20001) -> torch.Tensor:
+    """The n quantiles k / (n + 1), k = 1..n, of Beta(alpha, beta), from its density integrated on a
+    midpoint grid (no special functions needed); float64 (n,)."""
+    t = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    log_pdf = (alpha - 1) * torch.log(t) + (beta - 1) * torch.log1p(-t)
+    cdf = torch.cumsum(torch.exp(log_pdf - log_pdf.max()), 0)
+    cdf = cdf / cdf[-1]
+    levels = torch.arange(1, n + 1, dtype=torch.float64) / (n + 1)
+    return t[torch.searchsorted(cdf, levels).clamp_max(grid - 1)]
+
+
+def batch_shaping_loss(logit: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """Batch-shaping (Ehteshami Bejnordi et al. 2020) in its quantile form: each block's deploy
+    probabilities p = sigmoid(logit - threshold) over the batch, sorted, are pulled onto the
+    quantiles of a Beta prior (`beta_quantiles`), i.e. the batch's distribution of p towards the
+    prior in the 2-Wasserstein distance. A U-shaped prior of mean t asks each block to be surely on
+    for a fraction t of the inputs and surely off for the rest."""
+    p = torch.sigmoid(logit.float() - THRESHOLD_LOGIT)
+    return (p.sort(0).values - quantiles.to(p).unsqueeze(1)).pow(2).mean()

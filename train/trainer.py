@@ -4,6 +4,7 @@ config -> distributed set-up -> seeds and autocast -> data (kept on the device) 
 schedule (fresh or resumed) -> loop: forward, loss, backward, step; per epoch: evaluate, log, plot,
 checkpoint. Multi-process runs come through `torchrun` (gloo on CPU, NCCL on GPU).
 """
+import functools
 import json
 import math
 import os
@@ -68,6 +69,13 @@ def routing_settled_epoch(cfg: TrainConfig) -> int:
     return max(cfg.penalty_full_epoch, cfg.handover_epoch if cfg.gate_train == "deploy" else 0)
 
 
+@functools.lru_cache(maxsize=8)
+def _prior_quantiles(n: int, mean: float, concentration: float, device: torch.device) -> torch.Tensor:
+    """Batch-shaping's prior quantiles, made once per batch size and device (never inside a CUDA graph)."""
+    alpha, beta = concentration * mean, concentration * (1.0 - mean)
+    return G.beta_quantiles(n, alpha, beta).float().to(device)
+
+
 def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str) -> dict:
     """Eq. 21 plus the deployable gate's two terms; every term is a scalar tensor."""
     terms = {"ce": F.cross_entropy(logits.float(), y)}
@@ -84,7 +92,14 @@ def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str) -
     cir = torch.stack([s["cir"] for s in stats], 1).detach()
     cir_hat = torch.stack([s["cir_hat"] for s in stats], 1)
     terms["cir"] = F.mse_loss(cir_hat, cir)
-    terms["adapt"] = G.routing_information_loss(torch.stack([s["logit_deploy"] for s in stats], 1))
+    logit_deploy = torch.stack([s["logit_deploy"] for s in stats], 1)
+    terms["adapt"] = G.routing_information_loss(logit_deploy)
+    if cfg.routing == "target_rate":
+        gates = G.deploy_gate_straight_through(logit_deploy)
+        terms["routing"] = progress * G.target_rate_loss(gates, cfg.target_rate)
+    elif cfg.routing == "batch_shape":
+        terms["routing"] = progress * G.batch_shaping_loss(logit_deploy, _prior_quantiles(
+            len(y), cfg.target_rate, cfg.shape_concentration, logit_deploy.device))
     terms["margin"] = (G.margin_penalty(torch.stack([s["logit_deploy"] for s in stats], 1), cfg.margin)
                        if mode == "relaxed_deploy" else torch.zeros((), device=z.device))
     return terms
@@ -96,6 +111,8 @@ def total_loss(cfg: TrainConfig, terms: dict) -> torch.Tensor:
         loss = (loss + cfg.lambda_cons * terms["cons"] + cfg.lambda_flops * terms["flops"]
                 + cfg.lambda_cir * terms["cir"] + cfg.lambda_margin * terms["margin"]
                 + cfg.lambda_adapt * terms["adapt"])
+        if "routing" in terms:
+            loss = loss + cfg.lambda_routing * terms["routing"]
     return loss
 
 

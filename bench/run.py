@@ -84,6 +84,7 @@ def run_bench(args, command: str) -> dict:
     from cosinegate.export.tflm import TflmRunner
     from cosinegate.train import checkpoint
     from cosinegate.train.data import dataset_info, load_arrays
+    from cosinegate.train.gate import THRESHOLD
     from cosinegate.train.model import macs_breakdown
     import onnx
     import onnxruntime as ort
@@ -94,6 +95,8 @@ def run_bench(args, command: str) -> dict:
     ckpt_path = Path(args.checkpoint or report["checkpoint"]["path"])
     ckpt = checkpoint.load(ckpt_path)
     model = checkpoint.build_model(ckpt)
+    if model.gated_indices:  # the rule the export folded into its If conditions
+        model.set_deploy_threshold(report.get("deploy_threshold", {}).get("threshold", THRESHOLD))
     data_dir = args.data_dir or ckpt["config"].get("data_dir")
     info = dataset_info(report["dataset"])
     images, labels = load_arrays(report["dataset"], data_dir, "test")

@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --int8: a gate whose int8 controller is provably constant for every "
                              "input (export_report.json: gate_bounds) loses its IF; a block that can never "
                              "run leaves the model with its weights, one that always runs is computed inline")
+    knob = parser.add_mutually_exclusive_group()
+    knob.add_argument("--target-macs", type=float, metavar="R",
+                      help="set the deploy threshold so that the mean executed MACs, over plain ResNet's, "
+                           "are at most R on training images (never the test set); recorded in the report")
+    knob.add_argument("--gate-threshold", type=float, metavar="P",
+                      help="deploy rule sigmoid(logit) > P for every gate (default: the paper's 0.45)")
+    parser.add_argument("--threshold-images", type=int, default=None, metavar="N",
+                        help="training images --target-macs chooses the threshold on (default 2000)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -89,6 +97,7 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
         ckpt = load(args.checkpoint)
         _check_version(ckpt)
         model = build_model(ckpt)
+        threshold = _deploy_threshold(args, model, ckpt)  # before freeze: it folds into each If
         frozen = freeze(model)
         gated = frozen.gated_indices
         cfg = model.cfg
@@ -96,7 +105,7 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
         if (cfg.input_size, cfg.input_size, cfg.in_channels) != tuple(info.shape):
             raise ExportError(f"model input {cfg.input_size}x{cfg.input_size}x{cfg.in_channels} "
                               f"does not match dataset {ckpt['config']['dataset']} {info.shape}")
-        note["text"] = (f"{len(frozen.blocks)} blocks, {len(gated)} gated" if gated else
+        note["text"] = (f"{len(frozen.blocks)} blocks, {len(gated)} gated, {_threshold_line(threshold)}" if gated else
                         f"{len(frozen.blocks)} blocks, plain ResNet: no gated blocks, "
                         "exported without If")
     data_dir = args.data_dir if args.data_dir is not None else ckpt["config"].get("data_dir")
@@ -216,6 +225,7 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
         "macs_full": macs["full_total"], "macs_plain": macs["plain_total"],
         "macs_per_block": macs["blocks"], "macs_controllers": macs["controllers"],
         "input": report_input, "onnx_opset": onnx_export.OPSET,
+        **({"deploy_threshold": threshold} if gated else {}),
         "notes": [] if gated else ["plain ResNet (no gated blocks): exported without If/IF; "
                                    "outputs hold only the logits"],
         **int8,
@@ -231,6 +241,37 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
     report["files"] = sorted([*report["file_bytes"], "export_report.json"])
     atomic.write_text(stage_dir / "export_report.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _deploy_threshold(args, model, ckpt) -> dict:
+    """Set the model's deploy threshold from --gate-threshold or --target-macs; the report's entry."""
+    from cosinegate.export import compute_target
+    from cosinegate.train.gate import THRESHOLD
+    if not model.gated_indices:
+        if args.target_macs is not None or args.gate_threshold is not None:
+            raise ExportError("--target-macs and --gate-threshold need a gated model; this one has no gates")
+        return {}
+    if args.target_macs is None:
+        threshold = THRESHOLD if args.gate_threshold is None else args.gate_threshold
+        model.set_deploy_threshold(threshold)
+        return {"threshold": threshold, "source": "paper" if args.gate_threshold is None else "--gate-threshold"}
+    from cosinegate.export.parity import float_inputs
+    from cosinegate.train.data import dataset_info
+    import torch
+    dataset = ckpt["config"]["dataset"]
+    data_dir = args.data_dir if args.data_dir is not None else ckpt["config"].get("data_dir")
+    images = compute_target.training_images(dataset, data_dir, args.threshold_images or compute_target.DEFAULT_IMAGES)
+    x = torch.from_numpy(float_inputs(images, dataset_info(dataset)))
+    choice = compute_target.threshold_for_target(model, x, args.target_macs)
+    return {**choice.report(), "source": "--target-macs"}
+
+
+def _threshold_line(threshold: dict) -> str:
+    line = f"deploy threshold {threshold['threshold']:.4g}"
+    if threshold["source"] == "--target-macs":
+        line += (f" (mean executed MACs {threshold['mac_ratio']:.3f} on {threshold['images']} training "
+                 f"images, target {threshold['target_mac_ratio']:.3f})")
+    return line
 
 
 def _bounds_line(proven: dict) -> str:
@@ -268,6 +309,16 @@ def main(argv=None) -> int:
     if args.parity_images < 1:
         print("cg-export: error: --parity-images must be at least 1", file=sys.stderr)
         return EXIT_ERROR
+    bad_knob = (args.target_macs is not None and not 0.0 < args.target_macs <= 1.0,
+                "--target-macs is a fraction of plain ResNet's MACs in (0, 1]"), \
+               (args.gate_threshold is not None and not 0.0 < args.gate_threshold < 1.0,
+                "--gate-threshold must lie strictly between 0 and 1"), \
+               (args.threshold_images is not None and args.threshold_images < 1,
+                "--threshold-images must be at least 1")
+    for bad, message in bad_knob:
+        if bad:
+            print(f"cg-export: error: {message}", file=sys.stderr)
+            return EXIT_ERROR
     if args.fold_static_gates and not args.int8:
         print("cg-export: error: --fold-static-gates works on the int8 model: add --int8", file=sys.stderr)
         return EXIT_ERROR
@@ -276,8 +327,9 @@ def main(argv=None) -> int:
     from cosinegate.export.tflm import TflmError
     from cosinegate.train.checkpoint import CheckpointError
     from cosinegate.train.data import DataError
+    from cosinegate.export.compute_target import ComputeTargetError
     expected = (CheckpointError, DataError, ExportError, TranslateError, RestructureError,
-                TflmError, OSError)
+                TflmError, ComputeTargetError, OSError)
     out_dir = args.out
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging-"))

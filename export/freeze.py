@@ -1,7 +1,7 @@
 """Freeze a trained CosineGate ResNet into the two batch-1 float networks the exporter converts.
 
 BatchNorm is folded into every convolution, and each gated block's controller, CIR estimate,
-gamma and 0.45 threshold become one condition computed from the block input x alone,
+gamma and deploy threshold (0.45 unless moved) become one condition computed from the block input x alone,
 `w . relu(W1 GAP(x) + b1) + b > 0` (`cosinegate.train.gate.fold_deploy_gate`). Two modules share
 those frozen weights:
 
@@ -77,7 +77,7 @@ def freeze(model) -> FrozenModel:
     for i, blk in enumerate(model.blocks):
         gate = None
         if blk.gated:
-            w, b = fold_deploy_gate(blk.controller, blk.gamma)
+            w, b = fold_deploy_gate(blk.controller, blk.gamma, blk.deploy_threshold)
             fc1 = blk.controller.fc1
             gate = FrozenGate(fc1.weight.detach().float(), fc1.bias.detach().float(),
                               w.float().view(1, -1), b.float().view(1))

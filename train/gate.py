@@ -76,9 +76,16 @@ def relaxed_gate(logit: torch.Tensor, tau: float, hard: bool = False) -> torch.T
     return (z > 0.5).to(z.dtype) + z - z.detach()
 
 
-def hard_gate(logit: torch.Tensor) -> torch.Tensor:
-    """Deterministic inference gate (paper eq. 16): 1 where sigmoid(logit) > 0.45."""
-    return (logit > THRESHOLD_LOGIT).to(logit.dtype)
+def threshold_logit(threshold: float) -> float:
+    """The logit at which sigmoid(logit) = threshold: sigmoid(l) > threshold <=> l > this."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"a gate threshold must lie strictly between 0 and 1, got {threshold}")
+    return math.log(threshold / (1.0 - threshold))
+
+
+def hard_gate(logit: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
+    """Deterministic inference gate (paper eq. 16): 1 where sigmoid(logit) > threshold (0.45)."""
+    return (logit > threshold_logit(threshold)).to(logit.dtype)
 
 
 def fold_deploy_gate(controller: Controller, gamma: torch.Tensor, threshold: float = THRESHOLD):
@@ -91,7 +98,7 @@ def fold_deploy_gate(controller: Controller, gamma: torch.Tensor, threshold: flo
     g = gamma.detach().double()
     w = g * (controller.head_c.weight + controller.head_cir.weight).detach().double().squeeze(0)
     b = g * (controller.head_c.bias + controller.head_cir.bias).detach().double().squeeze(0)
-    return w, b - math.log(threshold / (1.0 - threshold))
+    return w, b - threshold_logit(threshold)
 
 
 def deploy_decision_unfolded(controller: Controller, gamma: torch.Tensor, x: torch.Tensor,

@@ -67,6 +67,9 @@ class ResidualBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, cfg: ModelConfig, gated: bool):
         super().__init__()
         self.stride, self.out_channels, self.gated = stride, cout, gated
+        # The deploy rule's threshold (paper: 0.45); an export may move it to trade accuracy for
+        # compute (`CosineGateResNet.set_deploy_threshold`). Not a weight: checkpoints hold none.
+        self.deploy_threshold = G.THRESHOLD
         self.conv1, self.bn1 = _conv3x3(cin, cout, stride), nn.BatchNorm2d(cout)
         self.conv2, self.bn2 = _conv3x3(cout, cout), nn.BatchNorm2d(cout)
         if gated:
@@ -101,7 +104,7 @@ class ResidualBlock(nn.Module):
         elif mode == "paper":
             g = G.hard_gate(logit_paper)
         elif mode == "deploy":
-            g = G.hard_gate(logit_deploy)
+            g = G.hard_gate(logit_deploy, self.deploy_threshold)
         elif mode == "relaxed":
             g = G.relaxed_gate(logit_paper, tau)
         elif mode == "relaxed_deploy":
@@ -151,6 +154,12 @@ class CosineGateResNet(nn.Module):
     @property
     def gated_indices(self) -> list[int]:
         return [i for i, b in enumerate(self.blocks) if b.gated]
+
+    def set_deploy_threshold(self, threshold: float) -> None:
+        """Every gated block's deploy rule becomes sigmoid(logit) > threshold."""
+        G.threshold_logit(threshold)  # refuses a threshold outside (0, 1)
+        for i in self.gated_indices:
+            self.blocks[i].deploy_threshold = threshold
 
     def forward(self, x: torch.Tensor, mode: str = "full", tau: float = 1.0):
         """Returns logits (B, classes) and one stats dict per gated block (see ResidualBlock)."""

@@ -1,0 +1,91 @@
+"""A compute knob at deployment: the one deploy threshold that makes the mean executed MACs hit a target.
+
+Every gated block runs when sigmoid(logit) > threshold (0.45 by default, paper eq. 16); a higher
+threshold closes more gates. `threshold_for_target` bisects the threshold on the logit scale so
+that the mean executed-MAC ratio (over plain ResNet's MACs) on *training* images is at most the
+target and as close to it as the model allows. It never looks at the test set. The export then
+folds the chosen threshold into each `If` condition, so it costs nothing on the device.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cosinegate.train.gate import threshold_logit
+from cosinegate.train.model import executed_mac_ratio, macs_breakdown
+
+DEFAULT_IMAGES = 2000
+_SEED = 1  # not the calibration draw's seed: another sample of the training split
+_LOGIT_RANGE = (-12.0, 12.0)  # thresholds sigmoid(-12) ~ 6e-6 (every gate open) .. 1 - 6e-6
+_STEPS = 24                   # bisection steps: the logit range resolved to about 1.4e-6
+
+
+class ComputeTargetError(ValueError):
+    """A target the model cannot meet, or a model without gates."""
+
+
+@dataclass
+class ThresholdChoice:
+    threshold: float        # the deploy rule becomes sigmoid(logit) > threshold
+    target: float           # the asked-for mean executed-MAC ratio
+    mac_ratio: float        # what that threshold gives on the images
+    mac_ratio_std: float    # its per-image standard deviation there
+    images: int             # how many training images it was chosen on
+
+    def report(self) -> dict:
+        return {"threshold": self.threshold, "target_mac_ratio": self.target,
+                "mac_ratio": self.mac_ratio, "mac_ratio_std": self.mac_ratio_std,
+                "images": self.images, "split": "train"}
+
+
+def training_images(dataset: str, data_dir, count: int) -> np.ndarray:
+    """`count` training images (a fixed seeded draw), uint8 NHWC."""
+    from cosinegate.train.data import load_arrays
+    images, _ = load_arrays(dataset, data_dir, "train")
+    pick = np.sort(np.random.default_rng(_SEED).permutation(len(images))[:count])
+    return images[pick]
+
+
+@torch.no_grad()
+def mac_ratios(model, x_nchw: torch.Tensor, threshold: float, batch: int = 500) -> torch.Tensor:
+    """Per-image executed-MAC ratio of `model` in deploy mode with `threshold` (N,)."""
+    model.set_deploy_threshold(threshold)
+    macs, gated = macs_breakdown(model.cfg), model.gated_indices
+    ratios = []
+    for start in range(0, len(x_nchw), batch):
+        _, stats = model(x_nchw[start:start + batch], "deploy")
+        ratios.append(executed_mac_ratio(macs, torch.stack([s["g"] for s in stats], 1), gated))
+    return torch.cat(ratios)
+
+
+def _sigmoid(logit: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-logit)))
+
+
+def threshold_for_target(model, x_nchw: torch.Tensor, target: float) -> ThresholdChoice:
+    """The lowest threshold (the most compute) whose mean executed-MAC ratio on `x_nchw` is at most
+    `target`. The model keeps that threshold. Refuses a target outside what the model can reach."""
+    if not model.gated_indices:
+        raise ComputeTargetError("a compute target needs a gated model; this one has no gates")
+    if not 0.0 < target <= 1.0:
+        raise ComputeTargetError(f"the compute target is a fraction of plain ResNet's MACs in (0, 1], got {target}")
+    lo, hi = _LOGIT_RANGE
+    least = mac_ratios(model, x_nchw, _sigmoid(hi)).mean().item()
+    if least > target:
+        raise ComputeTargetError(f"target {target:.3f} of plain MACs is below the least this model "
+                                 f"executes ({least:.3f}, every gate closed)")
+    if mac_ratios(model, x_nchw, _sigmoid(lo)).mean().item() <= target:
+        hi = lo  # every gate open already meets it
+    for _ in range(_STEPS):
+        if hi == lo:
+            break
+        mid = 0.5 * (lo + hi)
+        if mac_ratios(model, x_nchw, _sigmoid(mid)).mean().item() <= target:
+            hi = mid
+        else:
+            lo = mid
+    threshold = _sigmoid(hi)
+    threshold_logit(threshold)  # refuses a threshold that rounded to 0 or 1
+    ratios = mac_ratios(model, x_nchw, threshold)
+    return ThresholdChoice(threshold, target, ratios.mean().item(), ratios.std(unbiased=False).item(),
+                           len(x_nchw))

@@ -91,3 +91,33 @@ def test_target_below_reach_stops_the_export_with_one_line(tiny_ckpt, tmp_path, 
                      "--threshold-images", "100", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("cg-export: error:") and "below the least" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_sweep_draws_int8_accuracy_against_compute_and_continues(tiny_ckpt, tiny_model_and_images, tmp_path, capsys):
+    from cosinegate.bench import sweep
+    model, x = tiny_model_and_images
+    least, most = _reachable(model, x)
+    targets = [round(least + 0.5 * (most - least), 3)]
+    argv = [str(tiny_ckpt), "--targets", ",".join(map(str, targets)), "--out", str(tmp_path / "s"),
+            "--images", "150", "--parity-images", "60"]
+    assert sweep.main(argv) == 0
+    result = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    points = result["points"]
+    assert set(points) == {"paper", *(f"{t:.3f}" for t in targets)}
+    for name, point in points.items():
+        assert len(point["correct"]) == 150 and point["correct"].count("1") == round(150 * point["accuracy"])
+        if name != "paper":  # chosen on training images, measured on test images: close, not equal
+            assert point["threshold"]["mac_ratio"] <= point["target_mac_ratio"]
+            assert abs(point["mac_ratio"] - point["target_mac_ratio"]) < 0.25
+    assert (tmp_path / "s" / "sweep.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert sweep.main(argv) == 0  # everything already measured: nothing is exported again
+    assert "threshold" not in capsys.readouterr().out
+
+
+def test_sweep_refuses_bad_targets_and_a_plain_net(tmp_path, capsys):
+    from cosinegate.bench import sweep
+    with pytest.raises(SystemExit):
+        sweep.build_parser().parse_args(["x.pt", "--targets", "0.5,2", "--out", str(tmp_path)])
+    assert "--targets are fractions" in capsys.readouterr().err

@@ -13,7 +13,6 @@ min/max, for the gated model, the same model with every gate forced on, and the 
 the same depth. Writes DIR/bench.json, DIR/BENCH.md and DIR/plots/*.png.
 """
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -21,13 +20,6 @@ from pathlib import Path
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-class BenchError(RuntimeError):
-    """Missing or foreign export files, unusable logs or ports: one line for the user."""
-
-
-REQUIRED_FILES = ("export_report.json", "model.onnx")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,24 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_export(export_dir: Path) -> dict:
-    from cosinegate.version import EXPORT_FORMAT
-    for name in REQUIRED_FILES:
-        if not (export_dir / name).is_file():
-            raise BenchError(f"{export_dir} is not a complete export: {name} is missing (run cg-export first)")
-    try:
-        report = json.loads((export_dir / "export_report.json").read_text())
-    except json.JSONDecodeError as e:
-        raise BenchError(f"{export_dir / 'export_report.json'} is not valid JSON ({e})") from None
-    if report.get("format") != EXPORT_FORMAT:
-        raise BenchError(f"{export_dir} has export format {report.get('format')!r}; this cg-bench reads "
-                         f"format {EXPORT_FORMAT}: export the checkpoint again")
-    if report.get("gated_blocks", 0) and not (export_dir / "model_int8.tflite").is_file():
-        raise BenchError(f"{export_dir} has no model_int8.tflite: export with --int8")
-    return report
-
-
 def main(argv=None) -> int:
+    from cosinegate.bench.errors import BenchError
     from cosinegate.bench.protocol import ProtocolError
     from cosinegate.train.checkpoint import CheckpointError
     from cosinegate.train.data import DataError

@@ -1,6 +1,7 @@
 """The measurements behind `cg-bench` (see cli.py for the command line): decisions and accuracy
 per runtime, host latency per variant, optional firmware logs and QEMU instruction counts.
 """
+import json
 import os
 import platform
 import tempfile
@@ -11,9 +12,30 @@ import numpy as np
 import torch
 
 from cosinegate import atomic
-from cosinegate.bench.cli import BenchError, load_export
+from cosinegate.bench.errors import BenchError
 from cosinegate.bench.latency import measure
 from cosinegate.train.evaluate import ADAPTIVE_BAND
+
+
+REQUIRED_FILES = ("export_report.json", "model.onnx")
+
+
+def load_export(export_dir: Path) -> dict:
+    """The report of a complete cg-export folder in the format this version reads."""
+    from cosinegate.version import EXPORT_FORMAT
+    for name in REQUIRED_FILES:
+        if not (export_dir / name).is_file():
+            raise BenchError(f"{export_dir} is not a complete export: {name} is missing (run cg-export first)")
+    try:
+        report = json.loads((export_dir / "export_report.json").read_text())
+    except json.JSONDecodeError as e:
+        raise BenchError(f"{export_dir / 'export_report.json'} is not valid JSON ({e})") from None
+    if report.get("format") != EXPORT_FORMAT:
+        raise BenchError(f"{export_dir} has export format {report.get('format')!r}; this cg-bench reads "
+                         f"format {EXPORT_FORMAT}: export the checkpoint again")
+    if report.get("gated_blocks", 0) and not (export_dir / "model_int8.tflite").is_file():
+        raise BenchError(f"{export_dir} has no model_int8.tflite: export with --int8")
+    return report
 
 
 def routing_summary(gates: np.ndarray, predictions: np.ndarray, labels: np.ndarray, macs: dict,

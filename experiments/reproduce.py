@@ -1,8 +1,8 @@
 """Reproduce the CIFAR-10 table: train, export int8 and bench each configuration, resumably.
 
-    python -m cosinegate.bench.reproduce --root runs/cifar10 --epochs 10 --warmup-epochs 3 \
+    python -m cosinegate.experiments.reproduce --root runs/cifar10 --epochs 10 --warmup-epochs 3 \
         --data-dir ../shared/data resnet20 balanced aggressive conservative
-    python -m cosinegate.bench.results runs/cifar10 --out RESULTS.md
+    python -m cosinegate.experiments.results runs/cifar10 --out RESULTS.md
 
 Each configuration gets ROOT/NAME/{run,export,bench}. A configuration is a preset name, optionally
 with cg-train flags after a colon: `balanced_adaptive:balanced --gate-init open --lambda-adapt 2`.

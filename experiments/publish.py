@@ -1,6 +1,6 @@
 """Publish a trained, exported and benched model into the repository's models/ folder.
 
-    python -m cosinegate.bench.publish --name demo-digits-resnet20 \
+    python -m cosinegate.experiments.publish --name demo-digits-resnet20 \
         --run runs/demo --export exports/demo --bench bench/demo --command "cg-demo --out runs/demo"
 
 Writes models/NAME/{model.pt, model_int8.tflite, export_report.json} and updates

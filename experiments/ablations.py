@@ -28,7 +28,7 @@ READINGS = {
     "difficulty_budgets": ["--routing", "adaptive"],             # per-sample budgets by difficulty
     "open_routing_info_0.5": ["--gate-init", "open", "--lambda-adapt", "0.5"],
     "open_routing_info_2": ["--gate-init", "open", "--lambda-adapt", "2.0"],
-    "plain": ["--gated", "false"],
+    "plain": ["--no-gated"],
 }
 STATIC_FOR = ("faithful", "open_routing_info_2")
 

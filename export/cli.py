@@ -1,9 +1,9 @@
 """`cg-export`: turn a `cg-train` checkpoint into deployable files where a skipped block does not run.
 
-    cg-export runs/demo/best.pt --int8 --out exports/demo
-    cg-export runs/cifar/best.pt --int8 --data-dir ../shared/data --parity-images 500 --out exports/c10
+    cg-export --int8 runs/demo/best.pt                      # -> runs/demo/best_export/
+    cg-export --int8 runs/cifar/best.pt --data-dir ~/data --parity-images 500 --out runs/cifar/export
 
-Writes into --out: model.onnx (opset 18, one `If` per gated block, outputs logits and gates) and
+Writes into --out (default: <checkpoint name>_export/ beside the checkpoint): model.onnx (opset 18, one `If` per gated block, outputs logits and gates) and
 export_report.json; with --int8 also model_int8.tflite (full int8, one `IF` per gated block,
 outputs logits and gate_{i}) and the firmware sources model_data.cc/.h and model_settings.h.
 With --fold-static-gates, gates that interval analysis proves constant for every input lose
@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("checkpoint", type=Path, help="a cg-train checkpoint (best.pt / last.pt)")
-    parser.add_argument("--out", type=Path, required=True, help="export folder (created)")
+    parser.add_argument("--out", type=Path,
+                        help="export folder, created (default: <checkpoint name>_export/ beside the checkpoint)")
     parser.add_argument("--int8", action="store_true",
                         help="also write the int8 TFLite model and the firmware sources")
     parser.add_argument("--data-dir", help="dataset root for calibration and parity images "
@@ -371,6 +372,11 @@ def _publish(stage_dir: Path, out_dir: Path) -> None:
         os.replace(path, out_dir / path.name)
 
 
+def default_out(checkpoint: Path) -> Path:
+    """runs/demo/best.pt -> runs/demo/best_export: beside the checkpoint, named after it."""
+    return checkpoint.with_name(f"{checkpoint.stem}_export")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.parity_images < 1:
@@ -386,7 +392,7 @@ def main(argv=None) -> int:
     from cosinegate.train.data import DataError
     expected = (CheckpointError, DataError, ExportError, TranslateError, RestructureError,
                 TflmError, OSError)
-    out_dir = args.out
+    out_dir = args.out or default_out(args.checkpoint)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging-"))
     try:

@@ -78,7 +78,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(three_epoch_run, tmp_path)
     (["--preset", "demo", "--dataset", "svhn"], "unknown dataset 'svhn'"),
     (["--preset", "demo", "--gate-init", "sideways"], "gate_init must be"),
     (["--preset", "demo", "--routing", "sideways"], "routing must be one of"),
-    (["--preset", "demo", "--routing", "target_rate", "--gated", "false"], "the net is not gated"),
+    (["--preset", "demo", "--routing", "target_rate", "--no-gated"], "the net is not gated"),
     (["--preset", "demo", "--routing", "batch_shape", "--target-rate", "1.2"], "target_rate must lie"),
 ])
 def test_bad_input_gives_one_line(argv, message, tmp_path, capsys):
@@ -210,7 +210,7 @@ def test_static_step_matches_torch_sgd():
 
 def test_warm_start_copies_the_backbone_and_keeps_the_gates(three_epoch_run, tmp_path, capsys):
     plain = tmp_path / "plain"
-    assert main(TINY + ["--gated", "false", "--epochs", "1", "--out", str(plain)]) == 0
+    assert main(TINY + ["--no-gated", "--epochs", "1", "--out", str(plain)]) == 0
     source = checkpoint.load(plain / "last.pt")["model"]
     model = checkpoint.build_model(checkpoint.load(three_epoch_run / "last.pt"))
     gates_before = {k: v.clone() for k, v in model.state_dict().items() if "controller" in k or "gamma" in k}

@@ -195,7 +195,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         params = param_counts(model)
         print(f"cg-train: {cfg.preset} on {cfg.dataset} | ResNet-{cfg.depth}"
               f"{' gated' if cfg.gated else ' plain'} | {params['total']:,} params "
-              f"(controllers {100 * params['controller_share']:.2f} %) | {device} x{world} | "
+              f"(controllers {100 * params['controller_share']:.2f} %) | {device}, {torch.get_num_threads()} threads"
+              f"{f' x {world} processes' if world > 1 else ''} | "
               f"{steps} steps/epoch | epochs {start_epoch + 1}..{cfg.epochs} -> {out_dir}", flush=True)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)

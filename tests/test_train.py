@@ -312,3 +312,15 @@ def test_warm_start_into_a_static_twin_drops_the_deleted_blocks(three_epoch_run,
     assert grown == [] and not any(k.startswith("blocks.1.") for k in twin.state_dict())
     kept = twin.state_dict()
     assert copied == len(kept) and all(torch.equal(kept[k], source["model"][k]) for k in kept)
+
+
+def test_every_option_has_a_help_line_with_its_default(capsys):
+    from dataclasses import fields
+
+    from cosinegate.train.config import FIELD_HELP, TrainConfig
+    assert sorted(f.name for f in fields(TrainConfig) if f.name not in FIELD_HELP) == []
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--gated, --no-gated" in out and "(default: True)" in out
+    assert out.count("(default:") >= len(fields(TrainConfig))

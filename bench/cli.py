@@ -1,10 +1,10 @@
 """`cg-bench`: how much does the gate really save, on which runtime, at what accuracy?
 
-    cg-bench exports/demo --out bench/demo
-    cg-bench exports/c10 --data-dir ../shared/data --images 1000 --out bench/c10
-    cg-bench exports/demo --firmware-log qemu.log --out bench/demo        # add a board/QEMU log
-    cg-bench exports/demo --serial /dev/ttyACM0 --out bench/board         # read a board live
-    cg-bench exports/demo --tflm-root /work/tflm/tflite-micro --out b     # + QEMU Cortex-M4 counts
+    cg-bench runs/demo/best_export                                  # -> runs/demo/best_bench/
+    cg-bench runs/c10/export --data-dir ~/data --images 1000 --out runs/c10/bench
+    cg-bench runs/demo/best_export --firmware-log qemu.log          # add a board/QEMU log
+    cg-bench runs/demo/best_export --serial /dev/ttyACM0 --out runs/board   # read a board live
+    cg-bench runs/demo/best_export --tflm-root /opt/tflite-micro    # + QEMU Cortex-M4 counts
 
 Skip rates are executed work as decided by each runtime (PyTorch deploy mode, onnxruntime, TFLite
 int8, the TFLM interpreter, and firmware logs), not the mean relaxed gate. Host latency is
@@ -13,7 +13,6 @@ min/max, for the gated model, the same model with every gate forced on, and the 
 the same depth. Writes DIR/bench.json, DIR/BENCH.md and DIR/plots/*.png.
 """
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -23,19 +22,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-class BenchError(RuntimeError):
-    """Missing or foreign export files, unusable logs or ports: one line for the user."""
-
-
-REQUIRED_FILES = ("export_report.json", "model.onnx")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cg-bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("export_dir", type=Path, help="a cg-export folder")
-    parser.add_argument("--out", type=Path, required=True, help="bench folder (created)")
+    parser.add_argument("--out", type=Path,
+                        help="bench folder, created (default: beside the export, NAME_export -> NAME_bench)")
     parser.add_argument("--data-dir", help="dataset root (default: the training run's)")
     parser.add_argument("--images", type=int, default=1000, metavar="N",
                         help="test images for skip rates and accuracy (default 1000, fewer if the split is smaller)")
@@ -59,28 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_export(export_dir: Path) -> dict:
-    from cosinegate.version import EXPORT_FORMAT
-    for name in REQUIRED_FILES:
-        if not (export_dir / name).is_file():
-            raise BenchError(f"{export_dir} is not a complete export: {name} is missing (run cg-export first)")
-    try:
-        report = json.loads((export_dir / "export_report.json").read_text())
-    except json.JSONDecodeError as e:
-        raise BenchError(f"{export_dir / 'export_report.json'} is not valid JSON ({e})") from None
-    if report.get("format") != EXPORT_FORMAT:
-        raise BenchError(f"{export_dir} has export format {report.get('format')!r}; this cg-bench reads "
-                         f"format {EXPORT_FORMAT}: export the checkpoint again")
-    if report.get("gated_blocks", 0) and not (export_dir / "model_int8.tflite").is_file():
-        raise BenchError(f"{export_dir} has no model_int8.tflite: export with --int8")
-    return report
+def default_out(export_dir: Path) -> Path:
+    """runs/demo/best_export -> runs/demo/best_bench; exports/demo -> exports/demo_bench."""
+    return export_dir.with_name(export_dir.name.removesuffix("_export") + "_bench")
 
 
 def main(argv=None) -> int:
+    from cosinegate.bench.errors import BenchError
     from cosinegate.bench.protocol import ProtocolError
     from cosinegate.train.checkpoint import CheckpointError
     from cosinegate.train.data import DataError
     args = build_parser().parse_args(argv)
+    args.out = args.out or default_out(args.export_dir)
     try:
         from cosinegate.bench.run import run_bench
         run_bench(args, command=shlex.join(["cg-bench", *(sys.argv[1:] if argv is None else argv)]))

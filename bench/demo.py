@@ -1,10 +1,10 @@
 """`cg-demo`: the whole pipeline on the embedded default, in one command.
 
-    cg-demo --out demo                 # train `demo` -> export int8 -> parity -> bench
-    cg-demo --out demo --tflm-root /work/tflm/tflite-micro     # + firmware under QEMU Cortex-M4
+    cg-demo                                      # train `demo` -> export int8 -> parity -> bench
+    cg-demo --tflm-root /opt/tflite-micro        # + firmware under QEMU Cortex-M4
 
-Writes demo/run (cg-train), demo/export (cg-export, with the parity report), demo/bench
-(cg-bench: bench.json, BENCH.md, plots). Without a TFLM library (--tflm-root or $CG_TFLM_ROOT)
+Writes OUT/run (cg-train), OUT/export (cg-export, with the parity report), OUT/bench
+(cg-bench: bench.json, BENCH.md, plots), OUT being runs/demo unless --out says otherwise. Without a TFLM library (--tflm-root or $CG_TFLM_ROOT)
 the QEMU step is skipped and the bench says so.
 """
 import argparse
@@ -18,10 +18,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cg-demo", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tflm-root", type=Path, default=os.environ.get("CG_TFLM_ROOT"))
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for training")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"),
+                        help="folder for the run, export and bench (default: runs/demo)")
+    parser.add_argument("--tflm-root", type=Path, default=os.environ.get("CG_TFLM_ROOT"),
+                        help="TFLM tree with built libraries: also run the firmware on QEMU "
+                             "(default: $CG_TFLM_ROOT)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads for training (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     from cosinegate.bench.cli import main as bench_main
     from cosinegate.export.cli import main as export_main

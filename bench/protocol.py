@@ -12,7 +12,7 @@ Serial noise, boot messages and truncated lines are skipped and counted. Use:
     python -m cosinegate.bench.protocol LOGFILE     # prints a short summary
 """
 import re
-import sys
+import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,10 +163,11 @@ def parse_text(text: str) -> RunLog:
 
 
 def main(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        sys.exit("usage: python -m cosinegate.bench.protocol LOGFILE")
-    run = parse_text(Path(argv[0]).read_text(errors="replace"))
+    parser = argparse.ArgumentParser(prog="python -m cosinegate.bench.protocol",
+                                     description="Summarise a firmware log: header, inferences, accuracy, errors.")
+    parser.add_argument("logfile", type=Path, help="what the firmware printed (QEMU or a board)")
+    args = parser.parse_args(argv)
+    run = parse_text(args.logfile.read_text(errors="replace"))
     print(f"header: {run.header}")
     print(f"inferences: {len(run.inferences)}  accuracy: {run.accuracy:.3f}  "
           f"errors: {len(run.errors)}  skipped lines: {run.skipped_lines}")

@@ -18,6 +18,7 @@ From Python:
 """
 import argparse
 import bisect
+import importlib.resources
 import json
 import shutil
 import subprocess
@@ -28,7 +29,8 @@ from pathlib import Path
 
 from cosinegate.bench.protocol import RunLog, parse_text
 
-FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
+# The firmware sources ship inside the package (cosinegate.firmware), editable install or not.
+FIRMWARE_DIR = Path(str(importlib.resources.files("cosinegate.firmware")))
 QEMU_PORT_DIR = FIRMWARE_DIR / "ports" / "qemu"
 TOOLCHAIN_FILE = FIRMWARE_DIR / "cmake" / "arm-none-eabi.cmake"
 PLUGIN_SOURCE = QEMU_PORT_DIR / "plugin" / "cg_insn_count.c"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cosinegate.bench.cli import BenchError
+from cosinegate.bench.errors import BenchError
 
 
 def _variant_dir(root: Path, name: str, tflite: bytes, report: dict) -> Path:

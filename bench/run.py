@@ -1,41 +1,61 @@
 """The measurements behind `cg-bench` (see cli.py for the command line): decisions and accuracy
 per runtime, host latency per variant, optional firmware logs and QEMU instruction counts.
 """
+import json
 import os
 import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cosinegate import atomic
-from cosinegate.bench.cli import BenchError, load_export
+from cosinegate.bench.errors import BenchError
 from cosinegate.bench.latency import measure
-from cosinegate.train.evaluate import ADAPTIVE_BAND
+from cosinegate.train.model import executed_mac_ratio
+from cosinegate.train.evaluate import routing_stats
+
+
+REQUIRED_FILES = ("export_report.json", "model.onnx")
+
+
+def load_export(export_dir: Path) -> dict:
+    """The report of a complete cg-export folder in the format this version reads."""
+    from cosinegate.version import EXPORT_FORMAT
+    for name in REQUIRED_FILES:
+        if not (export_dir / name).is_file():
+            raise BenchError(f"{export_dir} is not a complete export: {name} is missing (run cg-export first)")
+    try:
+        report = json.loads((export_dir / "export_report.json").read_text())
+    except json.JSONDecodeError as e:
+        raise BenchError(f"{export_dir / 'export_report.json'} is not valid JSON ({e})") from None
+    if report.get("format") != EXPORT_FORMAT:
+        raise BenchError(f"{export_dir} has export format {report.get('format')!r}; this cg-bench reads "
+                         f"format {EXPORT_FORMAT}: export the checkpoint again")
+    if report.get("gated_blocks", 0) and not (export_dir / "model_int8.tflite").is_file():
+        raise BenchError(f"{export_dir} has no model_int8.tflite: export with --int8")
+    return report
 
 
 def routing_summary(gates: np.ndarray, predictions: np.ndarray, labels: np.ndarray, macs: dict,
                     gated_indices: list[int], reference_gates: np.ndarray | None) -> dict:
-    """Skip rate, per-block execution, accuracy, executed MACs and adaptivity of hard decisions."""
-    from cosinegate.train.model import executed_mac_ratio
-    rates = gates.mean(0) if gates.size else np.zeros(0)
-    ratio = executed_mac_ratio(macs, torch.from_numpy(gates.astype(np.float64)), gated_indices).numpy()
-    lo, hi = ADAPTIVE_BAND
-    out = {
+    """Accuracy, skip rate, per-block execution, executed MACs and adaptivity of hard decisions."""
+    stats = routing_stats(torch.from_numpy(gates.astype(np.float64)), macs, gated_indices)
+    return {
         "images": int(len(labels)),
         "accuracy": float(np.mean(predictions == labels)),
-        "skip_rate": float(1.0 - rates.mean()) if rates.size else 0.0,
-        "exec_rate_per_block": [round(float(r), 6) for r in rates],
-        "mac_ratio": float(ratio.mean()),
-        "mac_ratio_std": float(ratio.std()),
-        "adaptivity": float(np.mean((rates >= lo) & (rates <= hi))) if rates.size else 0.0,
-        "distinct_paths": int(len(np.unique(gates, axis=0))) if gates.size else 1,
+        "skip_rate": stats["skip_rate"],
+        "exec_rate_per_block": [round(r, 6) for r in stats["exec_rate"]],
+        "mac_ratio": stats["mac_ratio"],
+        "mac_ratio_std": stats["mac_ratio_std"],
+        "adaptivity": stats["adaptivity"],
+        "distinct_paths": stats["distinct_paths"],
         "gate_agreement_vs_torch": (float(np.mean(gates == reference_gates))
                                     if reference_gates is not None and gates.size else None),
     }
-    return out
 
 
 def _per_class_macs(ratio: np.ndarray, labels: np.ndarray) -> dict:
@@ -77,20 +97,69 @@ def _plain_export(ckpt_path: Path, data_dir, work: Path) -> Path:
     return out
 
 
+@dataclass
+class Subject:
+    """What is benched: the export, the checkpoint it came from, and the test images."""
+    export_dir: Path
+    report: dict
+    ckpt_path: Path
+    model: object            # CosineGateResNet
+    data_dir: str | None
+    labels: np.ndarray
+    x: np.ndarray            # float NCHW test images
+    xq: np.ndarray           # the same, int8 NHWC with the model's input quantisation
+    macs: dict               # macs_breakdown of the float model
+    int8_macs: dict          # the same, without the controllers of gates folded at export
+    onnx_bytes: bytes
+    tflite_bytes: bytes | None
+
+    @property
+    def gated(self) -> list[int]:
+        return self.model.gated_indices
+
+    @property
+    def gate_names(self) -> list[str]:
+        return [f"gate_{i}" for i in self.gated]
+
+
 def run_bench(args, command: str) -> dict:
-    from cosinegate.export.onnx_export import force_onnx_gates
-    from cosinegate.export.parity import TfliteRunner, float_inputs, pytorch_deploy, quantize_inputs, run_all
-    from cosinegate.export.restructure import force_gates
-    from cosinegate.export.tflm import TflmRunner
+    """Every measurement in order; writes bench.json, BENCH.md and plots into args.out."""
+    from cosinegate.bench.report import write_outputs
+    started = time.perf_counter()
+    progress = not args.no_progress
+    subject = _load_subject(args)
+    runtimes, t_gates = _decisions(subject, progress)
+    firmware = _firmware_logs(args, subject, t_gates)
+    qemu = None
+    with tempfile.TemporaryDirectory() as work:
+        plain_dir = None if args.no_plain else _plain_export(subject.ckpt_path, subject.data_dir, Path(work))
+        latency = _latency(args, subject, plain_dir, progress)
+        if args.tflm_root:
+            qemu = _qemu(args, subject, plain_dir, progress)
+    ratio = executed_mac_ratio(subject.macs, torch.from_numpy(t_gates.astype(np.float64)), subject.gated).numpy()
+    bench = {
+        "command": command, "machine": _machine(), "export_dir": str(args.export_dir),
+        "checkpoint": str(subject.ckpt_path), "dataset": subject.report["dataset"],
+        "images": int(len(subject.labels)), "gated_blocks": len(subject.gated),
+        "macs_plain": subject.macs["plain_total"],
+        "folded_gates": subject.report.get("folded_gates") or {},
+        "runtimes": runtimes,
+        "difficulty": {"mac_ratio_by_class": _per_class_macs(ratio, subject.labels),
+                       "mac_ratio_histogram": np.histogram(ratio, bins=20, range=(0, 1.2))[0].tolist()},
+        "firmware": firmware, "latency": latency, "qemu": qemu,
+        "qemu_note": None if args.tflm_root else "no TFLM library configured (--tflm-root or CG_TFLM_ROOT): QEMU not run",
+        "wall_time_s": time.perf_counter() - started,
+    }
+    write_outputs(bench, args.out, subject.ckpt_path, ratio)
+    return bench
+
+
+def _load_subject(args) -> Subject:
+    from cosinegate.export.parity import float_inputs, quantize_inputs
     from cosinegate.train import checkpoint
     from cosinegate.train.data import dataset_info, load_arrays
     from cosinegate.train.gate import THRESHOLD
     from cosinegate.train.model import macs_breakdown
-    import onnx
-    import onnxruntime as ort
-
-    started = time.perf_counter()
-    progress = not args.no_progress
     report = load_export(args.export_dir)
     ckpt_path = Path(args.checkpoint or report["checkpoint"]["path"])
     ckpt = checkpoint.load(ckpt_path)
@@ -98,111 +167,111 @@ def run_bench(args, command: str) -> dict:
     if model.gated_indices:  # the rule the export folded into its If conditions
         model.set_deploy_threshold(report.get("deploy_threshold", {}).get("threshold", THRESHOLD))
     data_dir = args.data_dir or ckpt["config"].get("data_dir")
-    info = dataset_info(report["dataset"])
     images, labels = load_arrays(report["dataset"], data_dir, "test")
     images, labels = images[: args.images], labels[: args.images]
-    x = float_inputs(images, info)
-    xq = quantize_inputs(x, report["input"]["scale"], report["input"]["zero_point"])
+    x = float_inputs(images, dataset_info(report["dataset"]))
     macs = macs_breakdown(model.cfg)
     # A gate folded at export has no controller left in the int8 model: the device pays nothing for it.
     folded_gates = report.get("folded_gates") or {}
     folded = {*folded_gates.get("always", []), *folded_gates.get("never", [])}
-    int8_macs = dict(macs, controllers=[0 if i in folded else c for i, c in enumerate(macs["controllers"])])
-    gated = model.gated_indices
-    gate_names = [f"gate_{i}" for i in gated]
+    tflite_path = args.export_dir / "model_int8.tflite"
+    subject = Subject(
+        export_dir=args.export_dir, report=report, ckpt_path=ckpt_path, model=model, data_dir=data_dir,
+        labels=labels, x=x, xq=quantize_inputs(x, report["input"]["scale"], report["input"]["zero_point"]),
+        macs=macs, int8_macs=dict(macs, controllers=[0 if i in folded else c
+                                                     for i, c in enumerate(macs["controllers"])]),
+        onnx_bytes=(args.export_dir / "model.onnx").read_bytes(),
+        tflite_bytes=tflite_path.read_bytes() if tflite_path.is_file() else None)
     print(f"cg-bench: {args.export_dir} | {report['dataset']} | {len(labels)} test images | "
-          f"{len(gated)} gated blocks", flush=True)
+          f"{len(subject.gated)} gated blocks", flush=True)
+    return subject
 
-    def _loop(runner, inputs, desc):
-        return run_all(runner, inputs, desc, progress)
 
-    onnx_bytes = (args.export_dir / "model.onnx").read_bytes()
+def _onnx_runner(model_bytes: bytes):
+    """Batch-1 onnxruntime on one thread: x -> (logits, gates bool (n_gated,))."""
+    import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
-    def onnx_runner(model_bytes):
-        session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-        def run(xi):
-            out = session.run(None, {"input": xi})
-            gates = (out[1].reshape(-1) > 0.5) if len(out) > 1 else np.zeros(0, bool)
-            return out[0], gates
-        return run
+    def run(xi):
+        out = session.run(None, {"input": xi})
+        gates = (out[1].reshape(-1) > 0.5) if len(out) > 1 else np.zeros(0, bool)
+        return out[0], gates
+    return run
 
-    tflite_bytes = (args.export_dir / "model_int8.tflite").read_bytes() \
-        if (args.export_dir / "model_int8.tflite").is_file() else None
-    # -- decisions and accuracy per runtime ------------------------------------------------------
-    runtimes = {}
-    t_logits, t_gates = pytorch_deploy(model, x)
-    runtimes["torch"] = (t_logits.argmax(1), t_gates)
-    o_logits, o_gates = _loop(onnx_runner(onnx_bytes), x, "onnxruntime")
-    runtimes["onnxruntime"] = (o_logits.argmax(1), o_gates)
-    if tflite_bytes:
-        l_logits, l_gates = _loop(TfliteRunner(tflite_bytes, gate_names), xq, "tflite int8")
-        runtimes["tflite_int8"] = (l_logits.argmax(1), l_gates)
-        m_logits, m_gates = _loop(TflmRunner(tflite_bytes, report["tflm_arena_bytes"], 1 + len(gated)),
-                                  xq, "tflm")
-        runtimes["tflm"] = (m_logits.argmax(1), m_gates)
-    results = {name: routing_summary(g, p, labels, int8_macs if name in ("tflite_int8", "tflm") else macs, gated,
-                                     t_gates) for name, (p, g) in runtimes.items()}
-    if "tflite_int8" in runtimes:  # per image, so two models benched on the same images compare paired
-        right = runtimes["tflite_int8"][0] == labels
+
+def _decisions(subject: Subject, progress: bool) -> tuple[dict, np.ndarray]:
+    """Per runtime, the routing summary of its own decisions; and torch's gates, the reference."""
+    from cosinegate.export.parity import TfliteRunner, pytorch_deploy, run_all
+    from cosinegate.export.tflm import TflmRunner
+    decisions = {}
+    t_logits, t_gates = pytorch_deploy(subject.model, subject.x)
+    decisions["torch"] = (t_logits.argmax(1), t_gates)
+    o_logits, o_gates = run_all(_onnx_runner(subject.onnx_bytes), subject.x, "onnxruntime", progress)
+    decisions["onnxruntime"] = (o_logits.argmax(1), o_gates)
+    if subject.tflite_bytes:
+        runner = TfliteRunner(subject.tflite_bytes, subject.gate_names)
+        l_logits, l_gates = run_all(runner, subject.xq, "tflite int8", progress)
+        decisions["tflite_int8"] = (l_logits.argmax(1), l_gates)
+        runner = TflmRunner(subject.tflite_bytes, subject.report["tflm_arena_bytes"], 1 + len(subject.gated))
+        m_logits, m_gates = run_all(runner, subject.xq, "tflm", progress)
+        decisions["tflm"] = (m_logits.argmax(1), m_gates)
+    results = {name: routing_summary(g, p, subject.labels,
+                                     subject.int8_macs if name in ("tflite_int8", "tflm") else subject.macs,
+                                     subject.gated, t_gates) for name, (p, g) in decisions.items()}
+    if "tflite_int8" in decisions:  # per image, so two models benched on the same images compare paired
+        right = decisions["tflite_int8"][0] == subject.labels
         results["tflite_int8"]["correct"] = "".join("1" if c else "0" for c in right)
-    from cosinegate.train.model import executed_mac_ratio
-    ratio = executed_mac_ratio(macs, torch.from_numpy(t_gates.astype(np.float64)), gated).numpy()
-    difficulty = {"mac_ratio_by_class": _per_class_macs(ratio, labels),
-                  "mac_ratio_histogram": np.histogram(ratio, bins=20, range=(0, 1.2))[0].tolist()}
-    # -- firmware logs (QEMU or a board) ----------------------------------------------------------
-    firmware = {}
+    return results, t_gates
+
+
+def _firmware_logs(args, subject: Subject, t_gates: np.ndarray) -> dict:
+    """The summary of each firmware log (QEMU or a board, from files or a serial port)."""
     logs = [(str(p), p.read_text(errors="replace")) for p in args.firmware_log]
     if args.serial:
         from cosinegate.bench.serial_reader import read_serial
         logs.append((args.serial, read_serial(args.serial, args.baud, args.serial_timeout)))
-    for source, text in logs:
-        firmware[source] = _firmware_summary(text, t_gates, labels, int8_macs, gated)
-    # -- host latency: gated, every gate on, plain ---------------------------------------------------
+    return {source: _firmware_summary(text, t_gates, subject.labels, subject.int8_macs, subject.gated)
+            for source, text in logs}
+
+
+def _latency(args, subject: Subject, plain_dir: Path | None, progress: bool) -> dict:
+    """Host latency of the gated model, the same with every gate on, and the plain ResNet."""
+    import onnx
+    from cosinegate.export.onnx_export import force_onnx_gates
+    from cosinegate.export.parity import TfliteRunner
+    from cosinegate.export.restructure import force_gates
+    variants = {"gated": subject.onnx_bytes,
+                "all_on": force_onnx_gates(onnx.load_from_string(subject.onnx_bytes), on=True).SerializeToString()}
+    tflite_variants = ({"gated": subject.tflite_bytes, "all_on": force_gates(subject.tflite_bytes, on=True)}
+                       if subject.tflite_bytes else {})
+    if plain_dir is not None:
+        variants["plain"] = (plain_dir / "model.onnx").read_bytes()
+        if subject.tflite_bytes:
+            tflite_variants["plain"] = (plain_dir / "model_int8.tflite").read_bytes()
+    x, xq, n = subject.x, subject.xq, len(subject.x)
     latency = {}
-    variants = {"gated": onnx_bytes,
-                "all_on": force_onnx_gates(onnx.load_from_string(onnx_bytes), on=True).SerializeToString()}
-    tflite_variants = {"gated": tflite_bytes, "all_on": force_gates(tflite_bytes, on=True)} if tflite_bytes else {}
-    qemu = None
-    with tempfile.TemporaryDirectory() as work:
-        plain_dir = None
-        if not args.no_plain:
-            plain_dir = _plain_export(ckpt_path, data_dir, Path(work))
-            variants["plain"] = (plain_dir / "model.onnx").read_bytes()
-            if tflite_bytes:
-                tflite_variants["plain"] = (plain_dir / "model_int8.tflite").read_bytes()
-        n = len(x)
-        for name, model_bytes in variants.items():
-            run = onnx_runner(model_bytes)
-            latency[f"onnxruntime/{name}"] = measure(lambda i: run(x[i % n:i % n + 1]), args.latency_warmup,
-                                                     args.latency_runs, f"latency ort {name}", progress)
-        for name, model_bytes in tflite_variants.items():
-            names = gate_names if name != "plain" else []
-            run = TfliteRunner(model_bytes, names)
-            latency[f"tflite_int8/{name}"] = measure(lambda i: run(xq[i % n:i % n + 1]), args.latency_warmup,
-                                                     args.latency_runs, f"latency tflite {name}", progress)
-        # -- QEMU Cortex-M4 instruction counts --------------------------------------------------------
-        if args.tflm_root:
-            from cosinegate.bench.qemu_bench import qemu_counts
-            qemu = qemu_counts(args.export_dir, Path(args.tflm_root), report, macs, gated, progress,
-                               images=args.qemu_images, per_block=args.qemu_per_block, data_dir=data_dir,
-                               plain_dir=plain_dir)
-            for kernels, text in qemu.pop("logs").items():  # raw firmware output, usable as --firmware-log
-                atomic.write_text(Path(args.out) / f"qemu_{kernels}.log", text)
-    bench = {
-        "command": command, "machine": _machine(), "export_dir": str(args.export_dir),
-        "checkpoint": str(ckpt_path), "dataset": report["dataset"], "images": int(len(labels)),
-        "gated_blocks": len(gated), "macs_plain": macs["plain_total"],
-        "folded_gates": folded_gates,
-        "runtimes": results, "difficulty": difficulty, "firmware": firmware,
-        "latency": latency, "qemu": qemu,
-        "qemu_note": None if args.tflm_root else "no TFLM library configured (--tflm-root or CG_TFLM_ROOT): QEMU not run",
-        "wall_time_s": time.perf_counter() - started,
-    }
-    from cosinegate.bench.report import write_outputs
-    write_outputs(bench, args.out, ckpt_path, ratio)
-    return bench
+    for name, model_bytes in variants.items():
+        run = _onnx_runner(model_bytes)
+        latency[f"onnxruntime/{name}"] = measure(lambda i: run(x[i % n:i % n + 1]), args.latency_warmup,
+                                                 args.latency_runs, f"latency ort {name}", progress)
+    for name, model_bytes in tflite_variants.items():
+        run = TfliteRunner(model_bytes, subject.gate_names if name != "plain" else [])
+        latency[f"tflite_int8/{name}"] = measure(lambda i: run(xq[i % n:i % n + 1]), args.latency_warmup,
+                                                 args.latency_runs, f"latency tflite {name}", progress)
+    return latency
+
+
+def _qemu(args, subject: Subject, plain_dir: Path | None, progress: bool) -> dict:
+    """QEMU Cortex-M4 instruction counts; the raw firmware output is kept, usable as --firmware-log."""
+    from cosinegate.bench.qemu_bench import qemu_counts
+    qemu = qemu_counts(args.export_dir, Path(args.tflm_root), subject.report, subject.macs, subject.gated,
+                       progress, images=args.qemu_images, per_block=args.qemu_per_block,
+                       data_dir=subject.data_dir, plain_dir=plain_dir)
+    for kernels, text in qemu.pop("logs").items():
+        atomic.write_text(Path(args.out) / f"qemu_{kernels}.log", text)
+    return qemu
 
 
 def _firmware_summary(text: str, torch_gates: np.ndarray, labels: np.ndarray, macs: dict,

@@ -7,7 +7,7 @@ protocol lines have arrived). Raises SerialTimeout when no protocol line arrives
 """
 import time
 
-from cosinegate.bench.cli import BenchError
+from cosinegate.bench.errors import BenchError
 
 
 class SerialTimeout(BenchError):

@@ -1,9 +1,9 @@
 """`cg-export`: turn a `cg-train` checkpoint into deployable files where a skipped block does not run.
 
-    cg-export runs/demo/best.pt --int8 --out exports/demo
-    cg-export runs/cifar/best.pt --int8 --data-dir ../shared/data --parity-images 500 --out exports/c10
+    cg-export --int8 runs/demo/best.pt                      # -> runs/demo/best_export/
+    cg-export --int8 runs/cifar/best.pt --data-dir ~/data --parity-images 500 --out runs/cifar/export
 
-Writes into --out: model.onnx (opset 18, one `If` per gated block, outputs logits and gates) and
+Writes into --out (default: <checkpoint name>_export/ beside the checkpoint): model.onnx (opset 18, one `If` per gated block, outputs logits and gates) and
 export_report.json; with --int8 also model_int8.tflite (full int8, one `IF` per gated block,
 outputs logits and gate_{i}) and the firmware sources model_data.cc/.h and model_settings.h.
 With --fold-static-gates, gates that interval analysis proves constant for every input lose
@@ -18,7 +18,10 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from cosinegate import atomic
 
 EXIT_ERROR = 1
 
@@ -32,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("checkpoint", type=Path, help="a cg-train checkpoint (best.pt / last.pt)")
-    parser.add_argument("--out", type=Path, required=True, help="export folder (created)")
+    parser.add_argument("--out", type=Path,
+                        help="export folder, created (default: <checkpoint name>_export/ beside the checkpoint)")
     parser.add_argument("--int8", action="store_true",
                         help="also write the int8 TFLite model and the firmware sources")
     parser.add_argument("--data-dir", help="dataset root for calibration and parity images "
@@ -78,169 +82,276 @@ def _file_sizes(folder: Path) -> dict:
     return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+@dataclass
+class Source:
+    """The checkpoint and the float networks frozen from it."""
+    ckpt: dict
+    model: object           # CosineGateResNet, eval mode
+    frozen: object          # FrozenModel: BatchNorm and gates folded
+    info: object            # DatasetInfo of the checkpoint's dataset
+    threshold: dict         # the deploy threshold folded into each If, and where it came from
+
+    @property
+    def dataset(self) -> str:
+        return self.ckpt["config"]["dataset"]
+
+    @property
+    def gated(self) -> list[int]:
+        return self.frozen.gated_indices
+
+    @property
+    def nchw(self) -> tuple:
+        cfg = self.model.cfg
+        return 1, cfg.in_channels, cfg.input_size, cfg.input_size
+
+
+@dataclass
+class Images:
+    x_test: object          # float NCHW test images for the parity checks
+    labels: object
+    calibration: object     # uint8 NHWC training images for int8 calibration; None without --int8
+
+
+@dataclass
+class Int8Model:
+    """The int8 TFLite model and what its stages proved and measured."""
+    all_compute: bytes      # every block computed: what the parity checks compare against
+    tflite: bytes           # the deployed model, one IF per gated block not folded
+    unfolded: bytes | None  # the same with every IF kept, when gates were folded
+    bounds: list            # GateBound per gated block
+    proven: dict            # block -> "always" | "never"
+    static: dict            # folded block -> True (computed inline) | False (deleted)
+    shifts: dict            # block -> k: its gate head was divided by 2**k (bound_gate_logits)
+    recalibrated: list      # blocks calibrated as adding nothing (proven never to run)
+    arena: int
+    arena_online: int       # the arena TFLM plans without the offline memory plan
+    ops: list
+    scale: float
+    zero_point: int
+    calibration_images: int
+
+    def report(self, gated: list[int]) -> dict:
+        from cosinegate.export import restructure
+        branch_bytes = iter(restructure.branch_weight_bytes(self.tflite))
+        return {"tflm_arena_bytes": self.arena, "tflm_arena_bytes_online_plan": self.arena_online,
+                "tflm_ops": self.ops,
+                # per gated block; 0 where a folded gate left no branch
+                "branch_weight_bytes": [0 if i in self.static else next(branch_bytes) for i in gated],
+                "gate_bounds": [{"block": b.index, "decision": b.decision, "logit": b.logit,
+                                 "threshold": b.threshold, **({"reason": b.reason} if b.reason else {})}
+                                for b in self.bounds],
+                "folded_gates": {d: [i for i in self.static if self.proven[i] == d] for d in ("always", "never")},
+                # block -> k: that gate head was divided by 2**k before conversion (bound_gate_logits)
+                "gate_head_shifts": {str(i): k for i, k in self.shifts.items()},
+                # blocks calibrated as adding nothing (proven never to run; --fold-static-gates)
+                "calibrated_without_blocks": self.recalibrated,
+                "calibration_images": self.calibration_images}
+
+
 def export_checkpoint(args, stage_dir: Path) -> dict:
-    """Run every stage, writing into `stage_dir`; returns the report."""
+    """Run every stage in order, writing into `stage_dir`; returns the report."""
     import torch
-
-    from cosinegate import atomic
-    from cosinegate.export import onnx_export, parity
-    from cosinegate.train.checkpoint import build_model, load
-    from cosinegate.train.data import dataset_info, load_arrays
-    from cosinegate.train.model import macs_breakdown
-    from cosinegate.version import EXPORT_FORMAT, __version__
-
     torch.set_num_threads(1)
-    stage = _stage
-    progress = not args.no_progress
-    with stage("freeze") as note:
-        from cosinegate.export.freeze import freeze
+    source = _freeze(args)
+    images = _load_images(args, source)  # before the slow stages: a missing dataset fails fast
+    onnx_bytes = _write_onnx(source, stage_dir)
+    int8 = _int8(args, source, images, stage_dir) if args.int8 else None
+    checks = _parity(args, source, images, onnx_bytes, int8)
+    report = _report(args, source, int8, checks)
+    if int8:
+        _write_c_sources(stage_dir, report)
+    report["file_bytes"] = _file_sizes(stage_dir)
+    report["files"] = sorted([*report["file_bytes"], "export_report.json"])
+    atomic.write_text(stage_dir / "export_report.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _freeze(args) -> Source:
+    from cosinegate.export.freeze import freeze
+    from cosinegate.train.checkpoint import build_model, load
+    from cosinegate.train.data import dataset_info
+    with _stage("freeze") as note:
         ckpt = load(args.checkpoint)
         _check_version(ckpt)
         model = build_model(ckpt)
         threshold = _deploy_threshold(args, model, ckpt)  # before freeze: it folds into each If
-        frozen = freeze(model)
-        gated = frozen.gated_indices
-        cfg = model.cfg
-        info = dataset_info(ckpt["config"]["dataset"])
-        if (cfg.input_size, cfg.input_size, cfg.in_channels) != tuple(info.shape):
+        source = Source(ckpt, model, freeze(model), dataset_info(ckpt["config"]["dataset"]), threshold)
+        cfg, blocks = model.cfg, len(source.frozen.blocks)
+        if (cfg.input_size, cfg.input_size, cfg.in_channels) != tuple(source.info.shape):
             raise ExportError(f"model input {cfg.input_size}x{cfg.input_size}x{cfg.in_channels} "
-                              f"does not match dataset {ckpt['config']['dataset']} {info.shape}")
-        note["text"] = (f"{len(frozen.blocks)} blocks, {len(gated)} gated, {_threshold_line(threshold)}" if gated else
-                        f"{len(frozen.blocks)} blocks, plain ResNet: no gated blocks, "
-                        "exported without If")
-    data_dir = args.data_dir if args.data_dir is not None else ckpt["config"].get("data_dir")
-    nchw = (1, cfg.in_channels, cfg.input_size, cfg.input_size)
+                              f"does not match dataset {source.dataset} {source.info.shape}")
+        note["text"] = (f"{blocks} blocks, {len(source.gated)} gated, {_threshold_line(threshold)}"
+                        if source.gated else
+                        f"{blocks} blocks, plain ResNet: no gated blocks, exported without If")
+    return source
 
-    with stage("data") as note:  # before the slow stages: a missing dataset fails fast
-        test_images, test_labels = load_arrays(ckpt["config"]["dataset"], data_dir, "test")
+
+def _load_images(args, source: Source) -> Images:
+    from cosinegate.export import parity, quantize
+    from cosinegate.train.data import load_arrays
+    data_dir = args.data_dir if args.data_dir is not None else source.ckpt["config"].get("data_dir")
+    with _stage("data") as note:
+        test_images, test_labels = load_arrays(source.dataset, data_dir, "test")
         count = min(args.parity_images, len(test_images))
-        x_test, labels = parity.float_inputs(test_images[:count], info), test_labels[:count]
-        if args.int8:
-            from cosinegate.export import quantize
-            calibration = quantize.calibration_images(
-                ckpt["config"]["dataset"], data_dir,
-                args.calibration_images or quantize.DEFAULT_CALIBRATION_IMAGES)
+        calibration = quantize.calibration_images(
+            source.dataset, data_dir, args.calibration_images or quantize.DEFAULT_CALIBRATION_IMAGES) \
+            if args.int8 else None
         note["text"] = (f"{count} test images for parity"
                         + (f", {len(calibration)} training images for calibration" if args.int8 else ""))
+    return Images(parity.float_inputs(test_images[:count], source.info), test_labels[:count], calibration)
 
-    with stage("onnx") as note:
-        deploy = onnx_export.export_deploy(frozen, nchw)
-        onnx_bytes = deploy.SerializeToString()
+
+def _write_onnx(source: Source, stage_dir: Path) -> bytes:
+    from cosinegate.export import onnx_export
+    with _stage("onnx") as note:
+        onnx_bytes = onnx_export.export_deploy(source.frozen, source.nchw).SerializeToString()
         atomic.write_bytes(stage_dir / "model.onnx", onnx_bytes)
-        note["text"] = f"model.onnx, opset {onnx_export.OPSET}, {len(gated)} If"
+        note["text"] = f"model.onnx, opset {onnx_export.OPSET}, {len(source.gated)} If"
+    return onnx_bytes
 
-    report_input = {"shape": [1, cfg.input_size, cfg.input_size, cfg.in_channels],
-                    "scale": None, "zero_point": None, "mean": list(info.mean),
-                    "std": list(info.std), "layout": "NHWC"}
-    int8 = {}
-    if args.int8:
-        from cosinegate.export import restructure, tflm
-        with stage("int8 convert") as note:
-            from cosinegate.export.freeze import bound_gate_logits
-            calibration_nchw = torch.from_numpy(calibration.transpose(0, 3, 1, 2))
-            shifts = bound_gate_logits(frozen, calibration_nchw)
-            all_compute = quantize.convert_int8(onnx_export.export_all_compute(frozen, nchw),
-                                                calibration)
-            note["text"] = f"all-compute model, {len(all_compute)} bytes" + (
-                f"; gate heads of blocks {','.join(map(str, shifts))} scaled by a power of two for "
-                "TFLM's GREATER (same decisions)" if shifts else "")
-        with stage("gate bounds") as note:
-            from cosinegate.export.gate_bounds import INPUT, gate_bounds
-            bounds = gate_bounds(all_compute, gated)
-            proven = {b.index: b.decision for b in bounds if b.decision != INPUT}
-            note["text"] = (_bounds_line(proven) + ("" if not proven or args.fold_static_gates
-                                                    else " (--fold-static-gates folds them)"))
-        never = [i for i, decision in proven.items() if decision == "never"]
-        recalibrated = []
-        if args.fold_static_gates and never:
-            with stage("recalibrate") as note:
-                # Calibration ran every block; blocks that can never run add nothing when deployed,
-                # and their residuals skew every range after them. Convert again with those blocks
-                # adding nothing (they are deleted anyway), kept only if they are still proven dead.
-                from cosinegate.export.freeze import without_residuals
-                deployed_path = without_residuals(frozen, never)
-                # the logits change with the ranges before them: bound them again on this network
-                more = bound_gate_logits(deployed_path, calibration_nchw)
-                candidate = quantize.convert_int8(onnx_export.export_all_compute(deployed_path, nchw),
-                                                  calibration)
-                candidate_bounds = gate_bounds(candidate, gated)
-                if all(b.decision == "never" for b in candidate_bounds if b.index in never):
-                    all_compute, bounds, recalibrated = candidate, candidate_bounds, never
-                    shifts = {i: shifts.get(i, 0) + more.get(i, 0) for i in {**shifts, **more}}
-                    proven = {b.index: b.decision for b in bounds if b.decision != INPUT}
-                    note["text"] = (f"deploy-path ranges without blocks {','.join(map(str, never))}; "
-                                    + _bounds_line(proven))
-                else:
-                    note["text"] = "kept the all-compute calibration: a dead block was no longer proven dead"
-        static = {i: decision == "always" for i, decision in proven.items()} if args.fold_static_gates else {}
-        with stage("restructure") as note:
-            tflite = restructure.restructure(all_compute, gated, static=static)
-            restructure.validate_int8(tflite, len(gated))
-            tflm.check_tflm_ops(tflite)
-            arena = tflm.measure_arena(tflite)
-            # What the offline memory plan saves: the same model planned by TFLM alone.
-            arena_online = tflm.measure_arena(restructure.restructure(all_compute, gated, memory_plan=False,
-                                                                      static=static))
-            unfolded = restructure.restructure(all_compute, gated) if static else None
-            atomic.write_bytes(stage_dir / "model_int8.tflite", tflite)
-            ops = restructure.op_names(tflite)
-            scale, zero_point = restructure.input_quantization(tflite)
-            report_input.update(scale=scale, zero_point=zero_point)
-            note["text"] = (f"{len(gated) - len(static)} IF, TFLM arena {arena} B ({arena_online} B without "
-                            f"the offline plan), {len(tflite):,} B, ops {' '.join(ops)}")
-        branch_bytes = iter(restructure.branch_weight_bytes(tflite))
-        int8 = {"tflm_arena_bytes": arena, "tflm_arena_bytes_online_plan": arena_online, "tflm_ops": ops,
-                # per gated block; 0 where a folded gate left no branch
-                "branch_weight_bytes": [0 if i in static else next(branch_bytes) for i in gated],
-                "gate_bounds": [{"block": b.index, "decision": b.decision, "logit": b.logit,
-                                 "threshold": b.threshold, **({"reason": b.reason} if b.reason else {})}
-                                for b in bounds],
-                "folded_gates": {d: [i for i in static if proven[i] == d] for d in ("always", "never")},
-                # block -> k: that gate head was divided by 2**k before conversion (bound_gate_logits)
-                "gate_head_shifts": {str(i): k for i, k in shifts.items()},
-                # blocks calibrated as adding nothing (proven never to run; --fold-static-gates)
-                "calibrated_without_blocks": recalibrated,
-                "calibration_images": len(calibration)}
 
-    with stage("parity") as note:
-        checks = parity.onnx_parity(model, onnx_bytes, x_test, progress)
-        if args.int8:
-            checks.update(parity.int8_parity(model, tflite, all_compute, gated, x_test, labels,
-                                             scale, zero_point, arena, progress, unfolded=unfolded))
-        checks = {"images": count, "split": "test", **checks}
+def _int8(args, source: Source, images: Images, stage_dir: Path) -> Int8Model:
+    """Convert, prove constant gates, optionally recalibrate without dead blocks, restructure."""
+    import torch
+    calibration_nchw = torch.from_numpy(images.calibration.transpose(0, 3, 1, 2))
+    all_compute, shifts = _convert(source.frozen, source.nchw, images.calibration, calibration_nchw)
+    bounds, proven = _prove_gates(all_compute, source.gated, args.fold_static_gates)
+    never = [i for i, decision in proven.items() if decision == "never"]
+    recalibrated = []
+    if args.fold_static_gates and never:
+        again = _recalibrate(source, never, images.calibration, calibration_nchw)
+        if again:
+            all_compute, bounds, more = again
+            recalibrated = never
+            shifts = {i: shifts.get(i, 0) + more.get(i, 0) for i in {**shifts, **more}}
+            proven = _proven(bounds)
+    static = {i: decision == "always" for i, decision in proven.items()} if args.fold_static_gates else {}
+    return _restructure(all_compute, source.gated, static, stage_dir,
+                        bounds=bounds, proven=proven, shifts=shifts, recalibrated=recalibrated,
+                        calibration_images=len(images.calibration))
+
+
+def _convert(frozen, nchw, calibration, calibration_nchw) -> tuple[bytes, dict]:
+    """The all-compute int8 model and the gate heads scaled for TFLM's GREATER."""
+    from cosinegate.export import onnx_export, quantize
+    from cosinegate.export.freeze import bound_gate_logits
+    with _stage("int8 convert") as note:
+        shifts = bound_gate_logits(frozen, calibration_nchw)
+        all_compute = quantize.convert_int8(onnx_export.export_all_compute(frozen, nchw), calibration)
+        note["text"] = f"all-compute model, {len(all_compute)} bytes" + (
+            f"; gate heads of blocks {','.join(map(str, shifts))} scaled by a power of two for "
+            "TFLM's GREATER (same decisions)" if shifts else "")
+    return all_compute, shifts
+
+
+def _proven(bounds) -> dict:
+    from cosinegate.export.gate_bounds import INPUT
+    return {b.index: b.decision for b in bounds if b.decision != INPUT}
+
+
+def _prove_gates(all_compute: bytes, gated: list[int], fold: bool) -> tuple[list, dict]:
+    from cosinegate.export.gate_bounds import gate_bounds
+    with _stage("gate bounds") as note:
+        bounds = gate_bounds(all_compute, gated)
+        proven = _proven(bounds)
+        note["text"] = _bounds_line(proven) + ("" if not proven or fold else " (--fold-static-gates folds them)")
+    return bounds, proven
+
+
+def _recalibrate(source: Source, never: list[int], calibration, calibration_nchw):
+    """(all-compute model, bounds, extra gate-head shifts) calibrated without the blocks proven
+    never to run, or None when that calibration no longer proves them dead."""
+    from cosinegate.export import onnx_export, quantize
+    from cosinegate.export.freeze import bound_gate_logits, without_residuals
+    from cosinegate.export.gate_bounds import gate_bounds
+    with _stage("recalibrate") as note:
+        # Calibration ran every block; blocks that can never run add nothing when deployed,
+        # and their residuals skew every range after them. Convert again with those blocks
+        # adding nothing (they are deleted anyway), kept only if they are still proven dead.
+        deployed_path = without_residuals(source.frozen, never)
+        # the logits change with the ranges before them: bound them again on this network
+        more = bound_gate_logits(deployed_path, calibration_nchw)
+        candidate = quantize.convert_int8(onnx_export.export_all_compute(deployed_path, source.nchw),
+                                          calibration)
+        bounds = gate_bounds(candidate, source.gated)
+        if not all(b.decision == "never" for b in bounds if b.index in never):
+            note["text"] = "kept the all-compute calibration: a dead block was no longer proven dead"
+            return None
+        note["text"] = (f"deploy-path ranges without blocks {','.join(map(str, never))}; "
+                        + _bounds_line(_proven(bounds)))
+    return candidate, bounds, more
+
+
+def _restructure(all_compute: bytes, gated: list[int], static: dict, stage_dir: Path, **proofs) -> Int8Model:
+    from cosinegate.export import restructure, tflm
+    with _stage("restructure") as note:
+        tflite = restructure.restructure(all_compute, gated, static=static)
+        restructure.validate_int8(tflite, len(gated))
+        tflm.check_tflm_ops(tflite)
+        arena = tflm.measure_arena(tflite)
+        # What the offline memory plan saves: the same model planned by TFLM alone.
+        arena_online = tflm.measure_arena(restructure.restructure(all_compute, gated, memory_plan=False,
+                                                                  static=static))
+        unfolded = restructure.restructure(all_compute, gated) if static else None
+        atomic.write_bytes(stage_dir / "model_int8.tflite", tflite)
+        ops = restructure.op_names(tflite)
+        scale, zero_point = restructure.input_quantization(tflite)
+        note["text"] = (f"{len(gated) - len(static)} IF, TFLM arena {arena} B ({arena_online} B without "
+                        f"the offline plan), {len(tflite):,} B, ops {' '.join(ops)}")
+    return Int8Model(all_compute=all_compute, tflite=tflite, unfolded=unfolded, static=static, arena=arena,
+                     arena_online=arena_online, ops=ops, scale=scale, zero_point=zero_point, **proofs)
+
+
+def _parity(args, source: Source, images: Images, onnx_bytes: bytes, int8: Int8Model | None) -> dict:
+    from cosinegate.export import parity
+    progress = not args.no_progress
+    with _stage("parity") as note:
+        checks = parity.onnx_parity(source.model, onnx_bytes, images.x_test, progress)
+        if int8:
+            checks.update(parity.int8_parity(source.model, int8.tflite, int8.all_compute, source.gated,
+                                             images.x_test, images.labels, int8.scale, int8.zero_point,
+                                             int8.arena, progress, unfolded=int8.unfolded))
+        checks = {"images": len(images.labels), "split": "test", **checks}
         note["text"] = _parity_line(checks)
         folded = checks.get("folded_vs_gated")
         if folded and (folded["bit_exact_fraction"] != 1.0 or not folded["gates_identical"]):
             raise ExportError("folding the proven gates changed the int8 model's output on "
                               f"{1 - folded['bit_exact_fraction']:.2%} of the parity images; export "
                               "without --fold-static-gates (and please report this)")
+    return checks
 
+
+def _report(args, source: Source, int8: Int8Model | None, checks: dict) -> dict:
+    from cosinegate.export import onnx_export
+    from cosinegate.train.model import macs_breakdown
+    from cosinegate.version import EXPORT_FORMAT, __version__
+    cfg, gated, info = source.model.cfg, source.gated, source.info
     macs = macs_breakdown(cfg)
-    report = {
+    return {
         "format": EXPORT_FORMAT, "version": __version__,
-        "checkpoint": {"path": str(args.checkpoint), "epoch": ckpt.get("epoch"),
-                       "version": ckpt.get("version")},
-        "dataset": ckpt["config"]["dataset"], "num_classes": cfg.num_classes,
+        "checkpoint": {"path": str(args.checkpoint), "epoch": source.ckpt.get("epoch"),
+                       "version": source.ckpt.get("version")},
+        "dataset": source.dataset, "num_classes": cfg.num_classes,
         "gated_blocks": len(gated), "gated_indices": gated, "plain": not gated,
         "macs_full": macs["full_total"], "macs_plain": macs["plain_total"],
         "macs_per_block": macs["blocks"], "macs_controllers": macs["controllers"],
-        "input": report_input, "onnx_opset": onnx_export.OPSET,
-        **({"deploy_threshold": threshold} if gated else {}),
+        "input": {"shape": [1, cfg.input_size, cfg.input_size, cfg.in_channels],
+                  "scale": int8.scale if int8 else None, "zero_point": int8.zero_point if int8 else None,
+                  "mean": list(info.mean), "std": list(info.std), "layout": "NHWC"},
+        "onnx_opset": onnx_export.OPSET,
+        **({"deploy_threshold": source.threshold} if gated else {}),
         "notes": [] if gated else ["plain ResNet (no gated blocks): exported without If/IF; "
                                    "outputs hold only the logits"],
-        **int8,
+        **(int8.report(gated) if int8 else {}),
         "parity": checks,
     }
-    if args.int8:
-        with stage("C sources") as note:
-            from cosinegate.export.carray import write_model_sources
-            written = write_model_sources(stage_dir / "model_int8.tflite", report, stage_dir,
-                                          generated_by="cg-export")
-            note["text"] = ", ".join(p.name for p in written)
-    report["file_bytes"] = _file_sizes(stage_dir)
-    report["files"] = sorted([*report["file_bytes"], "export_report.json"])
-    atomic.write_text(stage_dir / "export_report.json", json.dumps(report, indent=2) + "\n")
-    return report
+
+
+def _write_c_sources(stage_dir: Path, report: dict) -> None:
+    from cosinegate.export.carray import write_model_sources
+    with _stage("C sources") as note:
+        written = write_model_sources(stage_dir / "model_int8.tflite", report, stage_dir, generated_by="cg-export")
+        note["text"] = ", ".join(p.name for p in written)
 
 
 def _deploy_threshold(args, model, ckpt) -> dict:
@@ -304,6 +415,11 @@ def _publish(stage_dir: Path, out_dir: Path) -> None:
         os.replace(path, out_dir / path.name)
 
 
+def default_out(checkpoint: Path) -> Path:
+    """runs/demo/best.pt -> runs/demo/best_export: beside the checkpoint, named after it."""
+    return checkpoint.with_name(f"{checkpoint.stem}_export")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.parity_images < 1:
@@ -330,7 +446,7 @@ def main(argv=None) -> int:
     from cosinegate.export.compute_target import ComputeTargetError
     expected = (CheckpointError, DataError, ExportError, TranslateError, RestructureError,
                 TflmError, ComputeTargetError, OSError)
-    out_dir = args.out
+    out_dir = args.out or default_out(args.checkpoint)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     stage_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging-"))
     try:

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cosinegate.train.gate import fold_deploy_gate
+from cosinegate.train.model import option_a_shortcut
 
 
 @dataclass
@@ -159,12 +160,8 @@ class _FrozenModule(nn.Module):
                         stride=self._strides[name], padding=1)
 
     def shortcut(self, block: FrozenBlock, x: torch.Tensor) -> torch.Tensor:
-        """Option A: identity, or subsample by 2 and zero-pad the new channels."""
-        if block.stride == 1 and block.in_channels == block.out_channels:
-            return x
-        x = x[:, :, ::block.stride, ::block.stride]
-        extra = block.out_channels - block.in_channels
-        return F.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
+        """Option A, as trained: identity, or subsample by 2 and zero-pad the new channels."""
+        return option_a_shortcut(x, block.stride, block.out_channels)
 
     def residual_sum(self, block: FrozenBlock, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The computed block: relu(s + conv2(relu(conv1(x))))."""

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cosinegate.export.native import tflite_schema
+
 ALWAYS, NEVER, INPUT = "always", "never", "input"
 _INT8_MIN, _INT8_MAX = -128, 127
 
@@ -33,16 +35,11 @@ class GateBound:
     reason: str = ""             # why INPUT when the graph was not the expected chain
 
 
-def _schema():
-    from tensorflow.lite.python import schema_py_generated as schema
-    return schema
-
-
 def _constant(model, tensor) -> np.ndarray | None:
     data = model.buffers[tensor.buffer].data
     if data is None or len(data) == 0:
         return None
-    dtype = {_schema().TensorType.INT8: np.int8, _schema().TensorType.INT32: np.int32}.get(tensor.type)
+    dtype = {tflite_schema().TensorType.INT8: np.int8, tflite_schema().TensorType.INT32: np.int32}.get(tensor.type)
     if dtype is None:
         return None
     return np.frombuffer(bytes(np.asarray(data, dtype=np.uint8)), dtype=dtype).reshape(tensor.shape)
@@ -54,7 +51,7 @@ def _quant(tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _activation_range(fused: int, zero_point: int) -> tuple[int, int] | None:
-    schema = _schema().ActivationFunctionType
+    schema = tflite_schema().ActivationFunctionType
     if fused == schema.NONE:
         return _INT8_MIN, _INT8_MAX
     if fused == schema.RELU:
@@ -93,7 +90,7 @@ def fully_connected_bounds(model, sg, op, low: np.ndarray, high: np.ndarray):
 
 def _producer_chain(model, pred: int):
     """(GREATER, FC2, FC1) behind predicate tensor `pred` of subgraph 0, through RESHAPEs; else None."""
-    schema = _schema().BuiltinOperator
+    schema = tflite_schema().BuiltinOperator
     from cosinegate.export.restructure import _producers, builtin_code
     sg = model.subgraphs[0]
     producers = {t: sg.operators[k] for t, k in _producers(sg).items()}

@@ -17,6 +17,8 @@ count, tensor count, then one offset per tensor of every subgraph in order.
 """
 import numpy as np
 
+from cosinegate.export.native import tflite_schema
+
 METADATA_NAME = b"OfflineMemoryAllocation"
 ONLINE = -1            # TFLM's kOnlinePlannedBuffer
 ALIGNMENT = 16         # TFLM's buffer alignment in the arena
@@ -25,11 +27,6 @@ _ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8}  # TensorTyp
 
 class MemoryPlanError(RuntimeError):
     """The plan would let two live tensors share memory."""
-
-
-def _schema():
-    from tensorflow.lite.python import schema_py_generated as schema
-    return schema
 
 
 def _bytes(tensor) -> int:
@@ -74,7 +71,7 @@ def _plan_index(model) -> int | None:
 
 
 def _write(model, flat: list[int]) -> None:
-    schema = _schema()
+    schema = tflite_schema()
     data = np.array([1, len(model.subgraphs), len(flat), *flat], dtype="<i4").view(np.uint8)
     index = _plan_index(model)
     if index is not None:

@@ -1,11 +1,13 @@
 """Living with the native libraries the exporter loads: TensorFlow, triton, TFLM.
 
     tf = import_tensorflow()          # safe import order, TensorFlow's C++ logging silenced
+    schema = tflite_schema()          # TFLite's flatbuffer schema (object API), the same way
     with captured_stderr() as read:   # TFLM and the TFLite converter print on fd 2
         ...
         text = read()
 """
 import contextlib
+import functools
 import os
 import tempfile
 
@@ -18,6 +20,23 @@ def import_tensorflow():
     with captured_stderr():
         import tensorflow as tf
     return tf
+
+
+@functools.cache  # callers ask per tensor; the import runs once
+def tflite_schema():
+    """TFLite's flatbuffer schema module (ModelT, BuiltinOperator, TensorType, ...), imported
+    through `import_tensorflow` because it loads the tensorflow package."""
+    import_tensorflow()
+    from tensorflow.lite.python import schema_py_generated
+    return schema_py_generated
+
+
+@functools.cache
+def tflite_flatbuffer_utils():
+    """TFLite's reader and writer of the schema's object API (bytes <-> ModelT)."""
+    import_tensorflow()
+    from tensorflow.lite.tools import flatbuffer_utils
+    return flatbuffer_utils
 
 
 @contextlib.contextmanager

@@ -26,28 +26,21 @@ import copy
 import numpy as np
 
 from cosinegate.export import memory_plan as plan
-from cosinegate.export.native import import_tensorflow
+from cosinegate.export.native import tflite_flatbuffer_utils, tflite_schema
 
 
 class RestructureError(RuntimeError):
     """The int8 graph does not have the shape the surgery expects."""
 
 
-def _schema():
-    import_tensorflow()
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-    return schema, flatbuffer_utils
-
-
 def read_model(tflite_bytes: bytes):
     """The flatbuffer as a mutable `ModelT` (schema object API)."""
-    _, fbu = _schema()
+    fbu = tflite_flatbuffer_utils()
     return fbu.read_model_from_bytearray(bytearray(tflite_bytes))
 
 
 def write_model(model) -> bytes:
-    _, fbu = _schema()
+    fbu = tflite_flatbuffer_utils()
     return bytes(fbu.convert_object_to_bytearray(model))
 
 
@@ -57,7 +50,7 @@ def builtin_code(opcode) -> int:
 
 
 def builtin_names() -> dict[int, str]:
-    schema, _ = _schema()
+    schema = tflite_schema()
     return {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
 
@@ -93,7 +86,7 @@ def validate_int8(tflite_bytes: bytes, num_gated: int) -> None:
     int8 logits then `num_gated` bool [1] gates, one IF per gate that is not a folded constant
     (predicate = that gate output) whose then-subgraph holds int8 convolutions, and no FLOAT32
     tensor in any subgraph."""
-    schema, _ = _schema()
+    schema = tflite_schema()
     model = read_model(tflite_bytes)
     main, types = model.subgraphs[0], schema.TensorType
     floats = [(k, t.name.decode()) for k, sg in enumerate(model.subgraphs) for t in sg.tensors
@@ -125,7 +118,7 @@ def validate_int8(tflite_bytes: bytes, num_gated: int) -> None:
 
 def _opcode_index(model, code: int, version: int) -> int:
     """Index of the operator code for builtin `code`, appended when the model lacks it."""
-    schema, _ = _schema()
+    schema = tflite_schema()
     for i, opcode in enumerate(model.operatorCodes):
         if builtin_code(opcode) == code:
             return i
@@ -175,7 +168,7 @@ def _toposort(sg) -> None:
 
 
 def _new_subgraph(name: str):
-    schema, _ = _schema()
+    schema = tflite_schema()
     sg = schema.SubGraphT()
     sg.name, sg.tensors, sg.operators = name.encode(), [], []
     return sg
@@ -205,7 +198,7 @@ def _block_ops(model, index: int, x: int, s: int, y: int, pred: int) -> list[int
 def _requantize(model, source: int, target: int):
     """QUANTIZE int8 -> int8: the skipped block's output y = relu(s) = s (s >= 0), requantised
     from the shortcut's scale/zero point to y's."""
-    schema, _ = _schema()
+    schema = tflite_schema()
     op = schema.OperatorT()
     op.opcodeIndex = _opcode_index(model, schema.BuiltinOperator.QUANTIZE, 1)
     op.inputs, op.outputs = [source], [target]
@@ -222,7 +215,7 @@ def _copy(model, source: int, target: int):
     """RESHAPE to the same shape: TFLM runs it as one memcpy, where an int8 -> int8 QUANTIZE
     between equal scales still requantises every byte (43 M4 instructions a byte). Both tensors
     keep their lifetimes, so TFLM's planner lays out the arena as it did for the QUANTIZE."""
-    schema, _ = _schema()
+    schema = tflite_schema()
     options = schema.ReshapeOptionsT()
     options.newShape = [int(d) for d in model.subgraphs[0].tensors[target].shape]
     op = schema.OperatorT()
@@ -244,7 +237,7 @@ def _drop_block(model, index: int, x: int, s: int, y: int, pred: int) -> None:
 
 def _carve_block(model, index: int, x: int, s: int, y: int, pred: int) -> None:
     """Replace block `index`'s computed path in subgraph 0 by IF(pred, x[, s]) -> y."""
-    schema, _ = _schema()
+    schema = tflite_schema()
     main = model.subgraphs[0]
     moved = _block_ops(model, index, x, s, y, pred)
     moved_set = set(moved)
@@ -327,7 +320,7 @@ def _compact_opcodes(model) -> None:
 
 def _set_outputs(model, named: list[tuple[str, int]]) -> None:
     """Subgraph 0 outputs and signature outputs become `named`, in order; tensors renamed."""
-    schema, _ = _schema()
+    schema = tflite_schema()
     main, signature = model.subgraphs[0], model.signatureDefs[0]
     main.outputs = [t for _, t in named]
     signature.outputs = []
@@ -346,14 +339,14 @@ def signature_outputs(model) -> dict[str, int]:
 
 def if_ops(model) -> list:
     """The main graph's IF operators, in graph order."""
-    schema, _ = _schema()
+    schema = tflite_schema()
     return [op for op in model.subgraphs[0].operators
             if builtin_code(model.operatorCodes[op.opcodeIndex]) == schema.BuiltinOperator.IF]
 
 
 def _constant_bool(model, like: int, value: bool) -> int:
     """A new subgraph-0 tensor shaped like tensor `like`, holding the constant `value`."""
-    schema, _ = _schema()
+    schema = tflite_schema()
     main = model.subgraphs[0]
     buffer = schema.BufferT()
     buffer.data = np.array([int(value)], dtype=np.uint8)

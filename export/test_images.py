@@ -4,7 +4,7 @@ Reads EXPORT_DIR/export_report.json (dataset, input shape, mean/std, scale, zero
 takes the first COUNT images of the dataset's test split, normalises and quantises them
 exactly as the int8 model expects, and writes test_images.cc/.h with their labels:
 
-    python -m cosinegate.export.test_images EXPORT_DIR --data-dir ../shared/data --count 10 \
+    python -m cosinegate.export.test_images EXPORT_DIR --data-dir data --count 10 \
         [--out DIR]
 """
 import argparse

@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny trained checkpoint and one int8 export per test session.
+"""Shared fixtures: one tiny trained checkpoint, one int8 export and one bench of it per test session.
 
 ResNet-8 on scikit-learn's digits (3 gated blocks), 2 epochs: seconds on 2 CPU cores.
 """
@@ -32,4 +32,13 @@ def export_tiny(ckpt, out, *extra) -> int:
 def tiny_export(tiny_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "tiny"
     assert export_tiny(tiny_ckpt, out) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def bench_dir(tiny_export, tmp_path_factory):
+    from cosinegate.bench.cli import main as bench_main
+    out = tmp_path_factory.mktemp("bench_out") / "b"
+    assert bench_main([str(tiny_export), "--out", str(out), "--images", "60", "--latency-runs", "5",
+                       "--latency-warmup", "1", "--no-progress"]) == 0
     return out

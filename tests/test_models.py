@@ -47,9 +47,9 @@ def test_published_warm_start_names_a_published_source():
 
 
 def test_results_md_is_regenerated_from_the_archive(monkeypatch):
-    """RESULTS.md is exactly what `bench.results` makes of the committed results/cifar10 archive,
+    """RESULTS.md is exactly what `experiments.results` makes of the committed results/cifar10 archive,
     so every number in it can be rebuilt on a fresh clone (and a stale table fails here)."""
-    from cosinegate.bench import results
+    from cosinegate.experiments import results
     archive, plots = Path("results/cifar10"), Path("docs/results")
     earlier = plots / "earlier" / "RESULTS.md"
     monkeypatch.chdir(ROOT)  # the table links plots by paths relative to the repository

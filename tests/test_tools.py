@@ -4,7 +4,7 @@ import json
 import pytest
 import yaml
 
-from cosinegate.bench.reproduce import parse_config
+from cosinegate.experiments.reproduce import parse_config
 from cosinegate.train.config import TrainConfig, to_dict
 from cosinegate.train.static_baseline import static_command
 
@@ -20,7 +20,7 @@ def test_static_baseline_deletes_the_most_skipped_blocks(tmp_path):
     _fake_run(tmp_path / "frozen", [0, 1, 0, 1, 0, 0, 1, 1, 1])
     command = static_command(tmp_path / "frozen", tmp_path / "s")
     assert command[command.index("--removed-blocks") + 1] == "0,2,4,5"
-    assert command[command.index("--gated") + 1] == "false"
+    assert "--no-gated" in command and "--gated" not in command
     assert command[command.index("--epochs") + 1] == "30"
     # Dynamic routing: 2.2 blocks skipped per image on average -> delete the two least used.
     _fake_run(tmp_path / "dynamic", [1, 1, 1, 1, 0.48, 0.47, 1, 0.54, 0.53])
@@ -35,7 +35,7 @@ def test_reproduce_config_specs():
 
 
 def test_reproduce_runs_configurations_in_parallel_and_resumes(tmp_path):
-    from cosinegate.bench import reproduce
+    from cosinegate.experiments import reproduce
     argv = ["--root", str(tmp_path), "--epochs", "3", "--warmup-epochs", "1", "--threads", "1",
             "--stop-after", "1", "--jobs", "2", "a:demo --depth 8", "b:demo --depth 8 --lambda-adapt 1"]
     assert reproduce.main(argv) == 0
@@ -51,7 +51,7 @@ def test_reproduce_runs_configurations_in_parallel_and_resumes(tmp_path):
 def test_reproduce_fold_stage_exports_benches_then_runs_qemu_once(tmp_path, monkeypatch):
     import argparse
 
-    from cosinegate.bench import reproduce
+    from cosinegate.experiments import reproduce
     calls = []
     monkeypatch.setattr(reproduce, "_call", lambda argv, log=None: calls.append(argv) or 0)
     args = argparse.Namespace(data_dir=None, images=50, tflm_root=tmp_path / "tflm", qemu_images=2,
@@ -74,10 +74,13 @@ def test_reproduce_fold_stage_exports_benches_then_runs_qemu_once(tmp_path, monk
 
 @pytest.mark.slow
 def test_step_profile_times_plain_and_gated_steps(capsys):
-    from cosinegate.bench.step_profile import main as profile_main
-    assert profile_main(["--steps", "2", "--device", "cpu"]) == 0
+    from cosinegate.train.step_profile import main as profile_main
+    assert profile_main(["--depth", "8", "--batch", "16", "--steps", "2", "--burn-in", "1",
+                         "--threads", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("step_profile: ") and "data loader" in out
-    for preset in ("resnet20", "balanced"):
-        line = next(line for line in out.splitlines() if line.strip().startswith(preset))
+    assert out.startswith("step_profile: ") and "threads 1" in out and "data loader" in out
+    for kind in ("plain", "gated"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(kind))
         assert "eager" in line and float(line.split(":")[1].split("ms/step")[0]) > 0
+    ratio = next(line for line in out.splitlines() if line.strip().startswith("ratio"))
+    assert float(ratio.split(":")[1].split("x")[0]) > 0

@@ -78,7 +78,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(three_epoch_run, tmp_path)
     (["--preset", "demo", "--dataset", "svhn"], "unknown dataset 'svhn'"),
     (["--preset", "demo", "--gate-init", "sideways"], "gate_init must be"),
     (["--preset", "demo", "--routing", "sideways"], "routing must be one of"),
-    (["--preset", "demo", "--routing", "target_rate", "--gated", "false"], "the net is not gated"),
+    (["--preset", "demo", "--routing", "target_rate", "--no-gated"], "the net is not gated"),
     (["--preset", "demo", "--routing", "batch_shape", "--target-rate", "1.2"], "target_rate must lie"),
 ])
 def test_bad_input_gives_one_line(argv, message, tmp_path, capsys):
@@ -164,7 +164,7 @@ def test_two_process_ddp_on_cpu(tmp_path):
            "-m", "cosinegate.train.cli", *TINY, "--epochs", "2", "--out", str(run)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "cpu x2" in done.stdout
+    assert "cpu, 1 thread x 2 processes" in done.stdout
     rows = _metrics(run)
     assert len(rows) == 2 and 0 <= rows[-1]["test_acc_deploy"] <= 1
     ckpt = checkpoint.load(run / "last.pt")
@@ -210,7 +210,7 @@ def test_static_step_matches_torch_sgd():
 
 def test_warm_start_copies_the_backbone_and_keeps_the_gates(three_epoch_run, tmp_path, capsys):
     plain = tmp_path / "plain"
-    assert main(TINY + ["--gated", "false", "--epochs", "1", "--out", str(plain)]) == 0
+    assert main(TINY + ["--no-gated", "--epochs", "1", "--out", str(plain)]) == 0
     source = checkpoint.load(plain / "last.pt")["model"]
     model = checkpoint.build_model(checkpoint.load(three_epoch_run / "last.pt"))
     gates_before = {k: v.clone() for k, v in model.state_dict().items() if "controller" in k or "gamma" in k}
@@ -312,3 +312,15 @@ def test_warm_start_into_a_static_twin_drops_the_deleted_blocks(three_epoch_run,
     assert grown == [] and not any(k.startswith("blocks.1.") for k in twin.state_dict())
     kept = twin.state_dict()
     assert copied == len(kept) and all(torch.equal(kept[k], source["model"][k]) for k in kept)
+
+
+def test_every_option_has_a_help_line_with_its_default(capsys):
+    from dataclasses import fields
+
+    from cosinegate.train.config import FIELD_HELP, TrainConfig
+    assert sorted(f.name for f in fields(TrainConfig) if f.name not in FIELD_HELP) == []
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--gated, --no-gated" in out and "(default: True)" in out
+    assert out.count("(default:") >= len(fields(TrainConfig))

@@ -1,16 +1,18 @@
 """`cg-train`: train a CosineGate ResNet (or the plain baseline) into a run folder.
 
-    cg-train --preset demo --out runs/demo                 # offline default, ~1 min on 2 CPU cores
-    cg-train --preset balanced --data-dir ../shared/data --out runs/balanced
-    cg-train --resume runs/balanced                        # continue a killed run
+    cg-train --preset demo                                 # offline default -> runs/demo-<time>/
+    cg-train --preset balanced --data-dir ~/data --out runs/balanced
+    cg-train --resume runs/balanced                        # continue a killed or paused run
     cg-train --resume runs/balanced --data-dir /data --threads 2   # ... on another machine
     torchrun --nproc-per-node 2 -m cosinegate.train.cli --preset demo --out runs/ddp
 
 Run folder: config.yaml, metrics.jsonl (one JSON object per epoch), last.pt, best.pt, plots/*.png.
+Without --out it is runs/<preset>-<date>-<time> under the current folder.
 """
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -29,11 +31,11 @@ def build_parser(defaults: dict) -> argparse.ArgumentParser:
         prog="cg-train", description=__doc__.split("\n\n")[0],
         epilog=f"presets: {', '.join(C.presets())}", formatter_class=argparse.RawDescriptionHelpFormatter)
     run = parser.add_argument_group("run")
-    run.add_argument("--out", type=Path, help="run folder to create (required unless --resume)")
+    run.add_argument("--out", type=Path, help="run folder to create (default: runs/<preset>-<date>-<time>)")
     run.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from last.pt")
     run.add_argument("--config", type=Path, help="YAML file of config keys (over the preset)")
     run.add_argument("--stop-after", type=int, metavar="N",
-                     help="stop after N more epochs (split a long run across sessions; --resume continues)")
+                     help="stop after N more epochs (split a long run; --resume DIR continues it)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-cuda-graph", action="store_true",
                      help="on a GPU, launch each step's kernels one by one instead of replaying a CUDA graph")
@@ -71,7 +73,10 @@ def parse(argv) -> tuple[C.TrainConfig, argparse.Namespace]:
             print(f"cg-train: resuming with new {', '.join(f'{k}={getattr(cfg, k)}' for k in machine)}")
             atomic.write_text(args.out / "config.yaml", yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
     elif args.out is None:
-        raise C.ConfigError("--out DIR is required (or --resume DIR)")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would pick its own time
+            raise C.ConfigError("--out DIR is required with several processes (torchrun)")
+        args.out = Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        print(f"cg-train: no --out given: the run goes to {args.out}", flush=True)
     elif (args.out / "last.pt").exists():
         raise C.ConfigError(f"{args.out} already holds a run (last.pt); continue it with "
                             f"--resume {args.out} or choose another --out")
@@ -98,8 +103,28 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 130
     if history and int(os.environ.get("RANK", "0")) == 0:
-        print(f"cg-train: done, {len(history)} epochs in {args.out}")
+        print(_final_summary(cfg, args.out, len(history)))
     return 0
+
+
+def _final_summary(cfg: C.TrainConfig, out: Path, epochs_done: int) -> str:
+    """Where the run is, which epoch best.pt holds and why, and how to go on if it is not finished."""
+    from cosinegate.train.trainer import routing_settled_epoch
+    best = checkpoint.load(out / "best.pt")
+    settled = routing_settled_epoch(cfg)
+    score = best["history"][-1].get("test_acc_deploy", best["history"][-1]["test_acc_full"])
+    if best["epoch"] <= settled:
+        rule = f"the latest epoch so far: candidates start after epoch {settled}, once the routing settles"
+    elif settled:
+        rule = f"the best deploy accuracy after epoch {settled}, once the routing settles"
+    else:
+        rule = "the best test accuracy"
+    lines = [f"cg-train: {epochs_done} of {cfg.epochs} epochs in {out}",
+             f"cg-train: best.pt is epoch {best['epoch']} (test accuracy {score:.4f}; {rule}); "
+             f"last.pt is epoch {epochs_done}"]
+    if epochs_done < cfg.epochs:
+        lines.append(f"cg-train: paused; continue with: cg-train --resume {out}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -23,45 +23,40 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
+    """Every training setting; what each means (and its flag's help) is in FIELD_HELP."""
     preset: str = "balanced"
     # data
-    dataset: str = "cifar10"          # cifar10 | mnist | fashion-mnist | digits
-    data_dir: str | None = None       # default: $CG_DATA_DIR, ./data, ../shared/data
-    download: bool = False            # fetch CIFAR-10 through torchvision when missing (online only)
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    download: bool = False
     # model (see model.ModelConfig)
     depth: int = 20
     gated: bool = True
     gate_downsample: bool = True
     controller_ratio: int = 8
-    removed_blocks: str = ""          # static baseline: comma-separated block indices to delete
+    removed_blocks: str = ""
     gamma0: float = -2.5
-    gate_init: str = "faithful"       # faithful: initial logit ~ gamma0 (gates near closed);
-                                      # open: controller bias set so the initial logit is open_logit
+    gate_init: str = "faithful"
     open_logit: float = 3.0
     # paper objective (eq. 18-21) and Table 1
     lambda_flops: float = 3.0
     lambda_cons: float = 0.01
     tau_target: float = 0.70
-    warmup_epochs: int = 40           # FLOPs-penalty warm-up T_warmup, epochs
-    flops_delay_epochs: int = 0       # epochs with no FLOPs penalty before its warm-up starts
-                                      # (0 = paper; lets a grown net train its new blocks first)
-    routing: str = "faithful"         # faithful: hinge on the batch-mean gate (eq. 18)
-                                      # adaptive: per-sample hinge, budget grows with difficulty
-                                      # target_rate: + each block's deploy-gate rate pulled to target_rate
-                                      # batch_shape: + each block's deploy probabilities shaped to a Beta prior
-    target_rate: float = 0.6          # target_rate: per-block execution rate; batch_shape: the prior's mean
-    lambda_routing: float = 2.0       # weight of the target_rate / batch_shape term (ramped like eq. 19)
-    shape_concentration: float = 1.0  # batch_shape: prior Beta(k t, k (1 - t)); k <= 1 is U-shaped
-    adaptive_spread: float = 0.4      # adaptive: budgets span tau_target +- spread/2 over a batch
-    lambda_adapt: float = 0.0         # weight of the routing-information term (0 = paper)
-    tau_start: float = 1.0            # Gumbel temperature, annealed geometrically per step
+    warmup_epochs: int = 40
+    flops_delay_epochs: int = 0
+    routing: str = "faithful"
+    target_rate: float = 0.6
+    lambda_routing: float = 2.0
+    shape_concentration: float = 1.0
+    adaptive_spread: float = 0.4
+    lambda_adapt: float = 0.0
+    tau_start: float = 1.0
     tau_end: float = 0.5
     # deployable gate
-    gate_train: str = "deploy"        # deploy: hand over to the x-only gate (hard, straight-through)
-                                      # paper: train with the CIR gate throughout, as written
-    handover_epoch: int | None = None  # default: flops_delay_epochs + warmup_epochs
-    lambda_cir: float = 1.0           # regression of the CIR estimate onto the measured CIR
-    lambda_margin: float = 0.1        # keeps deploy logits `margin` away from the threshold
+    gate_train: str = "deploy"
+    handover_epoch: int | None = None
+    lambda_cir: float = 1.0
+    lambda_margin: float = 0.1
     margin: float = 1.0
     # optimisation (paper section 4.1)
     epochs: int = 160
@@ -70,12 +65,11 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0
-    init_from: str | None = None      # warm start: backbone weights from this checkpoint
-                                      # (gates and controllers keep their initialisation)
+    init_from: str | None = None
     # execution
-    device: str = "auto"              # auto | cpu | cuda
-    amp: bool = True                  # bf16 autocast, CUDA only
-    threads: int | None = None        # torch CPU threads; default: torch's choice
+    device: str = "auto"
+    amp: bool = True
+    threads: int | None = None
 
     def __post_init__(self):
         if self.handover_epoch is None:
@@ -85,7 +79,7 @@ class TrainConfig:
             (self.gate_train in ("deploy", "paper"), "gate_train must be 'deploy' or 'paper'"),
             (self.routing in ROUTING_MODES, f"routing must be one of {', '.join(ROUTING_MODES)}"),
             (self.gated or self.routing in ("faithful",),
-             f"routing {self.routing!r} shapes gate decisions, but the net is not gated (--gated true)"),
+             f"routing {self.routing!r} shapes gate decisions, but the net is not gated (--gated)"),
             (0.0 < self.target_rate < 1.0, "target_rate must lie strictly between 0 and 1"),
             (self.shape_concentration > 0, "shape_concentration must be > 0"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
@@ -123,12 +117,55 @@ class TrainConfig:
             open_logit=self.open_logit if self.gate_init == "open" else None)
 
 
+# One help line per TrainConfig field: the flag's help and the only description of the field. A new
+# field adds its line here (tests/test_train.py checks that every field has one).
 FIELD_HELP = {
-    "preset": "named preset (train/presets/NAME.yaml)",
-    "gate_init": "faithful | open (see README, fidelity)",
-    "gate_train": "deploy | paper: which gate drives training after the hand-over",
-    "routing": "faithful | adaptive | target_rate | batch_shape (see docs/routing.md)",
-    "init_from": "checkpoint (best.pt/last.pt) whose convolutions, norms and classifier start this run",
+    "preset": "named preset (train/presets/NAME.yaml) whose values replace the dataclass defaults",
+    "dataset": "cifar10 | mnist | fashion-mnist | digits (digits ships with scikit-learn: offline)",
+    "data_dir": "dataset root; default: $CG_DATA_DIR, else ./data",
+    "download": "fetch CIFAR-10 through torchvision when it is missing (online only)",
+    "depth": "ResNet depth 6n+2 (20, 32, 44, 56, ...)",
+    "gated": "give the residual blocks CosineGates (--no-gated: the plain ResNet baseline)",
+    "gate_downsample": "gate the stride-2 blocks too (their CIR is measured against the shortcut)",
+    "controller_ratio": "gate controller hidden width = block input channels // ratio (at least 2)",
+    "removed_blocks": "static baseline: comma-separated block indices to delete (their shortcut remains)",
+    "gamma0": "initial gamma of every gate, the scale of its logit gamma * (CIR + c(x)) (paper eq. 11)",
+    "gate_init": "faithful: initial logit ~ gamma0 (gates near closed); "
+                 "open: controller bias set so the initial logit is --open-logit",
+    "open_logit": "initial gate logit with --gate-init open",
+    "lambda_flops": "weight of the FLOPs penalty (paper eq. 18, Table 1)",
+    "lambda_cons": "weight of the consistency term (paper eq. 20, Table 1)",
+    "tau_target": "target mean execution rate of the gates (paper eq. 18, Table 1)",
+    "warmup_epochs": "epochs over which the FLOPs penalty ramps to full weight (T_warmup)",
+    "flops_delay_epochs": "epochs with no FLOPs penalty before its warm-up starts "
+                          "(0 = paper; lets a grown net train its new blocks first)",
+    "routing": "faithful: hinge on the batch-mean gate (eq. 18); adaptive: per-sample hinge, budget "
+               "grows with difficulty; target_rate: + each block's deploy-gate rate pulled to "
+               "--target-rate; batch_shape: + each block's deploy probabilities shaped to a Beta prior",
+    "target_rate": "target_rate: per-block execution rate; batch_shape: the prior's mean",
+    "lambda_routing": "weight of the target_rate / batch_shape term (ramped like eq. 19)",
+    "shape_concentration": "batch_shape: prior Beta(k t, k (1 - t)); k <= 1 is U-shaped",
+    "adaptive_spread": "adaptive: budgets span tau_target +- spread/2 over a batch",
+    "lambda_adapt": "weight of the routing-information term (0 = paper)",
+    "tau_start": "Gumbel temperature at the first step, annealed geometrically per step",
+    "tau_end": "Gumbel temperature at the last step",
+    "gate_train": "deploy: hand over to the x-only gate (hard, straight-through); "
+                  "paper: train with the CIR gate throughout, as written",
+    "handover_epoch": "epoch of the hand-over to the deploy gate; default: flops_delay_epochs + warmup_epochs",
+    "lambda_cir": "weight of the regression of the CIR estimate onto the measured CIR",
+    "lambda_margin": "weight of the term keeping deploy logits --margin away from the threshold",
+    "margin": "distance of the deploy logits from the threshold that --lambda-margin asks for",
+    "epochs": "training epochs (paper: 160)",
+    "batch_size": "images per step, over all processes",
+    "lr": "initial SGD learning rate, cosine-annealed to 0",
+    "momentum": "SGD momentum",
+    "weight_decay": "SGD weight decay",
+    "seed": "seed of weights, Gumbel noise and batch order",
+    "init_from": "warm start: checkpoint (best.pt/last.pt) whose convolutions, norms and classifier "
+                 "start this run (gates and controllers keep their initialisation)",
+    "device": "auto | cpu | cuda",
+    "amp": "bf16 autocast (CUDA only)",
+    "threads": "torch CPU threads; default: torch's choice (one per core)",
 }
 
 
@@ -163,14 +200,6 @@ def preset_values(name: str) -> dict:
     return {"preset": name, **read_yaml(PRESET_DIR / f"{name}.yaml", "preset")}
 
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def _optional(kind):
     def parse(text: str):
         return None if text.lower() in ("none", "null") else kind(text)
@@ -178,19 +207,21 @@ def _optional(kind):
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (`--lambda-flops 3.0`), grouped like the dataclass."""
+    """One flag per TrainConfig field (`--lambda-flops 3.0`; on/off fields as `--gated`/`--no-gated`)."""
     group = parser.add_argument_group("training config (defaults: dataclass < preset < --config)")
     for f in fields(TrainConfig):
-        kind = {"bool": _parse_bool, "int": int, "float": float, "str": str,
-                "str | None": _optional(str), "int | None": _optional(int)}[
-                    getattr(f.type, "__name__", str(f.type))]
-        default = f.default
-        help_text = FIELD_HELP.get(f.name, "")
+        flag, help_text = "--" + f.name.replace("_", "-"), FIELD_HELP.get(f.name, "")
         if f.name == "preset":
             help_text += f"; one of: {', '.join(presets())}"
-        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind,
-                           default=default, metavar=f.name.split("_")[-1].upper(),
-                           help=f"{help_text} (default: %(default)s)".strip())
+        help_text += " (default: %(default)s)"
+        if f.type in (bool, "bool"):
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
+                               help=help_text)
+            continue
+        kind = {"int": int, "float": float, "str": str, "str | None": _optional(str),
+                "int | None": _optional(int)}[getattr(f.type, "__name__", str(f.type))]
+        group.add_argument(flag, dest=f.name, type=kind, default=f.default,
+                           metavar=f.name.split("_")[-1].upper(), help=help_text)
 
 
 def resolve(args: argparse.Namespace) -> TrainConfig:

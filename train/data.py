@@ -4,7 +4,7 @@ Supported: `cifar10` (the `cifar-10-batches-py` pickle folder), `mnist` and `fas
 files, gzipped or not), `digits` (scikit-learn's bundled 8x8 digits: present wherever the
 dependencies are installed, so the demo runs offline on any machine).
 
-    images, labels = load_arrays("cifar10", "../shared/data", "test")   # (10000, 32, 32, 3) uint8
+    images, labels = load_arrays("cifar10", "data", "test")   # (10000, 32, 32, 3) uint8
 """
 import gzip
 import os
@@ -47,8 +47,8 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def default_data_dir() -> Path | None:
-    """$CG_DATA_DIR, else ./data, else ../shared/data (the development layout), else None."""
-    for candidate in (os.environ.get("CG_DATA_DIR"), "data", "../shared/data"):
+    """$CG_DATA_DIR, else ./data, else None."""
+    for candidate in (os.environ.get("CG_DATA_DIR"), "data"):
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
     return None

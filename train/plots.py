@@ -2,6 +2,7 @@
 
     python -m cosinegate.train.plots RUN_DIR      # redraw RUN_DIR/plots/*.png from metrics.jsonl
 """
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -62,7 +63,10 @@ def plot_run(history: list[dict], out_dir: str | Path) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    run = Path((argv or sys.argv[1:] or ["."])[0])
+    parser = argparse.ArgumentParser(prog="python -m cosinegate.train.plots",
+                                     description="Redraw a run's training curves from its metrics.jsonl.")
+    parser.add_argument("run", type=Path, nargs="?", default=Path("."), help="run folder (default: .)")
+    run = parser.parse_args(argv).run
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
     for path in plot_run(history, run / "plots"):
         print(path)

@@ -1,4 +1,4 @@
-"""The static baseline of a gated run (issue 7): the same network with the blocks its gates skip
+"""The static baseline of a gated run: the same network with the blocks its gates skip
 most deleted and no gates at all, trained with the same schedule, at equal mean executed work.
 
     python -m cosinegate.train.static_baseline RUN_DIR [--out DIR] [--run]
@@ -25,14 +25,14 @@ def static_command(run_dir: Path, out: Path) -> list[str]:
         raise SystemExit(f"static_baseline: error: {run_dir} is not a gated run")
     # exec_rate_deploy lists gated blocks only; with every block gated they are blocks 0..n-1.
     if not cfg["gate_downsample"]:
-        raise SystemExit("static_baseline: error: runs with --gate-downsample false are not supported")
+        raise SystemExit("static_baseline: error: runs with --no-gate-downsample are not supported")
     rates = last["exec_rate_deploy"]
     k = round(sum(1.0 - r for r in rates))
     removed = sorted(sorted(range(len(rates)), key=lambda i: rates[i])[:k])
     command = ["cg-train", "--preset", cfg["preset"], "--dataset", cfg["dataset"], "--depth", str(cfg["depth"]),
                "--epochs", str(cfg["epochs"]), "--warmup-epochs", str(cfg["warmup_epochs"]),
                "--batch-size", str(cfg["batch_size"]), "--lr", str(cfg["lr"]), "--seed", str(cfg["seed"]),
-               "--gated", "false", "--removed-blocks", ",".join(map(str, removed)), "--out", str(out)]
+               "--no-gated", "--removed-blocks", ",".join(map(str, removed)), "--out", str(out)]
     if cfg.get("data_dir"):
         command += ["--data-dir", cfg["data_dir"]]
     if cfg.get("threads"):
@@ -41,8 +41,11 @@ def static_command(run_dir: Path, out: Path) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path)
+    parser = argparse.ArgumentParser(prog="python -m cosinegate.train.static_baseline",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("run_dir", type=Path, help="a finished gated cg-train run folder")
     parser.add_argument("--out", type=Path, help="default: RUN_DIR-static")
     parser.add_argument("--run", action="store_true", help="run the command instead of printing it")
     args = parser.parse_args(argv)

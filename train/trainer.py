@@ -124,6 +124,10 @@ def step_loss(cfg: TrainConfig):
     return loss_fn
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _summary(m: dict, epochs: int) -> str:
     line = (f"epoch {m['epoch']:>3}/{epochs} | lr {m['lr']:.4f} | loss {m['train_loss']:.4f} "
             f"acc {m['train_acc']:.4f} | test full {m['test_acc_full']:.4f}")
@@ -195,7 +199,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         params = param_counts(model)
         print(f"cg-train: {cfg.preset} on {cfg.dataset} | ResNet-{cfg.depth}"
               f"{' gated' if cfg.gated else ' plain'} | {params['total']:,} params "
-              f"(controllers {100 * params['controller_share']:.2f} %) | {device} x{world} | "
+              f"(controllers {100 * params['controller_share']:.2f} %) | {device}, {_count(torch.get_num_threads(), 'thread')}"
+              f"{f' x {world} processes' if world > 1 else ''} | "
               f"{steps} steps/epoch | epochs {start_epoch + 1}..{cfg.epochs} -> {out_dir}", flush=True)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)

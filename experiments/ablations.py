@@ -1,6 +1,6 @@
 """Readings of the paper side by side, and dynamic routing against static pruning at equal MACs.
 
-    python -m cosinegate.bench.ablations --out runs/ablations [--preset demo] [--data-dir DIR] \
+    python -m cosinegate.experiments.ablations --out runs/ablations [--preset demo] [--data-dir DIR] \
         [--epochs N --warmup-epochs N] [--threads 1]
 
 Trains one run per reading (below), then for each gated run the static baseline of
@@ -28,7 +28,7 @@ READINGS = {
     "difficulty_budgets": ["--routing", "adaptive"],             # per-sample budgets by difficulty
     "open_routing_info_0.5": ["--gate-init", "open", "--lambda-adapt", "0.5"],
     "open_routing_info_2": ["--gate-init", "open", "--lambda-adapt", "2.0"],
-    "plain": ["--gated", "false"],
+    "plain": ["--no-gated"],
 }
 STATIC_FOR = ("faithful", "open_routing_info_2")
 
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
             _train([*command, "--threads", str(args.threads), "--no-progress"], static)
             removed = command[command.index("--removed-blocks") + 1]
             rows.append(_row(f"{name}: static, blocks {removed} deleted", static))
-    header = (f"# Ablations on `{args.preset}`\n\n`python -m cosinegate.bench.ablations "
+    header = (f"# Ablations on `{args.preset}`\n\n`python -m cosinegate.experiments.ablations "
               f"{' '.join(sys.argv[1:] if argv is None else argv)}`\n\nLast epoch of each run; "
               "executed MACs ÷ the plain network of the same depth; static rows delete the blocks the "
               "gated run above skips most, at equal mean executed MACs, and train with the same schedule.\n")

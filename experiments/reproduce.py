@@ -1,13 +1,13 @@
 """Reproduce the CIFAR-10 table: train, export int8 and bench each configuration, resumably.
 
-    python -m cosinegate.bench.reproduce --root runs/cifar10 --epochs 10 --warmup-epochs 3 \
-        --data-dir ../shared/data resnet20 balanced aggressive conservative
-    python -m cosinegate.bench.results runs/cifar10 --out RESULTS.md
+    python -m cosinegate.experiments.reproduce --root runs/cifar10 --epochs 10 --warmup-epochs 3 \
+        --data-dir data resnet20 balanced aggressive conservative
+    python -m cosinegate.experiments.results runs/cifar10 --out RESULTS.md
 
 Each configuration gets ROOT/NAME/{run,export,bench}. A configuration is a preset name, optionally
 with cg-train flags after a colon: `balanced_adaptive:balanced --gate-init open --lambda-adapt 2`.
 Finished stages are skipped and an interrupted training run is resumed, so the command can be
-repeated across sessions until everything is there. The paper's protocol is `--epochs 160
+repeated, as often as it takes, until everything is there. The paper's protocol is `--epochs 160
 --warmup-epochs 40` (the presets' default); anything shorter is recorded in each run's config and
 labelled in RESULTS.md. On a GPU, `--jobs 4` trains four configurations at once (one process
 each; give each `--threads` CPU threads so they do not oversubscribe the cores).

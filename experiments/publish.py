@@ -1,9 +1,9 @@
 """Publish a trained, exported and benched model into the repository's models/ folder.
 
-    python -m cosinegate.bench.publish --name demo-digits-resnet20 \
-        --run runs/demo --export exports/demo --bench bench/demo --command "cg-demo --out runs/demo"
+    python -m cosinegate.experiments.publish --name demo-digits-resnet20 \
+        --run runs/demo/run --export runs/demo/export --bench runs/demo/bench --command "cg-demo"
 
-Writes models/NAME/{model.pt, model_int8.tflite, export_report.json} and updates
+Run from the repository root (or name the folder with --models). Writes models/NAME/{model.pt, model_int8.tflite, export_report.json} and updates
 models/manifest.json (one entry per model: name, dataset, preset, depth, epochs,
 test_acc_deploy_int8, mac_ratio_deploy, paths, command). model.pt is the checkpoint without its
 optimiser and RNG state (weights, configs, metrics history): cg-export reads it as it is.
@@ -16,11 +16,10 @@ from pathlib import Path
 from cosinegate import atomic
 from cosinegate.train import checkpoint
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
 KEEP = ("epoch", "config", "model_config", "model", "history", "best_score")
 
 
-def publish(name: str, run: Path, export: Path, bench: Path, command: str, models: Path = MODELS) -> dict:
+def publish(name: str, run: Path, export: Path, bench: Path, command: str, models: Path) -> dict:
     ckpt_path = Path(json.loads((export / "export_report.json").read_text())["checkpoint"]["path"])
     ckpt = checkpoint.load(ckpt_path if ckpt_path.is_file() else run / "best.pt")
     folder = models / name
@@ -48,14 +47,19 @@ def publish(name: str, run: Path, export: Path, bench: Path, command: str, model
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m cosinegate.experiments.publish",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--name", required=True)
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--export", type=Path, required=True)
     parser.add_argument("--bench", type=Path, required=True)
     parser.add_argument("--command", required=True, help="the command that made the run")
+    parser.add_argument("--models", type=Path, default=Path("models"),
+                        help="the repository's models folder (default: ./models)")
     args = parser.parse_args(argv)
-    entry = publish(args.name, args.run, args.export, args.bench, args.command)
+    entry = publish(args.name, args.run, args.export, args.bench, args.command, args.models)
     print(json.dumps(entry, indent=1))
     return 0
 

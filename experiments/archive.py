@@ -1,8 +1,8 @@
 """Keep every run's small result files in the repository, so RESULTS.md regenerates on any clone.
 
-    python -m cosinegate.bench.archive runs/cifar10 results/cifar10      # after reproduce
-    python -m cosinegate.bench.results results/cifar10 --out RESULTS.md
-    python -m cosinegate.bench.archive --restore models/X/model.pt runs/cifar10/NAME/run
+    python -m cosinegate.experiments.archive runs/cifar10 results/cifar10      # after reproduce
+    python -m cosinegate.experiments.results results/cifar10 --out RESULTS.md
+    python -m cosinegate.experiments.archive --restore models/X/model.pt runs/cifar10/NAME/run
 
 Run folders hold checkpoints and exports (megabytes each) and live outside git, on the machine that
 made them; a new machine has none of them. RESULTS.md reads only the files named in RESULT_FILES
@@ -20,7 +20,7 @@ import yaml
 
 from cosinegate import atomic
 
-# Everything `bench.results` reads from a run folder, relative to ROOT/NAME.
+# Everything `experiments.results` reads from a run folder, relative to ROOT/NAME.
 RESULT_FILES = ("run/config.yaml", "run/metrics.jsonl", "run/plots/accuracy.png", "run/plots/compute.png",
                 "export/export_report.json", "export_folded/export_report.json",
                 "bench/bench.json", "bench_folded/bench.json", "qemu.json", "qemu_folded.json")
@@ -52,7 +52,7 @@ def restore(checkpoint_path: Path, run_dir: Path) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cosinegate.bench.archive",
+    parser = argparse.ArgumentParser(prog="python -m cosinegate.experiments.archive",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cosinegate import atomic, errors
+
 EXIT_ERROR = 1
 
 
@@ -75,7 +77,7 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
     import torch
 
     from cosinegate import atomic
-    from cosinegate.export import onnx_export, parity
+    from cosinegate.export import integrity, onnx_export, parity
     from cosinegate.train.checkpoint import build_model, load
     from cosinegate.train.data import dataset_info, load_arrays
     from cosinegate.train.model import macs_breakdown
@@ -88,7 +90,7 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
         from cosinegate.export.freeze import freeze
         ckpt = load(args.checkpoint)
         _check_version(ckpt)
-        model = build_model(ckpt)
+        model = build_model(ckpt, args.checkpoint)
         frozen = freeze(model)
         gated = frozen.gated_indices
         cfg = model.cfg
@@ -229,7 +231,13 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
             note["text"] = ", ".join(p.name for p in written)
     report["file_bytes"] = _file_sizes(stage_dir)
     report["files"] = sorted([*report["file_bytes"], "export_report.json"])
-    atomic.write_text(stage_dir / "export_report.json", json.dumps(report, indent=2) + "\n")
+    try:  # a NaN figure is a failed export, not a bare `NaN` that JSON readers reject
+        report = integrity.seal(report, stage_dir)
+        text = json.dumps(report, indent=2, allow_nan=False)
+    except ValueError:
+        raise ExportError("the export report holds a non-finite figure (NaN or inf): the model "
+                          "computes non-finite outputs; nothing was written") from None
+    atomic.write_text(stage_dir / "export_report.json", text + "\n")
     return report
 
 
@@ -256,18 +264,34 @@ def _parity_line(checks: dict) -> str:
     return "; ".join(parts)
 
 
+# Every file name an export may write: a new export replaces all of these in --out as a whole.
+EXPORT_FILES = ("model.onnx", "model_int8.tflite", "model_data.cc", "model_data.h", "model_settings.h",
+                "export_report.json")
+
+
 def _publish(stage_dir: Path, out_dir: Path) -> None:
-    """Move the finished files into the export folder (each replace is atomic)."""
+    """Replace the export in `out_dir` by the finished files. The old report goes first and the
+    new one comes last, so at every instant the folder holds either no report or a report whose
+    files are all there (a plain export never leaves an older int8 model beside its report)."""
+    from cosinegate.atomic import fsync_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path in sorted(stage_dir.iterdir()):
-        os.replace(path, out_dir / path.name)
+    new = {p.name for p in stage_dir.iterdir()}
+    (out_dir / "export_report.json").unlink(missing_ok=True)
+    for name in EXPORT_FILES:
+        if name not in new:
+            (out_dir / name).unlink(missing_ok=True)
+    for name in sorted(new - {"export_report.json"}) + ["export_report.json"]:
+        os.replace(stage_dir / name, out_dir / name)
+    fsync_dir(out_dir)
 
 
+@errors.command("cg-export")
 def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    if args.parity_images < 1:
-        print("cg-export: error: --parity-images must be at least 1", file=sys.stderr)
-        return EXIT_ERROR
+    for flag, value in (("--parity-images", args.parity_images), ("--calibration-images", args.calibration_images)):
+        if value is not None and value < 1:
+            print(f"cg-export: error: {flag} must be at least 1, got {value}", file=sys.stderr)
+            return EXIT_ERROR
     if args.fold_static_gates and not args.int8:
         print("cg-export: error: --fold-static-gates works on the int8 model: add --int8", file=sys.stderr)
         return EXIT_ERROR
@@ -279,13 +303,19 @@ def main(argv=None) -> int:
     expected = (CheckpointError, DataError, ExportError, TranslateError, RestructureError,
                 TflmError, OSError)
     out_dir = args.out
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging-"))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        atomic.remove_stale(out_dir.parent)  # staging folders of killed exports
+        stage_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=atomic.temp_prefix(out_dir),
+                                          suffix=atomic.TMP_MARK + ".staging"))
+    except OSError as e:
+        print(f"cg-export: error: {errors.one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         report = export_checkpoint(args, stage_dir)
         _publish(stage_dir, out_dir)
     except expected as e:
-        print(f"cg-export: error: {e}", file=sys.stderr)
+        print(f"cg-export: error: {errors.one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         shutil.rmtree(stage_dir, ignore_errors=True)

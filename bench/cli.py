@@ -13,12 +13,12 @@ min/max, for the gated model, the same model with every gate forced on, and the 
 the same depth. Writes DIR/bench.json, DIR/BENCH.md and DIR/plots/*.png.
 """
 import argparse
-import json
 import os
 import shlex
 import sys
 from pathlib import Path
 
+from cosinegate import errors
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,7 +27,10 @@ class BenchError(RuntimeError):
     """Missing or foreign export files, unusable logs or ports: one line for the user."""
 
 
-REQUIRED_FILES = ("export_report.json", "model.onnx")
+REQUIRED_FILES = ("export_report.json", "model.onnx", "model_int8.tflite")
+# Flags that count things: (flag, attribute, least value allowed)
+COUNTS = (("--images", "images", 1), ("--latency-runs", "latency_runs", 1), ("--latency-warmup", "latency_warmup", 0),
+          ("--qemu-images", "qemu_images", 1), ("--baud", "baud", 1), ("--serial-timeout", "serial_timeout", 1e-3))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,35 +63,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_export(export_dir: Path) -> dict:
+    """The export's report, after checking that it and every file it lists are the ones the
+    export wrote (content hashes) and that its input is the int8 model's."""
+    from cosinegate.export import integrity
     from cosinegate.version import EXPORT_FORMAT
-    for name in REQUIRED_FILES:
-        if not (export_dir / name).is_file():
-            raise BenchError(f"{export_dir} is not a complete export: {name} is missing (run cg-export first)")
-    try:
-        report = json.loads((export_dir / "export_report.json").read_text())
-    except json.JSONDecodeError as e:
-        raise BenchError(f"{export_dir / 'export_report.json'} is not valid JSON ({e})") from None
+    report = integrity.load_report(export_dir)
     if report.get("format") != EXPORT_FORMAT:
         raise BenchError(f"{export_dir} has export format {report.get('format')!r}; this cg-bench reads "
                          f"format {EXPORT_FORMAT}: export the checkpoint again")
-    if report.get("gated_blocks", 0) and not (export_dir / "model_int8.tflite").is_file():
-        raise BenchError(f"{export_dir} has no model_int8.tflite: export with --int8")
+    for name in REQUIRED_FILES:
+        if not (export_dir / name).is_file():
+            hint = "export with --int8" if name == "model_int8.tflite" else "run cg-export first"
+            raise BenchError(f"{export_dir} has no {name}: {hint}")
+    integrity.verify(export_dir, report)
+    integrity.check_model_input(report, (export_dir / "model_int8.tflite").read_bytes())
     return report
 
 
+@errors.command("cg-bench")
 def main(argv=None) -> int:
     from cosinegate.bench.protocol import ProtocolError
+    from cosinegate.export.integrity import IntegrityError
     from cosinegate.train.checkpoint import CheckpointError
     from cosinegate.train.data import DataError
     args = build_parser().parse_args(argv)
+    for flag, name, least in COUNTS:
+        if getattr(args, name) < least:
+            print(f"cg-bench: error: {flag} must be at least {least:g}, got {getattr(args, name):g}", file=sys.stderr)
+            return 1
     try:
         from cosinegate.bench.run import run_bench
         run_bench(args, command=shlex.join(["cg-bench", *(sys.argv[1:] if argv is None else argv)]))
-    except (BenchError, DataError, CheckpointError, ProtocolError, OSError) as e:
-        print(f"cg-bench: error: {e}", file=sys.stderr)
+    except (BenchError, DataError, CheckpointError, ProtocolError, IntegrityError, OSError) as e:
+        print(f"cg-bench: error: {errors.one_line(e)}", file=sys.stderr)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: the errors the bench raises are the
+    # imported module's BenchError, which a class defined again here would not catch.
+    from cosinegate.bench.cli import main as _main
+    sys.exit(_main())

@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cosinegate import errors
+
 COST_UNITS = ("cycles", "instructions")
 _LINE_START = re.compile(r"\bCG(-[A-Z]+)?\s")
 _PAIR = re.compile(r"(\w+)=(\S*)")
@@ -162,7 +164,8 @@ def parse_text(text: str) -> RunLog:
     return parse_lines(text.splitlines())
 
 
-def main(argv=None) -> None:
+@errors.command("protocol", expected=(OSError, ProtocolError))
+def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         sys.exit("usage: python -m cosinegate.bench.protocol LOGFILE")
@@ -171,7 +174,8 @@ def main(argv=None) -> None:
     print(f"inferences: {len(run.inferences)}  accuracy: {run.accuracy:.3f}  "
           f"errors: {len(run.errors)}  skipped lines: {run.skipped_lines}")
     print(f"summary: {run.summary}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

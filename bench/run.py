@@ -13,6 +13,7 @@ import torch
 from cosinegate import atomic
 from cosinegate.bench.cli import BenchError, load_export
 from cosinegate.bench.latency import measure
+from cosinegate.export.carray import model_id
 from cosinegate.train.evaluate import ADAPTIVE_BAND
 
 
@@ -93,7 +94,10 @@ def run_bench(args, command: str) -> dict:
     report = load_export(args.export_dir)
     ckpt_path = Path(args.checkpoint or report["checkpoint"]["path"])
     ckpt = checkpoint.load(ckpt_path)
-    model = checkpoint.build_model(ckpt)
+    model = checkpoint.build_model(ckpt, ckpt_path)
+    if report.get("gated_indices") != model.gated_indices:
+        raise BenchError(f"{ckpt_path} is not the model of {args.export_dir} (gated blocks "
+                         f"{model.gated_indices} vs the report's {report.get('gated_indices')})")
     data_dir = args.data_dir or ckpt["config"].get("data_dir")
     info = dataset_info(report["dataset"])
     images, labels = load_arrays(report["dataset"], data_dir, "test")
@@ -125,8 +129,7 @@ def run_bench(args, command: str) -> dict:
             return out[0], gates
         return run
 
-    tflite_bytes = (args.export_dir / "model_int8.tflite").read_bytes() \
-        if (args.export_dir / "model_int8.tflite").is_file() else None
+    tflite_bytes = (args.export_dir / "model_int8.tflite").read_bytes()  # load_export checked it
     # -- decisions and accuracy per runtime ------------------------------------------------------
     runtimes = {}
     t_logits, t_gates = pytorch_deploy(model, x)
@@ -155,7 +158,8 @@ def run_bench(args, command: str) -> dict:
         from cosinegate.bench.serial_reader import read_serial
         logs.append((args.serial, read_serial(args.serial, args.baud, args.serial_timeout)))
     for source, text in logs:
-        firmware[source] = _firmware_summary(text, t_gates, labels, int8_macs, gated)
+        firmware[source] = _firmware_summary(text, t_gates, labels, int8_macs, gated,
+                                             model_id(tflite_bytes, report), source)
     # -- host latency: gated, every gate on, plain ---------------------------------------------------
     latency = {}
     variants = {"gated": onnx_bytes,
@@ -202,17 +206,47 @@ def run_bench(args, command: str) -> dict:
     return bench
 
 
+def _one_row_per_image(inferences, labels: np.ndarray, gated_blocks: int, source: str) -> tuple[list, int]:
+    """The log's inference lines for the benched images, one per image, and how many repeated
+    an earlier line exactly (a board that restarted prints its images again). A line that
+    contradicts the test split (negative idx, another label, another result for the same
+    image, a gate string of another length) refuses the whole log."""
+    rows, seen, duplicates = [], {}, 0
+    for line in inferences:
+        if line.idx < 0 or len(line.gates) != gated_blocks:
+            raise BenchError(f"{source}: inference line idx={line.idx} gates={line.gates or '-'} does not "
+                             f"fit this export (idx >= 0, {gated_blocks} gate digits)")
+        if line.idx >= len(labels):
+            continue  # an image beyond the benched ones
+        if line.label != labels[line.idx]:
+            raise BenchError(f"{source}: image {line.idx} has label {line.label}, the test split's is "
+                             f"{labels[line.idx]}: the log is of other images")
+        earlier = seen.get(line.idx)
+        if earlier is not None:
+            if (earlier.pred, earlier.gates) != (line.pred, line.gates):
+                raise BenchError(f"{source}: image {line.idx} appears twice with different results")
+            duplicates += 1
+            continue
+        seen[line.idx] = line
+        rows.append(line)
+    if not rows:
+        raise BenchError(f"{source} has no complete inference lines for the benched images")
+    return rows, duplicates
+
+
 def _firmware_summary(text: str, torch_gates: np.ndarray, labels: np.ndarray, macs: dict,
-                      gated: list[int]) -> dict:
+                      gated: list[int], expected_model: str, source: str) -> dict:
     from cosinegate.bench.protocol import parse_text
     log = parse_text(text)
-    rows = [i for i in log.inferences if i.idx < len(labels)]
-    if not rows:
-        raise BenchError("the firmware log has no complete inference lines")
+    if log.header is not None and (log.header.model, log.header.gated_blocks) != (expected_model, len(gated)):
+        raise BenchError(f"{source} is a run of model {log.header.model} ({log.header.gated_blocks} gated "
+                         f"blocks), not of this export ({expected_model}, {len(gated)})")
+    rows, duplicates = _one_row_per_image(log.inferences, labels, len(gated), source)
     idx = np.array([i.idx for i in rows])
-    gates = np.array([[c == "1" for c in i.gates] for i in rows], dtype=bool).reshape(len(rows), -1)
+    gates = np.array([[c == "1" for c in i.gates] for i in rows], dtype=bool).reshape(len(rows), len(gated))
     summary = routing_summary(gates, np.array([i.pred for i in rows]), labels[idx], macs, gated,
                               torch_gates[idx])
+    summary["repeated_lines"] = duplicates
     costs = [i.cost for i in rows if i.cost is not None]
     summary.update({
         "header": log.header.__dict__ if log.header else None,

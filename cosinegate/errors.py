@@ -23,13 +23,17 @@ def one_line(error: BaseException) -> str:
     return first if len(first) <= MAX_CHARS else first[:MAX_CHARS - 3] + "..."
 
 
-def command(prog: str):
-    """Decorate `main(argv) -> int` so that an unexpected exception prints one line, exit 1."""
+def command(prog: str, expected: tuple = ()):
+    """Decorate `main(argv) -> int` so that an `expected` exception prints `prog: error: ...`
+    and anything else one line marked as an internal error; both exit 1."""
     def wrap(main):
         @functools.wraps(main)
         def guarded(*args, **kwargs):
             try:
                 return main(*args, **kwargs)
+            except expected as e:
+                print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+                return 1
             except Exception as e:
                 if os.environ.get("CG_TRACEBACK"):
                     raise

@@ -18,8 +18,14 @@ import shlex
 import sys
 from pathlib import Path
 
+from cosinegate import errors
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# Flags that count things: (flag, attribute, least value allowed)
+COUNTS = (("--images", "images", 1), ("--latency-runs", "latency_runs", 1), ("--latency-warmup", "latency_warmup", 0),
+          ("--qemu-images", "qemu_images", 1), ("--baud", "baud", 1), ("--serial-timeout", "serial_timeout", 1e-3))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,21 +63,30 @@ def default_out(export_dir: Path) -> Path:
     return export_dir.with_name(export_dir.name.removesuffix("_export") + "_bench")
 
 
+@errors.command("cg-bench")
 def main(argv=None) -> int:
     from cosinegate.bench.errors import BenchError
     from cosinegate.bench.protocol import ProtocolError
+    from cosinegate.export.integrity import IntegrityError
     from cosinegate.train.checkpoint import CheckpointError
     from cosinegate.train.data import DataError
     args = build_parser().parse_args(argv)
     args.out = args.out or default_out(args.export_dir)
+    for flag, name, least in COUNTS:
+        if getattr(args, name) < least:
+            print(f"cg-bench: error: {flag} must be at least {least:g}, got {getattr(args, name):g}", file=sys.stderr)
+            return 1
     try:
         from cosinegate.bench.run import run_bench
         run_bench(args, command=shlex.join(["cg-bench", *(sys.argv[1:] if argv is None else argv)]))
-    except (BenchError, DataError, CheckpointError, ProtocolError, OSError) as e:
-        print(f"cg-bench: error: {e}", file=sys.stderr)
+    except (BenchError, DataError, CheckpointError, ProtocolError, IntegrityError, OSError) as e:
+        print(f"cg-bench: error: {errors.one_line(e)}", file=sys.stderr)
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: the errors the bench raises are the
+    # imported module's BenchError, which a class defined again here would not catch.
+    from cosinegate.bench.cli import main as _main
+    sys.exit(_main())

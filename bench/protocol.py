@@ -13,8 +13,11 @@ Serial noise, boot messages and truncated lines are skipped and counted. Use:
 """
 import re
 import argparse
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cosinegate import errors
 
 COST_UNITS = ("cycles", "instructions")
 _LINE_START = re.compile(r"\bCG(-[A-Z]+)?\s")
@@ -162,7 +165,8 @@ def parse_text(text: str) -> RunLog:
     return parse_lines(text.splitlines())
 
 
-def main(argv=None) -> None:
+@errors.command("python -m cosinegate.bench.protocol", expected=(OSError, ProtocolError))
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cosinegate.bench.protocol",
                                      description="Summarise a firmware log: header, inferences, accuracy, errors.")
     parser.add_argument("logfile", type=Path, help="what the firmware printed (QEMU or a board)")
@@ -172,7 +176,8 @@ def main(argv=None) -> None:
     print(f"inferences: {len(run.inferences)}  accuracy: {run.accuracy:.3f}  "
           f"errors: {len(run.errors)}  skipped lines: {run.skipped_lines}")
     print(f"summary: {run.summary}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

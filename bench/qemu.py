@@ -27,7 +27,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from cosinegate import errors
 from cosinegate.bench.protocol import RunLog, parse_text
+from cosinegate.export.integrity import IntegrityError, read_export
 
 # The firmware sources ship inside the package (cosinegate.firmware), editable install or not.
 FIRMWARE_DIR = Path(str(importlib.resources.files("cosinegate.firmware")))
@@ -224,7 +226,8 @@ def firmware_size(elf) -> FirmwareSize:
                         stack=sizes.get(".stack", 0))
 
 
-def main(argv=None) -> None:
+@errors.command("qemu", expected=(OSError, FirmwareBuildError, IntegrityError))
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export_dir", type=Path)
     parser.add_argument("--tflm-root", type=Path, required=True,
@@ -236,6 +239,7 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", type=int, metavar="N",
                         help="print the N functions that execute the most instructions per inference")
     args = parser.parse_args(argv)
+    read_export(args.export_dir)  # build only from the files the export wrote
     summary = {}
     plugin = build_plugin(args.build_dir)
     for kernels in args.kernels:

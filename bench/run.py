@@ -1,7 +1,6 @@
 """The measurements behind `cg-bench` (see cli.py for the command line): decisions and accuracy
 per runtime, host latency per variant, optional firmware logs and QEMU instruction counts.
 """
-import json
 import os
 import platform
 import tempfile
@@ -17,26 +16,27 @@ from cosinegate.bench.errors import BenchError
 from cosinegate.bench.latency import measure
 from cosinegate.train.model import executed_mac_ratio
 from cosinegate.train.evaluate import routing_stats
+from cosinegate.export.carray import model_id
 
 
-REQUIRED_FILES = ("export_report.json", "model.onnx")
+REQUIRED_FILES = ("export_report.json", "model.onnx", "model_int8.tflite")
 
 
 def load_export(export_dir: Path) -> dict:
-    """The report of a complete cg-export folder in the format this version reads."""
+    """The export's report, after checking that it and every file it lists are the ones the
+    export wrote (content hashes) and that its input is the int8 model's."""
+    from cosinegate.export import integrity
     from cosinegate.version import EXPORT_FORMAT
-    for name in REQUIRED_FILES:
-        if not (export_dir / name).is_file():
-            raise BenchError(f"{export_dir} is not a complete export: {name} is missing (run cg-export first)")
-    try:
-        report = json.loads((export_dir / "export_report.json").read_text())
-    except json.JSONDecodeError as e:
-        raise BenchError(f"{export_dir / 'export_report.json'} is not valid JSON ({e})") from None
+    report = integrity.load_report(export_dir)
     if report.get("format") != EXPORT_FORMAT:
         raise BenchError(f"{export_dir} has export format {report.get('format')!r}; this cg-bench reads "
                          f"format {EXPORT_FORMAT}: export the checkpoint again")
-    if report.get("gated_blocks", 0) and not (export_dir / "model_int8.tflite").is_file():
-        raise BenchError(f"{export_dir} has no model_int8.tflite: export with --int8")
+    for name in REQUIRED_FILES:
+        if not (export_dir / name).is_file():
+            hint = "export with --int8" if name == "model_int8.tflite" else "run cg-export first"
+            raise BenchError(f"{export_dir} has no {name}: {hint}")
+    integrity.verify(export_dir, report)
+    integrity.check_model_input(report, (export_dir / "model_int8.tflite").read_bytes())
     return report
 
 
@@ -163,7 +163,10 @@ def _load_subject(args) -> Subject:
     report = load_export(args.export_dir)
     ckpt_path = Path(args.checkpoint or report["checkpoint"]["path"])
     ckpt = checkpoint.load(ckpt_path)
-    model = checkpoint.build_model(ckpt)
+    model = checkpoint.build_model(ckpt, ckpt_path)
+    if report.get("gated_indices") != model.gated_indices:
+        raise BenchError(f"{ckpt_path} is not the model of {args.export_dir} (gated blocks "
+                         f"{model.gated_indices} vs the report's {report.get('gated_indices')})")
     if model.gated_indices:  # the rule the export folded into its If conditions
         model.set_deploy_threshold(report.get("deploy_threshold", {}).get("threshold", THRESHOLD))
     data_dir = args.data_dir or ckpt["config"].get("data_dir")
@@ -232,7 +235,9 @@ def _firmware_logs(args, subject: Subject, t_gates: np.ndarray) -> dict:
     if args.serial:
         from cosinegate.bench.serial_reader import read_serial
         logs.append((args.serial, read_serial(args.serial, args.baud, args.serial_timeout)))
-    return {source: _firmware_summary(text, t_gates, subject.labels, subject.int8_macs, subject.gated)
+    expected_model = model_id(subject.tflite_bytes, subject.report)
+    return {source: _firmware_summary(text, t_gates, subject.labels, subject.int8_macs, subject.gated,
+                                      expected_model, source)
             for source, text in logs}
 
 
@@ -274,17 +279,47 @@ def _qemu(args, subject: Subject, plain_dir: Path | None, progress: bool) -> dic
     return qemu
 
 
+def _one_row_per_image(inferences, labels: np.ndarray, gated_blocks: int, source: str) -> tuple[list, int]:
+    """The log's inference lines for the benched images, one per image, and how many repeated
+    an earlier line exactly (a board that restarted prints its images again). A line that
+    contradicts the test split (negative idx, another label, another result for the same
+    image, a gate string of another length) refuses the whole log."""
+    rows, seen, duplicates = [], {}, 0
+    for line in inferences:
+        if line.idx < 0 or len(line.gates) != gated_blocks:
+            raise BenchError(f"{source}: inference line idx={line.idx} gates={line.gates or '-'} does not "
+                             f"fit this export (idx >= 0, {gated_blocks} gate digits)")
+        if line.idx >= len(labels):
+            continue  # an image beyond the benched ones
+        if line.label != labels[line.idx]:
+            raise BenchError(f"{source}: image {line.idx} has label {line.label}, the test split's is "
+                             f"{labels[line.idx]}: the log is of other images")
+        earlier = seen.get(line.idx)
+        if earlier is not None:
+            if (earlier.pred, earlier.gates) != (line.pred, line.gates):
+                raise BenchError(f"{source}: image {line.idx} appears twice with different results")
+            duplicates += 1
+            continue
+        seen[line.idx] = line
+        rows.append(line)
+    if not rows:
+        raise BenchError(f"{source} has no complete inference lines for the benched images")
+    return rows, duplicates
+
+
 def _firmware_summary(text: str, torch_gates: np.ndarray, labels: np.ndarray, macs: dict,
-                      gated: list[int]) -> dict:
+                      gated: list[int], expected_model: str, source: str) -> dict:
     from cosinegate.bench.protocol import parse_text
     log = parse_text(text)
-    rows = [i for i in log.inferences if i.idx < len(labels)]
-    if not rows:
-        raise BenchError("the firmware log has no complete inference lines")
+    if log.header is not None and (log.header.model, log.header.gated_blocks) != (expected_model, len(gated)):
+        raise BenchError(f"{source} is a run of model {log.header.model} ({log.header.gated_blocks} gated "
+                         f"blocks), not of this export ({expected_model}, {len(gated)})")
+    rows, duplicates = _one_row_per_image(log.inferences, labels, len(gated), source)
     idx = np.array([i.idx for i in rows])
-    gates = np.array([[c == "1" for c in i.gates] for i in rows], dtype=bool).reshape(len(rows), -1)
+    gates = np.array([[c == "1" for c in i.gates] for i in rows], dtype=bool).reshape(len(rows), len(gated))
     summary = routing_summary(gates, np.array([i.pred for i in rows]), labels[idx], macs, gated,
                               torch_gates[idx])
+    summary["repeated_lines"] = duplicates
     costs = [i.cost for i in rows if i.cost is not None]
     summary.update({
         "header": log.header.__dict__ if log.header else None,

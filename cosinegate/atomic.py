@@ -1,7 +1,20 @@
-"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one."""
+"""Atomic, durable file writes: a reader (or a crash, or a power cut) sees the old file or the
+new one, never half of one.
+
+Each write goes to a temporary file in the same folder, is fsynced, renamed over the target, and
+the folder is fsynced so the rename itself survives a power cut. Temporary names carry the
+writer's pid (`.NAME.PID-XXXX.cgtmp[.SUFFIX]`): a failed write removes its own, and
+`remove_stale(folder)` removes those a killed process left behind.
+"""
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
+
+TMP_MARK = ".cgtmp"
+# .NAME.PID-RANDOM.cgtmp[.SUFFIX] (files) or .NAME.PID-RANDOM.cgtmp.staging (folders)
+_TMP_NAME = re.compile(r"^\..*\.(\d+)-[A-Za-z0-9_]+" + re.escape(TMP_MARK) + r"(\.[A-Za-z0-9_]+)?$")
 
 
 def _umask_mode() -> int:
@@ -11,38 +24,75 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, _umask_mode())
+def temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}-"
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make renames and creations in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    return write_bytes(path, text.encode())
+def _fsync_file(path: str | os.PathLike) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def save_with(path: str | os.PathLike, save_fn) -> Path:
     """Atomically write whatever `save_fn(file_path)` writes (torch.save, savefig, ...)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=TMP_MARK + path.suffix)
     os.close(fd)
     os.chmod(tmp, _umask_mode())
     try:
         save_fn(tmp)
+        _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return save_with(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def is_temporary(name: str) -> bool:
+    return bool(_TMP_NAME.match(name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders that writers no longer running left in `folder`."""
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TMP_NAME.match(entry.name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed

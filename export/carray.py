@@ -10,12 +10,16 @@ To regenerate them for an existing export:
 """
 import argparse
 import hashlib
-import json
+import math
+import re
+import sys
 from pathlib import Path
 
-from cosinegate import atomic
+from cosinegate import atomic, errors
+from cosinegate.export.integrity import IntegrityError, read_export
 
 BYTES_PER_LINE = 12
+_OP_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 # TFLM needs arena_used_bytes() + 16 to allow for aligning the arena start
 # (tensorflow/lite/micro/micro_interpreter.h).
 ARENA_ALIGNMENT_SLACK = 16
@@ -45,6 +49,27 @@ def resolver_method(op_name: str) -> str:
     # A part that starts with a digit keeps its case: CONV_2D -> Conv2D.
     return "".join(part if part[0].isdigit() else part.capitalize()
                    for part in op_name.split("_"))
+
+
+def c_float(value) -> str:
+    """A C float literal: `1.0f`, never `1f` (not C), and no inf or NaN."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{value} has no C float literal")
+    text = f"{value:.9g}"
+    return text + ("f" if any(c in text for c in ".e") else ".0f")
+
+
+def c_string(text) -> str:
+    """`text` as the body of a C string literal: printable ASCII kept, everything else escaped
+    (octal, three digits, so no following character joins the escape)."""
+    return "".join(c if c.isascii() and c.isprintable() and c not in '\\"?' else
+                   "".join(f"\\{b:03o}" for b in c.encode()) for c in str(text))
+
+
+def c_comment(text) -> str:
+    """`text` safe inside a `//` comment: one line, no comment delimiters."""
+    return "".join(c if c.isascii() and c.isprintable() else "?" for c in str(text)).replace("*/", "*?")
 
 
 def model_id(tflite_bytes: bytes, report: dict) -> str:
@@ -77,6 +102,9 @@ def render_model_settings_h(report: dict, model_name: str, generated_by: str,
                             int8_kernels: bool = True) -> str:
     _, height, width, channels = report["input"]["shape"]
     ops = sorted(dict.fromkeys(op.upper() for op in report["tflm_ops"]))
+    bad = [op for op in ops if not _OP_NAME.fullmatch(op)]
+    if bad:  # each name becomes C identifiers in the generated macro
+        raise ValueError(f"not a TFLite builtin op name: {bad[0][:40]!r}")
     arena = -(-int(report["tflm_arena_bytes"]) // 16) * 16 + ARENA_ALIGNMENT_SLACK
     op_lines = []
     for op in ops:
@@ -91,15 +119,15 @@ def render_model_settings_h(report: dict, model_name: str, generated_by: str,
 #ifndef COSINEGATE_EXPORT_MODEL_SETTINGS_H_
 #define COSINEGATE_EXPORT_MODEL_SETTINGS_H_
 
-constexpr char kModelId[] = "{model_name}";
-constexpr char kDataset[] = "{report.get('dataset', 'unknown')}";
+constexpr char kModelId[] = "{c_string(model_name)}";
+constexpr char kDataset[] = "{c_string(report.get('dataset', 'unknown'))}";
 
 // Input 0: int8 NHWC [1, kInputHeight, kInputWidth, kInputChannels].
 constexpr int kInputHeight = {height};
 constexpr int kInputWidth = {width};
 constexpr int kInputChannels = {channels};
 constexpr int kInputSize = kInputHeight * kInputWidth * kInputChannels;
-constexpr float kInputScale = {float(report['input']['scale']):.9g}f;
+constexpr float kInputScale = {c_float(report['input']['scale'])};
 constexpr int kInputZeroPoint = {int(report['input']['zero_point'])};
 
 constexpr int kNumClasses = {int(report['num_classes'])};
@@ -127,7 +155,7 @@ def write_model_sources(tflite_path, report: dict, out_dir, *, int8_kernels: boo
     """
     tflite_path, out_dir = Path(tflite_path), Path(out_dir)
     data = tflite_path.read_bytes()
-    source = f"{generated_by} from {tflite_path.name}"
+    source = c_comment(f"{generated_by} from {tflite_path.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {
         "model_data.cc": render_model_data_cc(data, source),
@@ -142,7 +170,8 @@ def write_model_sources(tflite_path, report: dict, out_dir, *, int8_kernels: boo
     return written
 
 
-def main(argv=None) -> None:
+@errors.command("carray", expected=(OSError, ValueError, IntegrityError))
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export_dir", type=Path,
                         help="folder with model_int8.tflite and export_report.json")
@@ -150,11 +179,12 @@ def main(argv=None) -> None:
     parser.add_argument("--no-int8-kernels", dest="int8_kernels", action="store_false",
                         help="register generic kernels (for models with float ops)")
     args = parser.parse_args(argv)
-    report = json.loads((args.export_dir / "export_report.json").read_text())
+    report = read_export(args.export_dir)
     for path in write_model_sources(args.export_dir / "model_int8.tflite", report,
                                     args.out or args.export_dir, int8_kernels=args.int8_kernels):
         print(path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cosinegate import atomic
+from cosinegate import atomic, errors
 
 EXIT_ERROR = 1
 
@@ -151,6 +151,7 @@ class Int8Model:
 def export_checkpoint(args, stage_dir: Path) -> dict:
     """Run every stage in order, writing into `stage_dir`; returns the report."""
     import torch
+    from cosinegate.export import integrity
     torch.set_num_threads(1)
     source = _freeze(args)
     images = _load_images(args, source)  # before the slow stages: a missing dataset fails fast
@@ -162,7 +163,13 @@ def export_checkpoint(args, stage_dir: Path) -> dict:
         _write_c_sources(stage_dir, report)
     report["file_bytes"] = _file_sizes(stage_dir)
     report["files"] = sorted([*report["file_bytes"], "export_report.json"])
-    atomic.write_text(stage_dir / "export_report.json", json.dumps(report, indent=2) + "\n")
+    try:  # a NaN figure is a failed export, not a bare `NaN` that JSON readers reject
+        report = integrity.seal(report, stage_dir)
+        text = json.dumps(report, indent=2, allow_nan=False)
+    except ValueError:
+        raise ExportError("the export report holds a non-finite figure (NaN or inf): the model "
+                          "computes non-finite outputs; nothing was written") from None
+    atomic.write_text(stage_dir / "export_report.json", text + "\n")
     return report
 
 
@@ -173,7 +180,7 @@ def _freeze(args) -> Source:
     with _stage("freeze") as note:
         ckpt = load(args.checkpoint)
         _check_version(ckpt)
-        model = build_model(ckpt)
+        model = build_model(ckpt, args.checkpoint)
         threshold = _deploy_threshold(args, model, ckpt)  # before freeze: it folds into each If
         source = Source(ckpt, model, freeze(model), dataset_info(ckpt["config"]["dataset"]), threshold)
         cfg, blocks = model.cfg, len(source.frozen.blocks)
@@ -408,11 +415,25 @@ def _parity_line(checks: dict) -> str:
     return "; ".join(parts)
 
 
+# Every file name an export may write: a new export replaces all of these in --out as a whole.
+EXPORT_FILES = ("model.onnx", "model_int8.tflite", "model_data.cc", "model_data.h", "model_settings.h",
+                "export_report.json")
+
+
 def _publish(stage_dir: Path, out_dir: Path) -> None:
-    """Move the finished files into the export folder (each replace is atomic)."""
+    """Replace the export in `out_dir` by the finished files. The old report goes first and the
+    new one comes last, so at every instant the folder holds either no report or a report whose
+    files are all there (a plain export never leaves an older int8 model beside its report)."""
+    from cosinegate.atomic import fsync_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path in sorted(stage_dir.iterdir()):
-        os.replace(path, out_dir / path.name)
+    new = {p.name for p in stage_dir.iterdir()}
+    (out_dir / "export_report.json").unlink(missing_ok=True)
+    for name in EXPORT_FILES:
+        if name not in new:
+            (out_dir / name).unlink(missing_ok=True)
+    for name in sorted(new - {"export_report.json"}) + ["export_report.json"]:
+        os.replace(stage_dir / name, out_dir / name)
+    fsync_dir(out_dir)
 
 
 def default_out(checkpoint: Path) -> Path:
@@ -420,11 +441,13 @@ def default_out(checkpoint: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}_export")
 
 
+@errors.command("cg-export")
 def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    if args.parity_images < 1:
-        print("cg-export: error: --parity-images must be at least 1", file=sys.stderr)
-        return EXIT_ERROR
+    for flag, value in (("--parity-images", args.parity_images), ("--calibration-images", args.calibration_images)):
+        if value is not None and value < 1:
+            print(f"cg-export: error: {flag} must be at least 1, got {value}", file=sys.stderr)
+            return EXIT_ERROR
     bad_knob = (args.target_macs is not None and not 0.0 < args.target_macs <= 1.0,
                 "--target-macs is a fraction of plain ResNet's MACs in (0, 1]"), \
                (args.gate_threshold is not None and not 0.0 < args.gate_threshold < 1.0,
@@ -447,13 +470,19 @@ def main(argv=None) -> int:
     expected = (CheckpointError, DataError, ExportError, TranslateError, RestructureError,
                 TflmError, ComputeTargetError, OSError)
     out_dir = args.out or default_out(args.checkpoint)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.staging-"))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        atomic.remove_stale(out_dir.parent)  # staging folders of killed exports
+        stage_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=atomic.temp_prefix(out_dir),
+                                          suffix=atomic.TMP_MARK + ".staging"))
+    except OSError as e:
+        print(f"cg-export: error: {errors.one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         report = export_checkpoint(args, stage_dir)
         _publish(stage_dir, out_dir)
     except expected as e:
-        print(f"cg-export: error: {e}", file=sys.stderr)
+        print(f"cg-export: error: {errors.one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         shutil.rmtree(stage_dir, ignore_errors=True)

@@ -8,12 +8,13 @@ exactly as the int8 model expects, and writes test_images.cc/.h with their label
         [--out DIR]
 """
 import argparse
-import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from cosinegate import atomic
+from cosinegate import atomic, errors
+from cosinegate.export.integrity import read_export
 
 VALUES_PER_LINE = 16
 
@@ -98,14 +99,18 @@ def write_test_images(images: np.ndarray, labels: np.ndarray, dataset: str, out_
     return paths
 
 
-def main(argv=None) -> None:
+# ValueError covers IntegrityError; RuntimeError the DataError of a missing data set (torch-free import)
+@errors.command("test_images", expected=(OSError, ValueError, RuntimeError))
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export_dir", type=Path, help="folder with export_report.json")
     parser.add_argument("--data-dir", help="dataset root (default: the training code's default)")
     parser.add_argument("--count", type=int, default=10, help="number of images to embed")
     parser.add_argument("--out", type=Path, help="output folder (default: export_dir)")
     args = parser.parse_args(argv)
-    report = json.loads((args.export_dir / "export_report.json").read_text())
+    if args.count < 1:
+        raise ValueError(f"--count must be at least 1, got {args.count}")
+    report = read_export(args.export_dir)
     images, labels = load_test_split(report["dataset"], args.data_dir)
     quantized, labels = make_test_set(report, images, labels, args.count)
     command = (f"python -m cosinegate.export.test_images {args.export_dir.name} "
@@ -113,7 +118,8 @@ def main(argv=None) -> None:
     for path in write_test_images(quantized, labels, report["dataset"],
                                   args.out or args.export_dir, generated_by=command):
         print(path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

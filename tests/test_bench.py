@@ -52,17 +52,26 @@ def test_firmware_log_is_compared_with_torch(tiny_export, bench_dir, tmp_path):
     assert all(r in (0.0, 1.0) or 0 < r < 1 for r in rates)
     # A recorded log whose decisions copy nothing: the bench must parse it and score agreement.
     log = tmp_path / "fw.log"
-    log.write_text("junk before boot\n"
-                   "CG-HEADER protocol=1 model=m core=cortex-m4 clock_hz=25000000 cost=instructions "
-                   "arena_bytes=1 arena_used=1 images=2 classes=10 gated_blocks=3\n"
-                   "CG idx=0 label=0 pred=0 gates=111 instructions=1000\n"
-                   "CG idx=1 label=1 pred=1 gates=000 instruc\n")
+    log.write_text(firmware_log(tiny_export, [(0, "111", "instructions=1000"), (1, "000", "instruc")]))
     out = tmp_path / "b"
     assert bench_main([str(tiny_export), "--out", str(out), "--images", "10", "--latency-runs", "2",
                        "--latency-warmup", "0", "--no-plain", "--firmware-log", str(log), "--no-progress"]) == 0
     fw = json.loads((out / "bench.json").read_text())["firmware"][str(log)]
     assert fw["images"] == 2 and fw["cost_unit"] == "instructions" and fw["skipped_lines"] == 1
     assert 0 <= fw["gate_agreement_vs_torch"] <= 1
+
+
+def firmware_log(export, lines) -> str:
+    """A firmware log of `export` on the digits test images: lines (idx, gates, tail) after boot noise."""
+    from cosinegate.export.carray import model_id
+    from cosinegate.train.data import load_arrays
+    report = json.loads((export / "export_report.json").read_text())
+    labels = load_arrays("digits", None, "test")[1]
+    header = (f"CG-HEADER protocol=1 model={model_id((export / 'model_int8.tflite').read_bytes(), report)} "
+              f"core=cortex-m4 clock_hz=25000000 cost=instructions arena_bytes=1 arena_used=1 "
+              f"images={len(lines)} classes=10 gated_blocks=3")
+    return "\n".join(["junk before boot", header] + [f"CG idx={i} label={labels[i]} pred={labels[i]} gates={g} {tail}"
+                                                     for i, g, tail in lines]) + "\n"
 
 
 @pytest.mark.parametrize("damage,message", [

@@ -5,6 +5,7 @@ Keys: kind, format, version, epoch, config (TrainConfig as dict), model_config, 
 dict), optimizer, scheduler, rng, history (the per-epoch metrics so far), best_score.
 """
 import dataclasses
+import io
 from pathlib import Path
 
 import torch
@@ -19,9 +20,41 @@ class CheckpointError(RuntimeError):
     """Not a checkpoint, a corrupt one, or one of another format."""
 
 
+# What every reader needs; resuming needs RESUME_KEYS as well.
+MODEL_KEYS = {"config": dict, "model_config": dict, "model": dict}
+RESUME_KEYS = {"epoch": int, "optimizer": dict, "scheduler": dict, "rng": dict, "history": list,
+               "best_score": float}
+
+
 def save(path: str | Path, state: dict) -> Path:
     state = {"kind": KIND, "format": CHECKPOINT_FORMAT, "version": __version__, **state}
-    return atomic.save_with(path, lambda tmp: torch.save(state, tmp))
+    # Serialised in memory first: a failing disk then raises a plain OSError (ENOSPC, EIO) from
+    # the file write instead of torch's writer's internal assertion.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return atomic.write_bytes(path, buffer.getvalue())
+
+
+def require(ckpt: dict, keys: dict, path) -> None:
+    """Refuse a checkpoint that lacks one of `keys` {name: type} or holds another type there."""
+    bad = [k for k, kind in keys.items()
+           if not isinstance(ckpt.get(k), kind if kind is not float else (int, float))]
+    if bad:
+        raise CheckpointError(f"{path} is incomplete: {', '.join(bad)} missing or of the wrong type")
+
+
+def load_weights(model, weights: dict, path) -> None:
+    """`model.load_state_dict(weights)`, with a mismatch told in one line (counts, first name)."""
+    own = model.state_dict()
+    unexpected = sorted(k for k in weights if k not in own)
+    missing = sorted(k for k in own if k not in weights)
+    reshaped = sorted(k for k in weights if k in own and getattr(weights[k], "shape", None) != own[k].shape)
+    if unexpected or missing or reshaped:
+        first = (missing or unexpected or reshaped)[0]
+        raise CheckpointError(f"{path}: its weights do not fit the model it describes ({len(missing)} "
+                              f"missing, {len(unexpected)} unexpected, {len(reshaped)} of another shape; "
+                              f"first: {first})")
+    model.load_state_dict(weights)
 
 
 def load(path: str | Path) -> dict:
@@ -38,18 +71,24 @@ def load(path: str | Path) -> dict:
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} has checkpoint format {ckpt.get('format')!r}, this is "
                               f"version {__version__} which reads format {CHECKPOINT_FORMAT}")
+    require(ckpt, MODEL_KEYS, path)
     return ckpt
 
 
-def build_model(ckpt: dict):
-    """The model a checkpoint describes, with its weights, in eval mode."""
+def build_model(ckpt: dict, path="checkpoint"):
+    """The model a checkpoint describes, with its weights, in eval mode; refused if any weight is
+    NaN or infinite (nothing downstream can deploy such a model)."""
     from cosinegate.train.model import CosineGateResNet, ModelConfig
     names = {f.name for f in dataclasses.fields(ModelConfig)}
-    model = CosineGateResNet(ModelConfig(**{k: v for k, v in ckpt["model_config"].items() if k in names}))
     try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint weights do not match its model config: {str(e)[:200]}") from None
+        model = CosineGateResNet(ModelConfig(**{k: v for k, v in ckpt["model_config"].items() if k in names}))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its model_config does not describe a model ({e})") from None
+    load_weights(model, ckpt["model"], path)
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"{path} has non-finite weights (NaN or inf in {len(bad)} tensors, first: "
+                              f"{bad[0]}); it cannot be exported or benched")
     return model.eval()
 
 

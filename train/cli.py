@@ -10,6 +10,7 @@ Run folder: config.yaml, metrics.jsonl (one JSON object per epoch), last.pt, bes
 Without --out it is runs/<preset>-<date>-<time> under the current folder.
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from cosinegate import atomic
+from cosinegate import atomic, errors, runfolder
 from cosinegate.train import config as C
 from cosinegate.train import checkpoint
 from cosinegate.train.checkpoint import CheckpointError
@@ -77,26 +78,30 @@ def parse(argv) -> tuple[C.TrainConfig, argparse.Namespace]:
             raise C.ConfigError("--out DIR is required with several processes (torchrun)")
         args.out = Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"cg-train: no --out given: the run goes to {args.out}", flush=True)
-    elif (args.out / "last.pt").exists():
-        raise C.ConfigError(f"{args.out} already holds a run (last.pt); continue it with "
-                            f"--resume {args.out} or choose another --out")
+    else:
+        runfolder.check_new(args.out)
     if cfg.init_from and not args.resume:
         checkpoint.load(cfg.init_from)  # refuse a missing or foreign warm start before the run folder exists
     return cfg, args
 
 
+@errors.command("cg-train")
 def main(argv=None) -> int:
     from cosinegate.train.trainer import TrainingDiverged, train
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg, args = parse(argv)
-        if not args.resume and int(os.environ.get("RANK", "0")) == 0:
-            atomic.write_text(args.out / "config.yaml", yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
-        history = train(cfg, args.out, resume=bool(args.resume), stop_after=args.stop_after,
-                        progress_bar=not args.no_progress,
-                        cuda_graph=not args.no_cuda_graph)
-    except (C.ConfigError, DataError, CheckpointError, TrainingDiverged, ValueError, RuntimeError) as e:
-        print(f"cg-train: error: {e}", file=sys.stderr)
+        main_process = int(os.environ.get("RANK", "0")) == 0
+        # Only the main process writes run files, so only it holds the folder.
+        with runfolder.claim(args.out, resume=bool(args.resume)) if main_process else contextlib.nullcontext():
+            if not args.resume and main_process:
+                atomic.write_text(args.out / "config.yaml", yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
+            history = train(cfg, args.out, resume=bool(args.resume), stop_after=args.stop_after,
+                            progress_bar=not args.no_progress,
+                            cuda_graph=not args.no_cuda_graph)
+    except (C.ConfigError, DataError, CheckpointError, TrainingDiverged, runfolder.RunFolderError,
+            ValueError, RuntimeError, OSError) as e:
+        print(f"cg-train: error: {errors.one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cg-train: interrupted; the last finished epoch is in last.pt (continue with --resume)",

@@ -72,6 +72,7 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self):
+        _check_types(self)
         if self.handover_epoch is None:
             self.handover_epoch = self.penalty_full_epoch
         checks = [
@@ -115,6 +116,22 @@ class TrainConfig:
             controller_ratio=self.controller_ratio, gamma0=self.gamma0,
             removed_blocks=self.removed_block_list,
             open_logit=self.open_logit if self.gate_init == "open" else None)
+
+
+# Declared type -> the Python types a value may have (a YAML file can hold any of them).
+_ACCEPTED = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,),
+             "str | None": (str, type(None)), "int | None": (int, type(None))}
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    for f in fields(cfg):
+        value, kind = getattr(cfg, f.name), getattr(f.type, "__name__", str(f.type))
+        # bool is an int subclass: `depth: true` is no depth
+        if not isinstance(value, _ACCEPTED[kind]) or (isinstance(value, bool) and kind != "bool"):
+            if f.name == "removed_blocks" and isinstance(value, (int, list, tuple)) and value is not True:
+                continue  # one index or a YAML list of them, read by removed_block_list
+            raise ConfigError(f"{f.name} must be {kind.replace(' | None', ' or null')}, "
+                              f"got {type(value).__name__} {str(value)[:60]!r}")
 
 
 # One help line per TrainConfig field: the flag's help and the only description of the field. A new

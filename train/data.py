@@ -8,12 +8,13 @@ dependencies are installed, so the demo runs offline on any machine).
 """
 import gzip
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from cosinegate.train.cifar_reader import CifarFormatError, read_batch
 
 
 class DataError(RuntimeError):
@@ -105,15 +106,13 @@ def _load_cifar10(root: Path | None, split: str, download: bool):
     for n in names:
         path = folder / n
         try:
-            with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            images.append(data.transpose(0, 2, 3, 1))
-            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            data, batch_labels = read_batch(path)  # never unpickles anything but the format's own values
         except FileNotFoundError:
             raise DataError(f"CIFAR-10 file missing: {path}") from None
-        except Exception as e:  # truncated pickle, wrong keys, wrong sizes
-            raise DataError(f"CIFAR-10 file {path} is malformed ({type(e).__name__}: {e})") from None
+        except CifarFormatError as e:
+            raise DataError(f"CIFAR-10 file is malformed: {e}") from None
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(batch_labels)
     return np.concatenate(images), np.concatenate(labels)
 
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from cosinegate import atomic
 from cosinegate.train import checkpoint, gate as G
-from cosinegate.train.config import TrainConfig, to_dict
+from cosinegate.train.config import MACHINE_KEYS, TrainConfig, to_dict
 from cosinegate.train.data import DeviceLoader, dataset_info, load_arrays
 from cosinegate.train.evaluate import evaluate
 from cosinegate.train.graph_step import StaticStep
@@ -178,10 +178,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    history, start_epoch, best_score = [], 0, -math.inf
+    history, start_epoch, best_score, best_epoch = [], 0, -math.inf, None
     if resume:
         state = checkpoint.load(out_dir / "last.pt")
-        model.load_state_dict(state["model"])
+        checkpoint.require(state, checkpoint.RESUME_KEYS, out_dir / "last.pt")
+        _check_trained_with(state, cfg, out_dir / "last.pt")
+        checkpoint.load_weights(model, state["model"], out_dir / "last.pt")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"][rank])
@@ -189,6 +191,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         if cuda and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"][rank])
         history, start_epoch, best_score = state["history"], state["epoch"], state["best_score"]
+        best_epoch = state.get("best_epoch")
+        if main_process:
+            _repair_best(out_dir, state)
     elif cfg.init_from:
         copied, grown = checkpoint.load_backbone(model, cfg.init_from)
         if main_process:
@@ -255,16 +260,19 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             improved = settled and score > best_score
             if improved or not settled:
                 best_score = score if settled else best_score
+                best_epoch = epoch + 1
             state = {
                 "epoch": epoch + 1, "config": to_dict(cfg), "model_config": vars(model.cfg),
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "history": history, "best_score": best_score,
-                "rng": rng,
+                "best_epoch": best_epoch, "rng": rng,
             }
             atomic.write_text(out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))
-            checkpoint.save(out_dir / "last.pt", state)
-            if improved or not settled:
+            # best.pt before last.pt: a kill between the two leaves best.pt ahead of last.pt (the
+            # resumed run redoes that epoch identically), never behind the best last.pt records.
+            if best_epoch == epoch + 1:
                 checkpoint.save(out_dir / "best.pt", state)
+            checkpoint.save(out_dir / "last.pt", state)
             # Redrawn at most every 30 s (a GPU epoch takes seconds) and after the last epoch;
             # `python -m cosinegate.train.plots RUN` redraws them from metrics.jsonl any time.
             if epoch + 1 == last_epoch or time.perf_counter() - last_plot >= 30:
@@ -274,6 +282,37 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         dist.barrier()
         dist.destroy_process_group()
     return history
+
+
+def _check_trained_with(state: dict, cfg: TrainConfig, path: Path) -> None:
+    """The checkpoint must have been trained with the run's config (machine keys aside): else
+    config.yaml, and every result read from it, would misstate what was trained."""
+    ours, theirs = to_dict(cfg), state["config"]
+    differ = sorted(k for k in set(ours) | set(theirs)
+                    if k not in MACHINE_KEYS and ours.get(k, _MISSING) != theirs.get(k, _MISSING))
+    if differ:
+        shown = ", ".join(f"{k} {theirs.get(k)!r} vs {ours.get(k)!r}" for k in differ[:3])
+        raise checkpoint.CheckpointError(f"{path} was trained with another config than the run's "
+                                         f"config.yaml ({shown}); resume cannot continue it")
+
+
+_MISSING = object()
+
+
+def _repair_best(out_dir: Path, state: dict) -> None:
+    """If last.pt is itself the best epoch but best.pt is missing or older (a kill between the two
+    writes), write best.pt from last.pt."""
+    if state.get("best_epoch") != state["epoch"]:
+        return
+    best = out_dir / "best.pt"
+    try:
+        best_epoch = checkpoint.load(best)["epoch"] if best.is_file() else None
+    except checkpoint.CheckpointError:
+        best_epoch = None
+    if best_epoch != state["epoch"]:
+        print(f"cg-train: best.pt was older than last.pt's best epoch {state['epoch']}: rewritten from last.pt",
+              flush=True)
+        checkpoint.save(best, {k: v for k, v in state.items() if k not in ("kind", "format", "version")})
 
 
 def _gather_rng(world: int, cuda: bool = False) -> list[torch.Tensor]:

@@ -183,13 +183,15 @@ def _freeze(args) -> Source:
         model = build_model(ckpt, args.checkpoint)
         threshold = _deploy_threshold(args, model, ckpt)  # before freeze: it folds into each If
         source = Source(ckpt, model, freeze(model), dataset_info(ckpt["config"]["dataset"]), threshold)
-        cfg, blocks = model.cfg, len(source.frozen.blocks)
+        cfg, blocks = model.cfg, f"{len(source.frozen.blocks)} blocks"
+        if cfg.removed_blocks:
+            blocks += f" ({len(cfg.removed_blocks)} deleted)"
         if (cfg.input_size, cfg.input_size, cfg.in_channels) != tuple(source.info.shape):
             raise ExportError(f"model input {cfg.input_size}x{cfg.input_size}x{cfg.in_channels} "
                               f"does not match dataset {source.dataset} {source.info.shape}")
-        note["text"] = (f"{blocks} blocks, {len(source.gated)} gated, {_threshold_line(threshold)}"
+        note["text"] = (f"{blocks}, {len(source.gated)} gated, {_threshold_line(threshold)}"
                         if source.gated else
-                        f"{blocks} blocks, plain ResNet: no gated blocks, exported without If")
+                        f"{blocks}, plain ResNet: no gated blocks, exported without If")
     return source
 
 

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cosinegate.train.gate import fold_deploy_gate
-from cosinegate.train.model import option_a_shortcut
+from cosinegate.train.model import RemovedBlock, option_a_shortcut
 
 
 @dataclass
@@ -42,12 +42,16 @@ class FrozenGate:
 @dataclass
 class FrozenBlock:
     index: int
-    conv1: FrozenConv
-    conv2: FrozenConv
+    conv1: FrozenConv | None   # None (with conv2): a block deleted by static pruning, only its shortcut left
+    conv2: FrozenConv | None
     stride: int
     in_channels: int
     out_channels: int
     gate: FrozenGate | None    # None: an ungated block, always computed
+
+    @property
+    def removed(self) -> bool:
+        return self.conv1 is None
 
 
 @dataclass
@@ -76,6 +80,10 @@ def freeze(model) -> FrozenModel:
     """The frozen float weights of a `CosineGateResNet` (in eval mode)."""
     blocks = []
     for i, blk in enumerate(model.blocks):
+        if isinstance(blk, RemovedBlock):
+            blocks.append(FrozenBlock(i, None, None, blk.stride, blk.out_channels // blk.stride,
+                                      blk.out_channels, None))
+            continue
         gate = None
         if blk.gated:
             w, b = fold_deploy_gate(blk.controller, blk.gamma, blk.deploy_threshold)
@@ -96,7 +104,7 @@ def without_residuals(frozen: FrozenModel, indices) -> FrozenModel:
     blocks = []
     for block in frozen.blocks:
         conv2 = block.conv2
-        if block.index in indices:
+        if block.index in indices and not block.removed:
             conv2 = FrozenConv(torch.zeros_like(conv2.weight), torch.zeros_like(conv2.bias), conv2.stride)
         blocks.append(replace(block, conv2=conv2, gate=block.gate and replace(block.gate)))
     return FrozenModel(frozen.stem, blocks, frozen.fc_weight, frozen.fc_bias)
@@ -142,6 +150,8 @@ class _FrozenModule(nn.Module):
         self._strides = {}
         self._add_conv("stem", frozen.stem)
         for b in frozen.blocks:
+            if b.removed:
+                continue
             self._add_conv(f"b{b.index}_conv1", b.conv1)
             self._add_conv(f"b{b.index}_conv2", b.conv2)
             if b.gate is not None:
@@ -164,7 +174,9 @@ class _FrozenModule(nn.Module):
         return option_a_shortcut(x, block.stride, block.out_channels)
 
     def residual_sum(self, block: FrozenBlock, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """The computed block: relu(s + conv2(relu(conv1(x))))."""
+        """The computed block: relu(s + conv2(relu(conv1(x)))); a deleted block is its shortcut."""
+        if block.removed:
+            return s
         r = self.conv(f"b{block.index}_conv2", F.relu(self.conv(f"b{block.index}_conv1", x)))
         return F.relu(s + r)
 
@@ -220,8 +232,9 @@ class AllComputeNet(_FrozenModule):
     """Every block computed; the source of the int8 model before its `IF`s are carved out.
 
     Returns a dict: `logits` (1, classes), `stem` (the stem output), and per block i `y{i}` (its
-    output); per gated block also `pred{i}` (bool (1,), folded logit > 0) and, when its shortcut
-    is not the identity, `s{i}`. Block i's input is `y{i-1}` (or `stem`).
+    output; none for a deleted identity block, whose output is its input); per gated block also
+    `pred{i}` (bool (1,), folded logit > 0) and, when its shortcut is not the identity, `s{i}`.
+    Block i's input is the last `y{j}` with j < i (or `stem`): see `restructure.block_input`.
     """
 
     def forward(self, x: torch.Tensor) -> dict:
@@ -233,7 +246,10 @@ class AllComputeNet(_FrozenModule):
                 out[f"pred{block.index}"] = self.gate_logit(block, x).reshape(1) > 0
                 if s is not x:
                     out[f"s{block.index}"] = s
-            x = self.residual_sum(block, x, s)
-            out[f"y{block.index}"] = x
+            y = self.residual_sum(block, x, s)
+            if y is not x:  # the same tensor twice would be two graph outputs of one value
+                out[f"y{block.index}"] = y
+            x = y
         out["logits"] = self.head(x)
         return out
+

@@ -363,6 +363,15 @@ def _prune_dead_ops(sg) -> None:
     sg.operators = [op for k, op in enumerate(sg.operators) if k in live]
 
 
+def block_input(named: dict, index: int) -> int:
+    """Block `index`'s input tensor among the all-compute model's named outputs: the output of
+    the last block before it that has one (a deleted identity block has none), else the stem's."""
+    for j in range(index - 1, -1, -1):
+        if f"y{j}" in named:
+            return named[f"y{j}"]
+    return named["stem"]
+
+
 def restructure(tflite_bytes: bytes, gated_indices: list[int], memory_plan: bool = True,
                 static: dict[int, bool] | None = None) -> bytes:
     """The deployable int8 model: one IF per gated block, outputs `logits`, `gate_{i}`...
@@ -380,7 +389,7 @@ def restructure(tflite_bytes: bytes, gated_indices: list[int], memory_plan: bool
     named = signature_outputs(model)
     gates = {}
     for i in gated_indices:
-        x = named["stem"] if i == 0 else named[f"y{i - 1}"]
+        x = block_input(named, i)
         s, y, pred = named.get(f"s{i}", x), named[f"y{i}"], named[f"pred{i}"]
         if i not in static:
             _carve_block(model, i, x, s, y, pred)

@@ -435,6 +435,32 @@ def test_cg_export_folds_a_gate_proven_closed(tiny_ckpt, exported, tmp_path):
     assert "Exported with `--fold-static-gates`: " in (tmp_path / "bench" / "BENCH.md").read_text()
 
 
+def test_blocks_deleted_by_static_pruning_export_as_their_shortcut(tmp_path):
+    """A net with an identity block (0) and a stride-2 block (2) deleted exports with one If
+    (block 1), and every runtime takes the PyTorch model's decisions (the export's parity)."""
+    from cosinegate.train.cli import main as train_main
+    run = tmp_path / "run"
+    assert train_main(["--preset", "demo", "--out", str(run), "--depth", "8", "--epochs", "1",
+                       "--warmup-epochs", "1", "--removed-blocks", "0,2", "--threads", "1",
+                       "--no-progress"]) == 0
+    assert _export(run / "last.pt", tmp_path / "export") == 0
+    report = json.loads((tmp_path / "export" / "export_report.json").read_text())
+    assert report["gated_indices"] == [1]
+    assert report["parity"]["onnx_vs_pytorch"]["gates_identical"]
+    assert report["parity"]["int8_vs_float"]["top1_agreement"] > 0.9
+    onnx_model = onnx.load(str(tmp_path / "export" / "model.onnx"))
+    assert [n.op_type for n in onnx_model.graph.node].count("If") == 1
+    model = checkpoint.build_model(checkpoint.load(run / "last.pt"))
+    frozen = freeze(model)
+    assert [b.removed for b in frozen.blocks] == [True, False, True]
+    x = torch.from_numpy(parity.float_inputs(load_arrays("digits", None, "test")[0][:8], dataset_info("digits")))
+    with torch.no_grad():
+        expected = model(x, mode="deploy")[0]
+    from cosinegate.export.freeze import DeployNet
+    got = torch.cat([DeployNet(frozen)(x[i:i + 1])[0] for i in range(len(x))])
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 def _assert_error(capsys, out, code, *fragments):

@@ -324,3 +324,25 @@ def test_every_option_has_a_help_line_with_its_default(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "--gated, --no-gated" in out and "(default: True)" in out
     assert out.count("(default:") >= len(fields(TrainConfig))
+
+
+def test_distillation_term_is_zero_for_the_teachers_own_logits_and_positive_otherwise():
+    from cosinegate.train.distill import distillation_loss
+    teacher = torch.randn(16, 10)
+    assert distillation_loss(teacher, teacher, 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(torch.randn(16, 10), teacher, 4.0).item() > 0.01
+
+
+def test_cg_train_distils_from_a_teacher_checkpoint(tiny_ckpt, tmp_path):
+    """A student trained with --distill-from logs the term and differs from one trained without."""
+    from cosinegate.train.cli import main as train_main
+    common = ["--preset", "demo", "--depth", "8", "--epochs", "1", "--warmup-epochs", "1", "--threads", "1",
+              "--no-progress"]
+    assert train_main([*common, "--out", str(tmp_path / "kd"), "--distill-from", str(tiny_ckpt)]) == 0
+    assert train_main([*common, "--out", str(tmp_path / "plain")]) == 0
+    kd = [json.loads(line) for line in (tmp_path / "kd" / "metrics.jsonl").read_text().splitlines()]
+    plain = [json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+    assert kd[0]["train_loss"] != plain[0]["train_loss"]
+    assert yaml.safe_load((tmp_path / "kd" / "config.yaml").read_text())["distill_from"] == str(tiny_ckpt)
+    assert train_main([*common, "--out", str(tmp_path / "bad"), "--distill-from", str(tmp_path / "none.pt")]) == 1
+    assert not (tmp_path / "bad").exists()

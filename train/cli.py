@@ -78,10 +78,11 @@ def parse(argv) -> tuple[C.TrainConfig, argparse.Namespace]:
             raise C.ConfigError("--out DIR is required with several processes (torchrun)")
         args.out = Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"cg-train: no --out given: the run goes to {args.out}", flush=True)
-    else:
+    elif int(os.environ.get("RANK", "0")) == 0:  # other processes would see the main one's files
         runfolder.check_new(args.out)
-    if cfg.init_from and not args.resume:
-        checkpoint.load(cfg.init_from)  # refuse a missing or foreign warm start before the run folder exists
+    for source in (cfg.init_from, cfg.distill_from):
+        if source and not args.resume:
+            checkpoint.load(source)  # refuse a missing or foreign checkpoint before the run folder exists
     return cfg, args
 
 

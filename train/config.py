@@ -66,6 +66,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     init_from: str | None = None
+    # knowledge distillation (beyond the paper; off unless distill_from is set)
+    distill_from: str | None = None
+    lambda_distill: float = 1.0
+    distill_temperature: float = 4.0
     # execution
     device: str = "auto"
     amp: bool = True
@@ -82,6 +86,8 @@ class TrainConfig:
             (self.gated or self.routing in ("faithful",),
              f"routing {self.routing!r} shapes gate decisions, but the net is not gated (--gated)"),
             (0.0 < self.target_rate < 1.0, "target_rate must lie strictly between 0 and 1"),
+            (self.distill_temperature > 0, "distill_temperature must be > 0"),
+            (self.lambda_distill >= 0, "lambda_distill must be >= 0"),
             (self.shape_concentration > 0, "shape_concentration must be > 0"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (self.flops_delay_epochs >= 0, "flops_delay_epochs must be >= 0"),
@@ -180,6 +186,10 @@ FIELD_HELP = {
     "seed": "seed of weights, Gumbel noise and batch order",
     "init_from": "warm start: checkpoint (best.pt/last.pt) whose convolutions, norms and classifier "
                  "start this run (gates and controllers keep their initialisation)",
+    "distill_from": "teacher checkpoint whose logits the run also learns from (knowledge distillation); "
+                    "default: none",
+    "lambda_distill": "weight of the distillation term T^2 KL(teacher || student) (with --distill-from)",
+    "distill_temperature": "softmax temperature T of the distillation term",
     "device": "auto | cpu | cuda",
     "amp": "bf16 autocast (CUDA only)",
     "threads": "torch CPU threads; default: torch's choice (one per core)",

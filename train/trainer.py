@@ -21,6 +21,7 @@ from cosinegate import atomic
 from cosinegate.train import checkpoint, gate as G
 from cosinegate.train.config import MACHINE_KEYS, TrainConfig, to_dict
 from cosinegate.train.data import DeviceLoader, dataset_info, load_arrays
+from cosinegate.train.distill import distillation_loss, load_teacher, teacher_logits
 from cosinegate.train.evaluate import evaluate
 from cosinegate.train.graph_step import StaticStep
 from cosinegate.train.model import CosineGateResNet, param_counts
@@ -76,9 +77,12 @@ def _prior_quantiles(n: int, mean: float, concentration: float, device: torch.de
     return G.beta_quantiles(n, alpha, beta).float().to(device)
 
 
-def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str) -> dict:
-    """Eq. 21 plus the deployable gate's two terms; every term is a scalar tensor."""
+def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str, teacher_logits=None) -> dict:
+    """Eq. 21 plus the deployable gate's two terms (and distillation, given a teacher's logits);
+    every term is a scalar tensor."""
     terms = {"ce": F.cross_entropy(logits.float(), y)}
+    if teacher_logits is not None:
+        terms["distill"] = distillation_loss(logits, teacher_logits, cfg.distill_temperature)
     if not stats:
         return terms
     z = torch.stack([s["g"] for s in stats], 1)                                  # (B, n_gated)
@@ -107,6 +111,8 @@ def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str) -
 
 def total_loss(cfg: TrainConfig, terms: dict) -> torch.Tensor:
     loss = terms["ce"]
+    if "distill" in terms:
+        loss = loss + cfg.lambda_distill * terms["distill"]
     if "gbar" in terms:
         loss = (loss + cfg.lambda_cons * terms["cons"] + cfg.lambda_flops * terms["flops"]
                 + cfg.lambda_cir * terms["cir"] + cfg.lambda_margin * terms["margin"]
@@ -116,10 +122,11 @@ def total_loss(cfg: TrainConfig, terms: dict) -> torch.Tensor:
     return loss
 
 
-def step_loss(cfg: TrainConfig):
+def step_loss(cfg: TrainConfig, teacher=None):
     """The loss a training step minimises, as `StaticStep` calls it: (loss, mean gate or None)."""
-    def loss_fn(logits, stats, y, progress, mode):
-        terms = loss_terms(cfg, logits, stats, y, progress, mode)
+    def loss_fn(logits, stats, x, y, progress, mode):
+        target = teacher_logits(teacher, x) if teacher is not None else None
+        terms = loss_terms(cfg, logits, stats, y, progress, mode, target)
         return total_loss(cfg, terms), terms.get("gbar")
     return loss_fn
 
@@ -211,7 +218,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     last_plot = -math.inf
 
-    train_step = StaticStep(net, optimizer, step_loss(cfg), autocast, train_loader.x[:cfg.batch_size // world],
+    teacher = load_teacher(cfg.distill_from, device) if cfg.distill_from else None
+    train_step = StaticStep(net, optimizer, step_loss(cfg, teacher), autocast, train_loader.x[:cfg.batch_size // world],
                             train_loader.y[:cfg.batch_size // world], use_graph=cuda_graph and world == 1)
 
     for epoch in range(start_epoch, last_epoch):

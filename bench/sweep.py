@@ -141,6 +141,12 @@ def _reference_point(path: Path) -> dict:
         raise SweepError(f"--reference {path} is not a cg-bench result with an int8 runtime ({e})") from None
 
 
+def _run_name(checkpoint: Path) -> str:
+    """runs/cifar10/NAME/run/last.pt -> NAME; runs/x/last.pt -> x."""
+    folder = checkpoint.parent
+    return folder.parent.name if folder.name == "run" else folder.name
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -148,7 +154,7 @@ def plot(result: dict, path: Path) -> None:
     points = sorted(result["points"].values(), key=lambda p: p["mac_ratio"])
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ax.plot([p["mac_ratio"] for p in points], [100 * p["accuracy"] for p in points], "o-",
-            label=f"{Path(result['checkpoint']).parent.name}: threshold swept")
+            label=f"{_run_name(Path(result['checkpoint']))}: threshold swept")
     for name, ref in result.get("references", {}).items():
         ax.plot(ref["mac_ratio"], 100 * ref["accuracy"], "s", label=name)
     ax.set_xlabel("mean executed MACs / plain ResNet's")

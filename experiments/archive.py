@@ -23,7 +23,8 @@ from cosinegate import atomic
 # Everything `experiments.results` reads from a run folder, relative to ROOT/NAME.
 RESULT_FILES = ("run/config.yaml", "run/metrics.jsonl", "run/plots/accuracy.png", "run/plots/compute.png",
                 "export/export_report.json", "export_folded/export_report.json",
-                "bench/bench.json", "bench_folded/bench.json", "qemu.json", "qemu_folded.json")
+                "bench/bench.json", "bench_folded/bench.json", "qemu.json", "qemu_folded.json",
+                "sweep/sweep.json", "sweep/sweep.png")
 
 
 def archive(root: Path, dest: Path) -> list[str]:

@@ -35,7 +35,7 @@ def qemu_counts(export_dir: Path, tflm_root: Path, report: dict, macs: dict, gat
     from cosinegate.bench import qemu
     from cosinegate.export.restructure import force_gates
     from cosinegate.export.test_images import load_test_split, make_test_set, write_test_images
-    from cosinegate.train.model import executed_mac_ratio
+    from cosinegate.bench.run import mac_ratios
 
     missing = qemu.missing_tools()
     if missing:
@@ -80,13 +80,14 @@ def qemu_counts(export_dir: Path, tflm_root: Path, report: dict, macs: dict, gat
             if name == "gated":
                 size = qemu.firmware_size(elf)
                 logs[kernels] = {"gates": [i.gates for i in result.log.inferences],
+                                 "instructions_per_image": costs,
                                  "predictions": [i.pred for i in result.log.inferences],
                                  "labels": [i.label for i in result.log.inferences],
                                  "flash_bytes": size.flash, "ram_bytes": size.ram,
                                  "arena_used": result.log.header.arena_used if result.log.header else None,
                                  "output": result.output}
     gates = np.array([[c == "1" for c in g] for g in next(iter(logs.values()))["gates"]], dtype=np.float64)
-    ratio = executed_mac_ratio(macs, torch.from_numpy(gates), gated).numpy()
+    ratio = mac_ratios(gates, macs, gated)
     mac_vs_all_on = float(ratio.mean() / (macs["full_total"] / macs["plain_total"]))
     for (kernels, name), cost in per_variant.items():
         if name.startswith("only_"):

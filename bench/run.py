@@ -15,7 +15,7 @@ from cosinegate import atomic
 from cosinegate.bench.errors import BenchError
 from cosinegate.bench.latency import measure
 from cosinegate.train.model import executed_mac_ratio
-from cosinegate.train.evaluate import routing_stats
+from cosinegate.train.evaluate import routing_stats, split_decisions
 from cosinegate.export.carray import model_id
 
 
@@ -42,8 +42,9 @@ def load_export(export_dir: Path) -> dict:
 
 def routing_summary(gates: np.ndarray, predictions: np.ndarray, labels: np.ndarray, macs: dict,
                     gated_indices: list[int], reference_gates: np.ndarray | None) -> dict:
-    """Accuracy, skip rate, per-block execution, executed MACs and adaptivity of hard decisions."""
-    stats = routing_stats(torch.from_numpy(gates.astype(np.float64)), macs, gated_indices)
+    """Accuracy, skip rate, per-block execution, executed MACs and adaptivity of hard decisions
+    (gates, then early exits: see `split_decisions`)."""
+    stats = routing_stats(*_split(gates, macs, gated_indices))
     return {
         "images": int(len(labels)),
         "accuracy": float(np.mean(predictions == labels)),
@@ -53,6 +54,8 @@ def routing_summary(gates: np.ndarray, predictions: np.ndarray, labels: np.ndarr
         "mac_ratio_std": stats["mac_ratio_std"],
         "adaptivity": stats["adaptivity"],
         "distinct_paths": stats["distinct_paths"],
+        **({"continue_rate_per_exit": [round(r, 6) for r in stats["continue_rate"]]}
+           if "continue_rate" in stats else {}),
         "gate_agreement_vs_torch": (float(np.mean(gates == reference_gates))
                                     if reference_gates is not None and gates.size else None),
     }
@@ -60,6 +63,18 @@ def routing_summary(gates: np.ndarray, predictions: np.ndarray, labels: np.ndarr
 
 def _per_class_macs(ratio: np.ndarray, labels: np.ndarray) -> dict:
     return {int(c): float(ratio[labels == c].mean()) for c in np.unique(labels)}
+
+
+def _split(decisions: np.ndarray, macs: dict, gated_indices: list[int]) -> tuple:
+    """The arguments of `routing_stats` and `executed_mac_ratio` from a decision matrix."""
+    gates, passed = split_decisions(torch.from_numpy(decisions.astype(np.float64)), macs)
+    return gates, macs, gated_indices, passed
+
+
+def mac_ratios(decisions: np.ndarray, macs: dict, gated_indices: list[int]) -> np.ndarray:
+    """Per-image executed-MAC ratio of a decision matrix (N, n_gated + n_exits)."""
+    gates, _, _, passed = _split(decisions, macs, gated_indices)
+    return executed_mac_ratio(macs, gates, gated_indices, passed).numpy()
 
 
 def _machine() -> dict:
@@ -119,7 +134,8 @@ class Subject:
 
     @property
     def gate_names(self) -> list[str]:
-        return [f"gate_{i}" for i in self.gated]
+        """The int8 model's decision outputs: its gates, then its early exits."""
+        return self.report.get("decision_outputs", [f"gate_{i}" for i in self.gated])
 
 
 def run_bench(args, command: str) -> dict:
@@ -136,11 +152,12 @@ def run_bench(args, command: str) -> dict:
         latency = _latency(args, subject, plain_dir, progress)
         if args.tflm_root:
             qemu = _qemu(args, subject, plain_dir, progress)
-    ratio = executed_mac_ratio(subject.macs, torch.from_numpy(t_gates.astype(np.float64)), subject.gated).numpy()
+    ratio = mac_ratios(t_gates, subject.macs, subject.gated)
     bench = {
         "command": command, "machine": _machine(), "export_dir": str(args.export_dir),
         "checkpoint": str(subject.ckpt_path), "dataset": subject.report["dataset"],
         "images": int(len(subject.labels)), "gated_blocks": len(subject.gated),
+        "decision_outputs": subject.gate_names,
         "macs_plain": subject.macs["plain_total"],
         "folded_gates": subject.report.get("folded_gates") or {},
         "runtimes": runtimes,
@@ -169,6 +186,8 @@ def _load_subject(args) -> Subject:
                          f"{model.gated_indices} vs the report's {report.get('gated_indices')})")
     if model.gated_indices:  # the rule the export folded into its If conditions
         model.set_deploy_threshold(report.get("deploy_threshold", {}).get("threshold", THRESHOLD))
+    if model.exits:
+        model.set_exit_thresholds(report["deploy_threshold"]["threshold"])
     data_dir = args.data_dir or ckpt["config"].get("data_dir")
     images, labels = load_arrays(report["dataset"], data_dir, "test")
     images, labels = images[: args.images], labels[: args.images]
@@ -217,7 +236,7 @@ def _decisions(subject: Subject, progress: bool) -> tuple[dict, np.ndarray]:
         runner = TfliteRunner(subject.tflite_bytes, subject.gate_names)
         l_logits, l_gates = run_all(runner, subject.xq, "tflite int8", progress)
         decisions["tflite_int8"] = (l_logits.argmax(1), l_gates)
-        runner = TflmRunner(subject.tflite_bytes, subject.report["tflm_arena_bytes"], 1 + len(subject.gated))
+        runner = TflmRunner(subject.tflite_bytes, subject.report["tflm_arena_bytes"], 1 + len(subject.gate_names))
         m_logits, m_gates = run_all(runner, subject.xq, "tflm", progress)
         decisions["tflm"] = (m_logits.argmax(1), m_gates)
     results = {name: routing_summary(g, p, subject.labels,
@@ -237,7 +256,7 @@ def _firmware_logs(args, subject: Subject, t_gates: np.ndarray) -> dict:
         logs.append((args.serial, read_serial(args.serial, args.baud, args.serial_timeout)))
     expected_model = model_id(subject.tflite_bytes, subject.report)
     return {source: _firmware_summary(text, t_gates, subject.labels, subject.int8_macs, subject.gated,
-                                      expected_model, source)
+                                      len(subject.gate_names), expected_model, source)
             for source, text in logs}
 
 
@@ -308,15 +327,16 @@ def _one_row_per_image(inferences, labels: np.ndarray, gated_blocks: int, source
 
 
 def _firmware_summary(text: str, torch_gates: np.ndarray, labels: np.ndarray, macs: dict,
-                      gated: list[int], expected_model: str, source: str) -> dict:
+                      gated: list[int], decisions: int, expected_model: str, source: str) -> dict:
+    """`decisions`: how many bool outputs the model has (its gates and exits), one digit each."""
     from cosinegate.bench.protocol import parse_text
     log = parse_text(text)
-    if log.header is not None and (log.header.model, log.header.gated_blocks) != (expected_model, len(gated)):
+    if log.header is not None and (log.header.model, log.header.gated_blocks) != (expected_model, decisions):
         raise BenchError(f"{source} is a run of model {log.header.model} ({log.header.gated_blocks} gated "
-                         f"blocks), not of this export ({expected_model}, {len(gated)})")
-    rows, duplicates = _one_row_per_image(log.inferences, labels, len(gated), source)
+                         f"blocks), not of this export ({expected_model}, {decisions})")
+    rows, duplicates = _one_row_per_image(log.inferences, labels, decisions, source)
     idx = np.array([i.idx for i in rows])
-    gates = np.array([[c == "1" for c in i.gates] for i in rows], dtype=bool).reshape(len(rows), len(gated))
+    gates = np.array([[c == "1" for c in i.gates] for i in rows], dtype=bool).reshape(len(rows), decisions)
     summary = routing_summary(gates, np.array([i.pred for i in rows]), labels[idx], macs, gated,
                               torch_gates[idx])
     summary["repeated_lines"] = duplicates

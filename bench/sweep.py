@@ -81,7 +81,8 @@ def _int8_point(folder: Path, report: dict, x: np.ndarray, labels: np.ndarray, m
     from cosinegate.bench.run import routing_summary
     from cosinegate.export.parity import TfliteRunner, quantize_inputs, run_all
     gated = report["gated_indices"]
-    runner = TfliteRunner((folder / "model_int8.tflite").read_bytes(), [f"gate_{i}" for i in gated])
+    names = report.get("decision_outputs", [f"gate_{i}" for i in gated])
+    runner = TfliteRunner((folder / "model_int8.tflite").read_bytes(), names)
     xq = quantize_inputs(x, report["input"]["scale"], report["input"]["zero_point"])
     logits, gates = run_all(runner, xq, f"tflite int8 {folder.name}", True)
     predictions = logits.argmax(1)
@@ -98,7 +99,7 @@ def sweep(args) -> dict:
     from cosinegate.train.model import macs_breakdown
     ckpt = checkpoint.load(args.checkpoint)
     model_cfg = checkpoint.build_model(ckpt).cfg
-    if not model_cfg.gated:
+    if not model_cfg.gated and not model_cfg.exit_stages:
         raise SweepError(f"{args.checkpoint} is a plain network: there is no threshold to sweep")
     dataset = ckpt["config"]["dataset"]
     data_dir = args.data_dir if args.data_dir is not None else ckpt["config"].get("data_dir")

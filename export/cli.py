@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "are at most R on training images (never the test set); recorded in the report")
     knob.add_argument("--gate-threshold", type=float, metavar="P",
                       help="deploy rule sigmoid(logit) > P for every gate (default: the paper's 0.45)")
+    knob.add_argument("--exit-threshold", type=float, metavar="P",
+                      help="early exits: an image leaves at the first exit whose softmax confidence is "
+                           ">= P (default: the checkpoint's exit_threshold)")
     parser.add_argument("--threshold-images", type=int, default=None, metavar="N",
                         help="training images --target-macs chooses the threshold on (default 2000)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -98,6 +101,15 @@ class Source:
     @property
     def gated(self) -> list[int]:
         return self.frozen.gated_indices
+
+    @property
+    def exit_blocks(self) -> list[int]:
+        return [e.after_block for e in self.frozen.exits]
+
+    @property
+    def routed(self) -> bool:
+        """Decides per image (gates or early exits): exported with If, benched per decision."""
+        return bool(self.gated or self.exit_blocks)
 
     @property
     def nchw(self) -> tuple:
@@ -189,8 +201,10 @@ def _freeze(args) -> Source:
         if (cfg.input_size, cfg.input_size, cfg.in_channels) != tuple(source.info.shape):
             raise ExportError(f"model input {cfg.input_size}x{cfg.input_size}x{cfg.in_channels} "
                               f"does not match dataset {source.dataset} {source.info.shape}")
+        if source.exit_blocks:
+            blocks += f", exits after blocks {','.join(map(str, source.exit_blocks))}"
         note["text"] = (f"{blocks}, {len(source.gated)} gated, {_threshold_line(threshold)}"
-                        if source.gated else
+                        if source.routed else
                         f"{blocks}, plain ResNet: no gated blocks, exported without If")
     return source
 
@@ -215,7 +229,7 @@ def _write_onnx(source: Source, stage_dir: Path) -> bytes:
     with _stage("onnx") as note:
         onnx_bytes = onnx_export.export_deploy(source.frozen, source.nchw).SerializeToString()
         atomic.write_bytes(stage_dir / "model.onnx", onnx_bytes)
-        note["text"] = f"model.onnx, opset {onnx_export.OPSET}, {len(source.gated)} If"
+        note["text"] = f"model.onnx, opset {onnx_export.OPSET}, {len(source.gated) + len(source.exit_blocks)} If"
     return onnx_bytes
 
 
@@ -235,7 +249,7 @@ def _int8(args, source: Source, images: Images, stage_dir: Path) -> Int8Model:
             shifts = {i: shifts.get(i, 0) + more.get(i, 0) for i in {**shifts, **more}}
             proven = _proven(bounds)
     static = {i: decision == "always" for i, decision in proven.items()} if args.fold_static_gates else {}
-    return _restructure(all_compute, source.gated, static, stage_dir,
+    return _restructure(all_compute, source.gated, static, stage_dir, source.exit_blocks,
                         bounds=bounds, proven=proven, shifts=shifts, recalibrated=recalibrated,
                         calibration_images=len(images.calibration))
 
@@ -291,21 +305,22 @@ def _recalibrate(source: Source, never: list[int], calibration, calibration_nchw
     return candidate, bounds, more
 
 
-def _restructure(all_compute: bytes, gated: list[int], static: dict, stage_dir: Path, **proofs) -> Int8Model:
+def _restructure(all_compute: bytes, gated: list[int], static: dict, stage_dir: Path, exit_blocks: list[int],
+                 **proofs) -> Int8Model:
     from cosinegate.export import restructure, tflm
     with _stage("restructure") as note:
-        tflite = restructure.restructure(all_compute, gated, static=static)
-        restructure.validate_int8(tflite, len(gated))
+        tflite = restructure.restructure(all_compute, gated, static=static, exit_blocks=exit_blocks)
+        restructure.validate_int8(tflite, len(gated), len(exit_blocks))
         tflm.check_tflm_ops(tflite)
         arena = tflm.measure_arena(tflite)
         # What the offline memory plan saves: the same model planned by TFLM alone.
         arena_online = tflm.measure_arena(restructure.restructure(all_compute, gated, memory_plan=False,
-                                                                  static=static))
+                                                                  static=static, exit_blocks=exit_blocks))
         unfolded = restructure.restructure(all_compute, gated) if static else None
         atomic.write_bytes(stage_dir / "model_int8.tflite", tflite)
         ops = restructure.op_names(tflite)
         scale, zero_point = restructure.input_quantization(tflite)
-        note["text"] = (f"{len(gated) - len(static)} IF, TFLM arena {arena} B ({arena_online} B without "
+        note["text"] = (f"{len(gated) - len(static) + len(exit_blocks)} IF, TFLM arena {arena} B ({arena_online} B without "
                         f"the offline plan), {len(tflite):,} B, ops {' '.join(ops)}")
     return Int8Model(all_compute=all_compute, tflite=tflite, unfolded=unfolded, static=static, arena=arena,
                      arena_online=arena_online, ops=ops, scale=scale, zero_point=zero_point, **proofs)
@@ -319,7 +334,8 @@ def _parity(args, source: Source, images: Images, onnx_bytes: bytes, int8: Int8M
         if int8:
             checks.update(parity.int8_parity(source.model, int8.tflite, int8.all_compute, source.gated,
                                              images.x_test, images.labels, int8.scale, int8.zero_point,
-                                             int8.arena, progress, unfolded=int8.unfolded))
+                                             int8.arena, progress, unfolded=int8.unfolded,
+                                             exits=len(source.exit_blocks)))
         checks = {"images": len(images.labels), "split": "test", **checks}
         note["text"] = _parity_line(checks)
         folded = checks.get("folded_vs_gated")
@@ -341,15 +357,19 @@ def _report(args, source: Source, int8: Int8Model | None, checks: dict) -> dict:
         "checkpoint": {"path": str(args.checkpoint), "epoch": source.ckpt.get("epoch"),
                        "version": source.ckpt.get("version")},
         "dataset": source.dataset, "num_classes": cfg.num_classes,
-        "gated_blocks": len(gated), "gated_indices": gated, "plain": not gated,
+        "gated_blocks": len(gated), "gated_indices": gated, "plain": not source.routed,
+        # the bool outputs after the logits, in order: gate_{i} true = block i ran, exit_{k} true =
+        # the image went on past early exit k
+        "decision_outputs": source.frozen.decision_names,
+        "exit_blocks": source.exit_blocks, "macs_exits": macs["exits"],
         "macs_full": macs["full_total"], "macs_plain": macs["plain_total"],
         "macs_per_block": macs["blocks"], "macs_controllers": macs["controllers"],
         "input": {"shape": [1, cfg.input_size, cfg.input_size, cfg.in_channels],
                   "scale": int8.scale if int8 else None, "zero_point": int8.zero_point if int8 else None,
                   "mean": list(info.mean), "std": list(info.std), "layout": "NHWC"},
         "onnx_opset": onnx_export.OPSET,
-        **({"deploy_threshold": source.threshold} if gated else {}),
-        "notes": [] if gated else ["plain ResNet (no gated blocks): exported without If/IF; "
+        **({"deploy_threshold": source.threshold} if source.routed else {}),
+        "notes": [] if source.routed else ["plain ResNet (no gated blocks): exported without If/IF; "
                                    "outputs hold only the logits"],
         **(int8.report(gated) if int8 else {}),
         "parity": checks,
@@ -367,10 +387,19 @@ def _deploy_threshold(args, model, ckpt) -> dict:
     """Set the model's deploy threshold from --gate-threshold or --target-macs; the report's entry."""
     from cosinegate.export import compute_target
     from cosinegate.train.gate import THRESHOLD
-    if not model.gated_indices:
-        if args.target_macs is not None or args.gate_threshold is not None:
-            raise ExportError("--target-macs and --gate-threshold need a gated model; this one has no gates")
+    if args.exit_threshold is not None and not model.exits:
+        raise ExportError("--exit-threshold needs a model with early exits; this one has none")
+    if args.gate_threshold is not None and not model.gated_indices:
+        raise ExportError("--gate-threshold needs a gated model; this one has no gates")
+    if not model.gated_indices and not model.exits:
+        if args.target_macs is not None:
+            raise ExportError("--target-macs needs gates or early exits; this model has neither")
         return {}
+    if model.exits and args.target_macs is None:
+        threshold = ckpt["config"].get("exit_threshold") if args.exit_threshold is None else args.exit_threshold
+        model.set_exit_thresholds(threshold)
+        return {"threshold": threshold, "rule": "exit confidence",
+                "source": "checkpoint" if args.exit_threshold is None else "--exit-threshold"}
     if args.target_macs is None:
         threshold = THRESHOLD if args.gate_threshold is None else args.gate_threshold
         model.set_deploy_threshold(threshold)
@@ -383,11 +412,13 @@ def _deploy_threshold(args, model, ckpt) -> dict:
     images = compute_target.training_images(dataset, data_dir, args.threshold_images or compute_target.DEFAULT_IMAGES)
     x = torch.from_numpy(float_inputs(images, dataset_info(dataset)))
     choice = compute_target.threshold_for_target(model, x, args.target_macs)
-    return {**choice.report(), "source": "--target-macs"}
+    rule = "exit confidence" if model.exits else "gate"
+    return {**choice.report(), "rule": rule, "source": "--target-macs"}
 
 
 def _threshold_line(threshold: dict) -> str:
-    line = f"deploy threshold {threshold['threshold']:.4g}"
+    kind = "exit" if threshold.get("rule") == "exit confidence" else "deploy"
+    line = f"{kind} threshold {threshold['threshold']:.4g}"
     if threshold["source"] == "--target-macs":
         line += (f" (mean executed MACs {threshold['mac_ratio']:.3f} on {threshold['images']} training "
                  f"images, target {threshold['target_mac_ratio']:.3f})")
@@ -454,6 +485,8 @@ def main(argv=None) -> int:
                 "--target-macs is a fraction of plain ResNet's MACs in (0, 1]"), \
                (args.gate_threshold is not None and not 0.0 < args.gate_threshold < 1.0,
                 "--gate-threshold must lie strictly between 0 and 1"), \
+               (args.exit_threshold is not None and not 0.0 < args.exit_threshold <= 1.0,
+                "--exit-threshold must lie in (0, 1]"), \
                (args.threshold_images is not None and args.threshold_images < 1,
                 "--threshold-images must be at least 1")
     for bad, message in bad_knob:

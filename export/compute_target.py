@@ -1,7 +1,8 @@
 """A compute knob at deployment: the one deploy threshold that makes the mean executed MACs hit a target.
 
 Every gated block runs when sigmoid(logit) > threshold (0.45 by default, paper eq. 16); a higher
-threshold closes more gates. `threshold_for_target` bisects the threshold on the logit scale so
+threshold closes more gates. An early exit lets an image leave when its softmax confidence is at
+least its threshold (0.9 by default, `train/exits.py`); a lower threshold lets more images leave. `threshold_for_target` bisects the threshold on the logit scale so
 that the mean executed-MAC ratio (over plain ResNet's MACs) on *training* images is at most the
 target and as close to it as the model allows. It never looks at the test set. The export then
 folds the chosen threshold into each `If` condition, so it costs nothing on the device.
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cosinegate.train import exits as X
 from cosinegate.train.gate import threshold_logit
 from cosinegate.train.model import executed_mac_ratio, macs_breakdown
 
@@ -65,10 +67,12 @@ def _sigmoid(logit: float) -> float:
 def threshold_for_target(model, x_nchw: torch.Tensor, target: float) -> ThresholdChoice:
     """The lowest threshold (the most compute) whose mean executed-MAC ratio on `x_nchw` is at most
     `target`. The model keeps that threshold. Refuses a target outside what the model can reach."""
-    if not model.gated_indices:
-        raise ComputeTargetError("a compute target needs a gated model; this one has no gates")
     if not 0.0 < target <= 1.0:
         raise ComputeTargetError(f"the compute target is a fraction of plain ResNet's MACs in (0, 1], got {target}")
+    if model.exits and not model.gated_indices:
+        return exit_threshold_for_target(model, x_nchw, target)
+    if not model.gated_indices:
+        raise ComputeTargetError("a compute target needs gates or early exits; this model has neither")
     lo, hi = _LOGIT_RANGE
     least = mac_ratios(model, x_nchw, _sigmoid(hi)).mean().item()
     if least > target:
@@ -88,4 +92,49 @@ def threshold_for_target(model, x_nchw: torch.Tensor, target: float) -> Threshol
     threshold_logit(threshold)  # refuses a threshold that rounded to 0 or 1
     ratios = mac_ratios(model, x_nchw, threshold)
     return ThresholdChoice(threshold, target, ratios.mean().item(), ratios.std(unbiased=False).item(),
+                           len(x_nchw))
+
+
+@torch.no_grad()
+def exit_mac_ratios(model, x_nchw: torch.Tensor, batch: int = 500):
+    """A function threshold -> per-image executed-MAC ratio (N,) of an early-exit model: the
+    network runs once, every threshold is then one comparison per image and exit."""
+    macs = macs_breakdown(model.cfg)
+    finals, exits = [], []
+    for start in range(0, len(x_nchw), batch):
+        logits, _, exit_logits = model(x_nchw[start:start + batch], "full", with_exits=True)
+        finals.append(logits)
+        exits.append(exit_logits)
+    final, exit_logits = torch.cat(finals), [torch.cat(z) for z in zip(*exits)]
+    no_gates = torch.zeros(len(final), 0)
+
+    def ratios(threshold: float) -> torch.Tensor:
+        _, passed = X.select_logits(exit_logits, final, [threshold] * len(exit_logits))
+        return executed_mac_ratio(macs, no_gates, [], passed)
+    return ratios
+
+
+def exit_threshold_for_target(model, x_nchw: torch.Tensor, target: float) -> ThresholdChoice:
+    """The highest exit threshold (the fewest images leaving early) whose mean executed-MAC ratio
+    on `x_nchw` is at most `target`; every exit takes it and the model keeps it."""
+    ratios = exit_mac_ratios(model, x_nchw)
+    lo, hi = 0.0, 1.0   # confidence >= 0 leaves at the first exit; >= 1 (almost) never leaves
+    least = ratios(lo).mean().item()
+    if least > target:
+        raise ComputeTargetError(f"target {target:.3f} of plain MACs is below the least this model "
+                                 f"executes ({least:.3f}, every image leaving at the first exit)")
+    if ratios(hi).mean().item() <= target:
+        lo = hi  # no image need leave early
+    for _ in range(_STEPS):
+        if hi == lo:
+            break
+        mid = 0.5 * (lo + hi)
+        if ratios(mid).mean().item() <= target:
+            lo = mid
+        else:
+            hi = mid
+    threshold = max(lo, 2.0 ** -_STEPS)  # a threshold of 0 is no rule: every image leaves anyway
+    chosen = ratios(threshold)
+    model.set_exit_thresholds(threshold)
+    return ThresholdChoice(threshold, target, chosen.mean().item(), chosen.std(unbiased=False).item(),
                            len(x_nchw))

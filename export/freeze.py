@@ -14,7 +14,7 @@ those frozen weights:
     logits, gates = DeployNet(frozen)(x)      # x (1, C, H, W) float, normalised
 """
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -55,15 +55,31 @@ class FrozenBlock:
 
 
 @dataclass
+class FrozenExit:
+    after_block: int           # the exit reads this block's output (the end of a stage)
+    pool_kernel: int           # average pool to the exit's grid (1: none)
+    weight: torch.Tensor       # (classes, channels, grid, grid)
+    bias: torch.Tensor         # (classes,)
+    threshold: float           # an image leaves when its softmax confidence is >= this
+
+
+@dataclass
 class FrozenModel:
     stem: FrozenConv
     blocks: list
     fc_weight: torch.Tensor    # (classes, channels)
     fc_bias: torch.Tensor      # (classes,)
+    exits: list = field(default_factory=list)   # FrozenExit per early exit, shallowest first
 
     @property
     def gated_indices(self) -> list[int]:
         return [b.index for b in self.blocks if b.gate is not None]
+
+    @property
+    def decision_names(self) -> list[str]:
+        """The deployed model's decision outputs after the logits: one per gate, then one per exit
+        (true: the image went on past that exit)."""
+        return [f"gate_{i}" for i in self.gated_indices] + [f"exit_{k}" for k in range(len(self.exits))]
 
 
 def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> FrozenConv:
@@ -93,8 +109,12 @@ def freeze(model) -> FrozenModel:
         blocks.append(FrozenBlock(i, fold_bn(blk.conv1, blk.bn1), fold_bn(blk.conv2, blk.bn2),
                                   blk.stride, blk.conv1.in_channels, blk.out_channels, gate))
     stem_conv, stem_bn = model.stem[0], model.stem[1]
+    exits = [FrozenExit(model.cfg.stage_end_block(stage), head.pool_kernel,
+                        head.classifier.weight.detach().float(), head.classifier.bias.detach().float(),
+                        float(threshold))
+             for stage, head, threshold in zip(model.cfg.exit_stages, model.exits, model.exit_thresholds)]
     return FrozenModel(fold_bn(stem_conv, stem_bn), blocks, model.fc.weight.detach().float(),
-                       model.fc.bias.detach().float())
+                       model.fc.bias.detach().float(), exits)
 
 
 def without_residuals(frozen: FrozenModel, indices) -> FrozenModel:
@@ -107,7 +127,7 @@ def without_residuals(frozen: FrozenModel, indices) -> FrozenModel:
         if block.index in indices and not block.removed:
             conv2 = FrozenConv(torch.zeros_like(conv2.weight), torch.zeros_like(conv2.bias), conv2.stride)
         blocks.append(replace(block, conv2=conv2, gate=block.gate and replace(block.gate)))
-    return FrozenModel(frozen.stem, blocks, frozen.fc_weight, frozen.fc_bias)
+    return FrozenModel(frozen.stem, blocks, frozen.fc_weight, frozen.fc_bias, frozen.exits)
 
 
 # Largest |folded logit| a gate head may reach on the calibration images. The int8 logit's scale
@@ -159,6 +179,11 @@ class _FrozenModule(nn.Module):
                     self.register_buffer(f"b{b.index}_gate_{name}", getattr(b.gate, name).clone())
         self.register_buffer("fc_weight", frozen.fc_weight.clone())
         self.register_buffer("fc_bias", frozen.fc_bias.clone())
+        for k, e in enumerate(frozen.exits):
+            self.register_buffer(f"exit{k}_weight", e.weight.clone())
+            self.register_buffer(f"exit{k}_bias", e.bias.clone())
+            self.register_buffer(f"exit{k}_threshold", torch.tensor([e.threshold]))
+        self.exit_after = {e.after_block: k for k, e in enumerate(frozen.exits)}
 
     def _add_conv(self, name: str, conv: FrozenConv) -> None:
         self.register_buffer(f"{name}_weight", conv.weight.clone())
@@ -190,26 +215,53 @@ class _FrozenModule(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.mean(dim=(2, 3)), self.fc_weight, self.fc_bias)        # (1, classes)
 
+    def exit_logits(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Exit k's logits (1, classes): pool to its grid, one linear map (a valid convolution)."""
+        kernel = self.frozen.exits[k].pool_kernel
+        pooled = F.avg_pool2d(x, kernel) if kernel > 1 else x                     # (1, C, g, g)
+        z = F.conv2d(pooled, getattr(self, f"exit{k}_weight"), getattr(self, f"exit{k}_bias"))
+        return z.reshape(1, -1)                                                  # (1, classes)
+
+    def exit_continues(self, k: int, z: torch.Tensor) -> torch.Tensor:
+        """(1,) bool: the image goes on past exit k, threshold > max softmax (`train.exits`)."""
+        confidence = F.softmax(z, dim=1).amax(dim=1)                             # (1,)
+        return torch.gt(getattr(self, f"exit{k}_threshold"), confidence)
+
 
 class DeployNet(_FrozenModule):
-    """Batch-1 deploy network: a gated block runs its convolutions only when its gate opens.
-    Returns (logits (1, classes), gates (1, n_gated) float 0/1), or only the logits when no
-    block is gated (a plain ResNet)."""
+    """Batch-1 deploy network: a gated block runs its convolutions only when its gate opens, and
+    an image that leaves at an early exit runs nothing after it. Returns (logits (1, classes),
+    decisions (1, n_gated + n_exits) float 0/1: the gates, then per exit whether the image went on),
+    or only the logits for a plain ResNet without exits."""
 
     def forward(self, x: torch.Tensor):
         x = F.relu(self.conv("stem", x))                                         # (1, C, H, W)
+        logits, decisions = self.run_from(0, x)
+        if decisions is None:
+            return logits
+        return logits, decisions.reshape(1, -1)                                  # (1, n_decisions)
+
+    def run_from(self, start: int, x: torch.Tensor):
+        """Blocks `start`.. and the head: (logits, decisions (n,) float or None). At an exit the
+        rest of the network is one `torch.cond` (exported as a nested `If`)."""
         gates = []
-        for block in self.frozen.blocks:
+        for block in self.frozen.blocks[start:]:
             s = self.shortcut(block, x)
             if block.gate is None:
                 x = self.residual_sum(block, x, s)
-                continue
-            pred = (self.gate_logit(block, x) > 0).reshape(())                   # bool scalar
-            x = torch.cond(pred, _Branch(self, block, True), _Branch(self, block, False), (x, s))
-            gates.append(pred.to(torch.float32).reshape(1))
-        if not gates:
-            return self.head(x)
-        return self.head(x), torch.cat(gates).reshape(1, -1)                    # (1, n_gated)
+            else:
+                pred = (self.gate_logit(block, x) > 0).reshape(())               # bool scalar
+                x = torch.cond(pred, _Branch(self, block, True), _Branch(self, block, False), (x, s))
+                gates.append(pred.to(torch.float32).reshape(1))
+            if block.index in self.exit_after:
+                k = self.exit_after[block.index]
+                z = self.exit_logits(k, x)
+                went_on = self.exit_continues(k, z)                             # (1,) bool
+                deeper = len(self.frozen.exits) - k - 1
+                logits, later = torch.cond(went_on.reshape(()), _Rest(self, block.index + 1, k),
+                                           _ExitAnswer(k, deeper), (x, z))
+                return logits, torch.cat([*gates, went_on.to(torch.float32), *([later] if deeper else [])])
+        return self.head(x), (torch.cat(gates) if gates else None)
 
 
 class _Branch(nn.Module):
@@ -228,12 +280,38 @@ class _Branch(nn.Module):
         return F.relu(s)
 
 
+class _Rest(nn.Module):
+    """Then-branch of exit k's `If`: the rest of the network, and the deeper exits' decisions."""
+
+    def __init__(self, net: DeployNet, start: int, k: int):
+        super().__init__()
+        self.net, self.start = net, start
+        self.__name__ = f"exit{k}_then"
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor):
+        logits, later = self.net.run_from(self.start, x)
+        return logits, (later if later is not None else torch.zeros(0))
+
+
+class _ExitAnswer(nn.Module):
+    """Else-branch of exit k's `If`: the exit's logits; no deeper exit was reached."""
+
+    def __init__(self, k: int, deeper: int):
+        super().__init__()
+        self.deeper = deeper
+        self.__name__ = f"exit{k}_else"
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor):
+        return z.clone(), torch.zeros(self.deeper)
+
+
 class AllComputeNet(_FrozenModule):
     """Every block computed; the source of the int8 model before its `IF`s are carved out.
 
     Returns a dict: `logits` (1, classes), `stem` (the stem output), and per block i `y{i}` (its
     output; none for a deleted identity block, whose output is its input); per gated block also
-    `pred{i}` (bool (1,), folded logit > 0) and, when its shortcut is not the identity, `s{i}`.
+    `pred{i}` (bool (1,), folded logit > 0) and, when its shortcut is not the identity, `s{i}`;
+    per early exit k `exit{k}` (its logits (1, classes)) and `cont{k}` (bool (1,), the image goes on).
     Block i's input is the last `y{j}` with j < i (or `stem`): see `restructure.block_input`.
     """
 
@@ -250,6 +328,10 @@ class AllComputeNet(_FrozenModule):
             if y is not x:  # the same tensor twice would be two graph outputs of one value
                 out[f"y{block.index}"] = y
             x = y
+            if block.index in self.exit_after:
+                k = self.exit_after[block.index]
+                out[f"exit{k}"] = self.exit_logits(k, x)
+                out[f"cont{k}"] = self.exit_continues(k, out[f"exit{k}"])
         out["logits"] = self.head(x)
         return out
 

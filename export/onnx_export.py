@@ -17,15 +17,16 @@ import onnx
 import torch
 
 from cosinegate.export.freeze import AllComputeNet, DeployNet, FrozenModel
+from cosinegate.export.native import captured_stderr
 
 OPSET = 18
 
 
 def _export(module: torch.nn.Module, shape, output_names) -> onnx.ModelProto:
     x = torch.zeros(shape)
-    # The exporter narrates each step on stdout and warns about its own internals: keep the
-    # CLI's one-line-per-stage output readable.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    # The exporter narrates each step on stdout, warns about its own internals and, for a nested
+    # `torch.cond`, dumps the traced graph on fd 2: keep the CLI's one-line-per-stage output readable.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), captured_stderr():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module.eval(), (x,), dynamo=True, opset_version=OPSET,
                                     input_names=["input"], output_names=output_names,
@@ -49,21 +50,35 @@ def _strip_metadata(graph: onnx.GraphProto) -> None:
 
 
 def export_deploy(frozen: FrozenModel, input_shape) -> onnx.ModelProto:
-    """The deploy network with one `If` per gated block; checked with `onnx.checker`."""
-    outputs = ["logits", "gates"] if frozen.gated_indices else ["logits"]
+    """The deploy network with one `If` per gated block (and per early exit, each deeper exit's
+    inside the then-branch of the one before); checked with `onnx.checker`. The second output
+    holds the decisions (`FrozenModel.decision_names`)."""
+    routed = frozen.gated_indices or frozen.exits
+    outputs = ["logits", "gates" if frozen.gated_indices else "exits"] if routed else ["logits"]
     model = _export(DeployNet(frozen), input_shape, outputs)
-    branches = [n for n in model.graph.node if n.op_type == "If"]
-    if len(branches) != len(frozen.gated_indices):
-        raise RuntimeError(f"expected {len(frozen.gated_indices)} If nodes, the exporter "
-                           f"produced {len(branches)}")
-    for node, index in zip(branches, frozen.gated_indices):
-        node.name = f"block{index}_if"
+    branches = _if_nodes(model.graph)
+    names = [f"block{i}" for i in frozen.gated_indices] + [f"exit{k}" for k in range(len(frozen.exits))]
+    if len(branches) != len(names):
+        raise RuntimeError(f"expected {len(names)} If nodes, the exporter produced {len(branches)}")
+    for node, name in zip(branches, names):
+        node.name = f"{name}_if"
         for attr in node.attribute:
             role = {"then_branch": "then", "else_branch": "else"}[attr.name]
-            attr.g.name = f"block{index}_{role}"
+            attr.g.name = f"{name}_{role}"
     model.graph.name = "cosinegate_deploy"
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _if_nodes(graph: onnx.GraphProto) -> list:
+    """The `If` nodes in graph order, each followed by those nested in its branches."""
+    found = []
+    for node in graph.node:
+        if node.op_type == "If":
+            found.append(node)
+            for attr in node.attribute:
+                found.extend(_if_nodes(attr.g))
+    return found
 
 
 def export_all_compute(frozen: FrozenModel, input_shape) -> onnx.ModelProto:
@@ -81,7 +96,6 @@ def force_onnx_gates(model: onnx.ModelProto, on: bool) -> onnx.ModelProto:
     forced.CopyFrom(model)
     constant = onnx.helper.make_tensor("forced_gate", onnx.TensorProto.BOOL, [], [on])
     forced.graph.initializer.append(constant)
-    for node in forced.graph.node:
-        if node.op_type == "If":
-            node.input[0] = "forced_gate"
+    for node in _if_nodes(forced.graph):
+        node.input[0] = "forced_gate"
     return forced

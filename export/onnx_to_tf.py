@@ -1,7 +1,8 @@
 """Translate the frozen all-compute ONNX graph into a TensorFlow function (NCHW -> NHWC).
 
 A deliberately small translator: it knows the handful of ops `AllComputeNet` exports to
-(Conv, Relu, Add, Pad, Slice, ReduceMean, Gemm, Reshape, Greater) and refuses anything else with
+(Conv, Relu, Add, Pad, Slice, ReduceMean, Gemm, Reshape, Greater; AveragePool, Softmax and
+ReduceMax for early exits) and refuses anything else with
 the op's name, so the int8 TFLite model is built from the same ONNX graph as `model.onnx`
 (general converters such as onnx2tf empty the branches of an `If`, which is why we have our own).
 Every 4-D activation is kept NHWC; axes, pads and slices are remapped accordingly. A global
@@ -79,6 +80,8 @@ class _Translator:
         same = [_same_padding(int(x.shape[1 + i]), w.shape[i], strides[i]) for i in range(2)]
         if [(top, bottom), (left, right)] == same:
             padding = "SAME"
+        elif not any((top, bottom, left, right)):
+            padding = "VALID"
         else:  # PyTorch pads symmetrically where SAME would not (stride 2): pad explicitly
             x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
             padding = "VALID"
@@ -136,10 +139,32 @@ class _Translator:
         return y, False
 
     def _op_Reshape(self, node, env, nhwc):
-        if node.input[0] in nhwc:
+        # (1, C, 1, 1) flattens to the same order in either layout; larger maps would not
+        if node.input[0] in nhwc and list(env[node.input[0]].shape[1:3]) != [1, 1]:
             raise TranslateError(f"Reshape {node.name}: reshaping a 4-D activation is not supported")
         shape = [int(d) for d in self._const(node.input[1])]
         return self.tf.reshape(env[node.input[0]], shape), False
+
+    def _op_AveragePool(self, node, env, nhwc):
+        a = _attrs(node)
+        if node.input[0] not in nhwc or any(a.get("pads", [0, 0, 0, 0])) or a.get("ceil_mode", 0):
+            raise TranslateError(f"AveragePool {node.name}: only unpadded pooling of a 4-D activation")
+        kernel = [int(k) for k in a["kernel_shape"]]
+        strides = [int(k) for k in a.get("strides", kernel)]
+        return self.tf.nn.avg_pool2d(env[node.input[0]], ksize=kernel, strides=strides, padding="VALID"), True
+
+    def _op_Softmax(self, node, env, nhwc):
+        axis = _attrs(node).get("axis", -1)
+        if node.input[0] in nhwc or axis not in (-1, len(env[node.input[0]].shape) - 1):
+            raise TranslateError(f"Softmax {node.name}: only over the last axis of a 2-D tensor")
+        return self.tf.nn.softmax(env[node.input[0]], axis=-1), False
+
+    def _op_ReduceMax(self, node, env, nhwc):
+        a = _attrs(node)
+        axes = self._const(node.input[1]).tolist() if len(node.input) > 1 else a.get("axes")
+        if node.input[0] in nhwc:
+            raise TranslateError(f"ReduceMax {node.name}: only over 1-D/2-D operands")
+        return self.tf.reduce_max(env[node.input[0]], axis=axes, keepdims=bool(a.get("keepdims", 1))), False
 
     def _op_Slice(self, node, env, nhwc):
         x = env[node.input[0]]

@@ -41,12 +41,16 @@ def quantize_inputs(x_nchw: np.ndarray, scale: float, zero_point: int) -> np.nda
 
 
 def pytorch_deploy(model, x_nchw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The PyTorch reference: logits (N, classes) and gates (N, n_gated) in deploy mode."""
+    """The PyTorch reference in deploy mode: logits (N, classes) and decisions (N, n_gated +
+    n_exits): the gates, then per early exit whether the image went on past it."""
+    from cosinegate.train.exits import select_logits
     with torch.no_grad():
-        logits, stats = model(torch.from_numpy(x_nchw), "deploy")
+        final, stats, exit_logits = model(torch.from_numpy(x_nchw), "deploy", with_exits=True)
+    logits, passed = select_logits(exit_logits, final, model.exit_thresholds)
     gates = (torch.stack([st["g"] for st in stats], 1) if stats
              else torch.zeros(len(x_nchw), 0))
-    return logits.numpy(), gates.numpy() > 0.5
+    went_on = passed.view(-1, 1) > torch.arange(len(exit_logits)).view(1, -1)
+    return logits.numpy(), np.concatenate([gates.numpy() > 0.5, went_on.numpy()], 1)
 
 
 class TfliteRunner:
@@ -107,23 +111,28 @@ def onnx_parity(model, onnx_bytes: bytes, x_nchw: np.ndarray, progress: bool = T
 def int8_parity(model, gated: bytes, all_compute: bytes, gated_indices: list[int],
                 x_nchw: np.ndarray, labels: np.ndarray, input_scale: float,
                 input_zero_point: int, arena_size: int, progress: bool = True,
-                unfolded: bytes | None = None) -> dict:
+                unfolded: bytes | None = None, exits: int = 0) -> dict:
     """`gated` is the deployed model; `unfolded`, when its proven-constant gates were folded, the
-    same model with every IF kept (then the forced check runs on that one)."""
+    same model with every IF kept (then the forced check runs on that one). "gates" below are all
+    the model's decisions: its gated blocks, then its `exits` early exits."""
     from cosinegate.export.tflm import TflmRunner
     xq = quantize_inputs(x_nchw, input_scale, input_zero_point)
     ref_logits, ref_gates = pytorch_deploy(model, x_nchw)
-    gate_names = [f"gate_{i}" for i in gated_indices]
+    gate_names = [f"gate_{i}" for i in gated_indices] + [f"exit_{k}" for k in range(exits)]
     logits, gates = run_all(TfliteRunner(gated, gate_names), xq, "parity int8", progress)
     ref_k_logits, ref_k_gates = run_all(TfliteRunner(gated, gate_names, reference_kernels=True),
                                          xq, "parity ref kernels", progress)
     # + 16: the slack the firmware adds for aligning the arena start (carray.py)
-    micro = TflmRunner(gated, arena_size + 16, num_outputs=1 + len(gated_indices))
+    micro = TflmRunner(gated, arena_size + 16, num_outputs=1 + len(gate_names))
     tflm_logits, tflm_gates = run_all(micro, xq, "parity tflm", progress)
     on_logits, on_gates = run_all(TfliteRunner(force_gates(unfolded or gated, on=True), gate_names), xq,
                                    "parity forced", progress)
-    all_logits, all_gates = run_all(TfliteRunner(all_compute, [f"pred{i}" for i in gated_indices]),
+    all_logits, all_gates = run_all(TfliteRunner(all_compute, [f"pred{i}" for i in gated_indices]
+                                                 + [f"cont{k}" for k in range(exits)]),
                                      xq, "parity all-compute", progress)
+    n_gated = len(gated_indices)
+    # the all-compute model decides at every exit; the deployed one only at those an image reaches
+    all_gates[:, n_gated:] = np.logical_and.accumulate(all_gates[:, n_gated:], axis=1)
     checks = {}
     if unfolded is not None:
         kept_logits, kept_gates = run_all(TfliteRunner(unfolded, gate_names), xq, "parity unfolded", progress)

@@ -22,6 +22,7 @@ never hand-parsed bytes.
                                              # gates proven constant (gate_bounds.py): no IF
 """
 import copy
+import functools
 
 import numpy as np
 
@@ -81,11 +82,12 @@ def input_quantization(tflite_bytes: bytes) -> tuple[float, int]:
     return float(q.scale[0]), int(q.zeroPoint[0])
 
 
-def validate_int8(tflite_bytes: bytes, num_gated: int) -> None:
+def validate_int8(tflite_bytes: bytes, num_gated: int, num_exits: int = 0) -> None:
     """Raise RestructureError unless the model is the deployable contract: int8 NHWC input,
-    int8 logits then `num_gated` bool [1] gates, one IF per gate that is not a folded constant
-    (predicate = that gate output) whose then-subgraph holds int8 convolutions, and no FLOAT32
-    tensor in any subgraph."""
+    int8 logits then `num_gated` bool [1] gates and `num_exits` bool [1] exit decisions, one IF
+    per gate that is not a folded constant (predicate = that gate output) and one per exit (the
+    first in the main graph, each deeper one inside the one before), every then-subgraph holding
+    int8 convolutions, and no FLOAT32 tensor in any subgraph."""
     schema = tflite_schema()
     model = read_model(tflite_bytes)
     main, types = model.subgraphs[0], schema.TensorType
@@ -97,19 +99,24 @@ def validate_int8(tflite_bytes: bytes, num_gated: int) -> None:
     (x,), outputs = main.inputs, list(main.outputs)
     if main.tensors[x].type != types.INT8 or len(main.tensors[x].shape) != 4:
         raise RestructureError("input 0 is not an int8 NHWC tensor")
-    if main.tensors[outputs[0]].type != types.INT8 or len(outputs) != 1 + num_gated:
-        raise RestructureError(f"expected int8 logits and {num_gated} gate outputs")
+    if main.tensors[outputs[0]].type != types.INT8 or len(outputs) != 1 + num_gated + num_exits:
+        raise RestructureError(f"expected int8 logits, {num_gated} gate outputs and {num_exits} exit outputs")
     if any(main.tensors[t].type != types.BOOL or list(main.tensors[t].shape) != [1]
            for t in outputs[1:]):
         raise RestructureError("gate outputs must be bool [1] tensors")
     def code(op):
         return builtin_code(model.operatorCodes[op.opcodeIndex])
 
-    computed = [t for t in outputs[1:] if not _is_constant(model, main.tensors[t])]
+    computed = [t for t in outputs[1:1 + num_gated] if not _is_constant(model, main.tensors[t])]
+    computed += outputs[1 + num_gated:2 + num_gated] if num_exits else []  # deeper exits are nested
     branches = if_ops(model)
     if [op.inputs[0] for op in branches] != computed:
-        raise RestructureError(f"expected {len(computed)} IF ops whose predicates are the computed gate outputs")
-    for op in branches:
+        raise RestructureError(f"expected {len(computed)} IF ops whose predicates are the computed decision outputs")
+    nested = [op for sg in model.subgraphs[1:] for op in sg.operators
+              if code(op) == schema.BuiltinOperator.IF]
+    if len(nested) != max(num_exits - 1, 0):
+        raise RestructureError(f"expected {max(num_exits - 1, 0)} nested IF ops for the deeper exits")
+    for op in branches + nested:
         then_sg = model.subgraphs[op.builtinOptions.thenSubgraphIndex]
         convs = [o for o in then_sg.operators if code(o) == schema.BuiltinOperator.CONV_2D]
         if not convs or any(then_sg.tensors[o.inputs[1]].type != types.INT8 for o in convs):
@@ -195,7 +202,7 @@ def _block_ops(model, index: int, x: int, s: int, y: int, pred: int) -> list[int
     return moved
 
 
-def _requantize(model, source: int, target: int):
+def _requantize(model, source: int, target: int, sg=None):
     """QUANTIZE int8 -> int8: the skipped block's output y = relu(s) = s (s >= 0), requantised
     from the shortcut's scale/zero point to y's."""
     schema = tflite_schema()
@@ -211,13 +218,13 @@ def _same_quantization(a, b) -> bool:
             and np.array_equal(qa.scale, qb.scale) and np.array_equal(qa.zeroPoint, qb.zeroPoint))
 
 
-def _copy(model, source: int, target: int):
+def _copy(model, source: int, target: int, sg=None):
     """RESHAPE to the same shape: TFLM runs it as one memcpy, where an int8 -> int8 QUANTIZE
     between equal scales still requantises every byte (43 M4 instructions a byte). Both tensors
     keep their lifetimes, so TFLM's planner lays out the arena as it did for the QUANTIZE."""
     schema = tflite_schema()
     options = schema.ReshapeOptionsT()
-    options.newShape = [int(d) for d in model.subgraphs[0].tensors[target].shape]
+    options.newShape = [int(d) for d in (sg or model.subgraphs[0]).tensors[target].shape]
     op = schema.OperatorT()
     op.opcodeIndex = _opcode_index(model, schema.BuiltinOperator.RESHAPE, 1)
     op.inputs, op.outputs = [source], [target]
@@ -244,15 +251,7 @@ def _carve_block(model, index: int, x: int, s: int, y: int, pred: int) -> None:
     branch_inputs = [x] if s == x else [x, s]
 
     then_sg, else_sg = _new_subgraph(f"block{index}_then"), _new_subgraph(f"block{index}_else")
-
-    def local(sg, mapping, t):
-        if t < 0:
-            return t
-        if t not in mapping:
-            mapping[t] = len(sg.tensors)
-            sg.tensors.append(copy.deepcopy(main.tensors[t]))
-        return mapping[t]
-
+    local = functools.partial(_local, main)
     then_map = {}
     then_sg.inputs = [local(then_sg, then_map, t) for t in branch_inputs]
     for k in moved:
@@ -267,15 +266,90 @@ def _carve_block(model, index: int, x: int, s: int, y: int, pred: int) -> None:
     else_sg.operators.append(_requantize(model, else_map[s], local(else_sg, else_map, y)))
     else_sg.outputs = [else_map[y]]
 
+    branch = _if_op(model, then_sg, else_sg, [pred, *branch_inputs], [y])
+    main.operators = [op for k, op in enumerate(main.operators) if k not in moved_set] + [branch]
+
+
+def _local(main, sg, mapping: dict, t: int) -> int:
+    """Tensor `t` of subgraph 0 as a tensor of branch `sg` (a copy, made once per branch)."""
+    if t < 0:
+        return t
+    if t not in mapping:
+        mapping[t] = len(sg.tensors)
+        sg.tensors.append(copy.deepcopy(main.tensors[t]))
+    return mapping[t]
+
+
+def _if_op(model, then_sg, else_sg, inputs: list[int], outputs: list[int]):
+    """Append the two branches to the model; the IF operator that runs one of them."""
+    schema = tflite_schema()
     model.subgraphs.extend([then_sg, else_sg])
     options = schema.IfOptionsT()
     options.thenSubgraphIndex = len(model.subgraphs) - 2
     options.elseSubgraphIndex = len(model.subgraphs) - 1
     branch = schema.OperatorT()
     branch.opcodeIndex = _opcode_index(model, schema.BuiltinOperator.IF, 1)
-    branch.inputs, branch.outputs = [pred, *branch_inputs], [y]
+    branch.inputs, branch.outputs = list(inputs), list(outputs)
     branch.builtinOptionsType, branch.builtinOptions = schema.BuiltinOptions.IfOptions, options
-    main.operators = [op for k, op in enumerate(main.operators) if k not in moved_set] + [branch]
+    return branch
+
+
+def _carve_exit(model, k: int, x: int, z: int, went_on: int, y: int, deeper: list[int]) -> None:
+    """Replace the rest of the network after early exit `k` by IF(went_on, x, z) -> [y, *deeper].
+
+    x is the stage output the exit reads, z its logits, went_on its decision (true: go on), y the
+    network's logits, `deeper` the decisions of the exits after this one (carved already, so the
+    rest of the network holds their IFs). then-subgraph `exit{k}_then`: every op between x and
+    y / `deeper` that neither z nor went_on needs. else-subgraph `exit{k}_else`: z requantised (or
+    copied) to y's scale, and each deeper decision a constant false (the image never got there)."""
+    main = model.subgraphs[0]
+    producers = _producers(main)
+    keep = _ancestors(main, [x, z, went_on], producers)
+    moved = sorted(_ancestors(main, [y, *deeper], producers) - keep)
+    if not moved:
+        raise RestructureError(f"exit {k}: found no ops after it")
+    moved_set = set(moved)
+    produced = {t for i in moved for t in main.operators[i].outputs}
+    outside = [t for i, op in enumerate(main.operators) if i not in moved_set for t in op.inputs]
+    if any(t in produced for t in outside):
+        raise RestructureError(f"exit {k}: a tensor after it is used before it")
+    external = {t for i in moved for t in main.operators[i].inputs
+                if t >= 0 and t not in produced and not _is_constant(model, main.tensors[t])}
+    if not external <= {x}:
+        raise RestructureError(f"exit {k}: the ops after it read tensors other than its stage output")
+    local = functools.partial(_local, main)
+    then_sg, else_sg = _new_subgraph(f"exit{k}_then"), _new_subgraph(f"exit{k}_else")
+    then_map, else_map = {}, {}
+    then_sg.inputs = [local(then_sg, then_map, t) for t in (x, z)]
+    for i in moved:
+        op = copy.deepcopy(main.operators[i])
+        op.inputs = [local(then_sg, then_map, t) for t in op.inputs]
+        op.outputs = [local(then_sg, then_map, t) for t in op.outputs]
+        then_sg.operators.append(op)
+    then_sg.outputs = [then_map[t] for t in (y, *deeper)]
+
+    else_sg.inputs = [local(else_sg, else_map, t) for t in (x, z)]
+    answer = local(else_sg, else_map, y)
+    same = _same_quantization(main.tensors[z], main.tensors[y])
+    else_sg.operators.append((_copy if same else _requantize)(model, else_map[z], answer, else_sg))
+    never = [_constant_in(model, else_sg, main.tensors[t], False) for t in deeper]
+    else_sg.outputs = [answer, *never]
+
+    branch = _if_op(model, then_sg, else_sg, [went_on, x, z], [y, *deeper])
+    main.operators = [op for i, op in enumerate(main.operators) if i not in moved_set] + [branch]
+
+
+def _constant_in(model, sg, like, value: bool) -> int:
+    """A new tensor of subgraph `sg` shaped like `like`, holding the constant `value`."""
+    schema = tflite_schema()
+    buffer = schema.BufferT()
+    buffer.data = np.array([int(value)], dtype=np.uint8)
+    model.buffers.append(buffer)
+    constant = copy.deepcopy(like)
+    constant.buffer = len(model.buffers) - 1
+    constant.name = constant.name + b"_never"
+    sg.tensors.append(constant)
+    return len(sg.tensors) - 1
 
 
 def _compact_tensors(model, sg, signature=None) -> None:
@@ -346,15 +420,10 @@ def if_ops(model) -> list:
 
 def _constant_bool(model, like: int, value: bool) -> int:
     """A new subgraph-0 tensor shaped like tensor `like`, holding the constant `value`."""
-    schema = tflite_schema()
     main = model.subgraphs[0]
-    buffer = schema.BufferT()
-    buffer.data = np.array([int(value)], dtype=np.uint8)
-    model.buffers.append(buffer)
-    constant = copy.deepcopy(main.tensors[like])
-    constant.buffer = len(model.buffers) - 1
-    main.tensors.append(constant)
-    return len(main.tensors) - 1
+    index = _constant_in(model, main, main.tensors[like], value)
+    main.tensors[index].name = main.tensors[like].name
+    return index
 
 
 def _prune_dead_ops(sg) -> None:
@@ -373,9 +442,10 @@ def block_input(named: dict, index: int) -> int:
 
 
 def restructure(tflite_bytes: bytes, gated_indices: list[int], memory_plan: bool = True,
-                static: dict[int, bool] | None = None) -> bytes:
+                static: dict[int, bool] | None = None, exit_blocks: list[int] = ()) -> bytes:
     """The deployable int8 model: one IF per gated block, outputs `logits`, `gate_{i}`...
-    With `memory_plan`, the offline plan of `memory_plan.py` lets each IF skip its copies.
+    `exit_blocks`: the blocks after which early exits read (`AllComputeNet`'s `exit{k}`,
+    `cont{k}`): one nested IF per exit, outputs `exit_{k}` after the gates. With `memory_plan`, the offline plan of `memory_plan.py` lets each IF skip its copies.
 
     `static` maps gated blocks to a decision proven for every input (`gate_bounds.py`): True
     leaves the block inline with no IF and no controller, False deletes the block and its
@@ -396,16 +466,23 @@ def restructure(tflite_bytes: bytes, gated_indices: list[int], memory_plan: bool
         elif not static[i]:
             _drop_block(model, i, x, s, y, pred)
         gates[i] = _constant_bool(model, pred, static[i]) if i in static else pred
-    _set_outputs(model, [("logits", named["logits"])] + [(f"gate_{i}", gates[i]) for i in gated_indices])
+    exits = len(exit_blocks)
+    went_on = [named[f"cont{k}"] for k in range(exits)]
+    for k in reversed(range(exits)):  # deepest first: each exit's IF holds the deeper ones
+        _carve_exit(model, k, block_input(named, exit_blocks[k] + 1), named[f"exit{k}"], went_on[k],
+                    named["logits"], went_on[k + 1:])
+    _set_outputs(model, [("logits", named["logits"])] + [(f"gate_{i}", gates[i]) for i in gated_indices]
+                 + [(f"exit_{k}", went_on[k]) for k in range(exits)])
     main = model.subgraphs[0]
     _prune_dead_ops(main)
     _toposort(main)
     _compact_tensors(model, main, signature)
     _compact_buffers(model)
     _compact_opcodes(model)
-    if memory_plan and if_ops(model):
+    if memory_plan and if_ops(model) and not exits:
         plan.add_plan(model, if_ops(model))
     return write_model(model)
+
 
 
 def force_gates(tflite_bytes: bytes, on) -> bytes:
@@ -434,4 +511,20 @@ def force_gates(tflite_bytes: bytes, on) -> bytes:
             if entry.tensorIndex == old:
                 entry.tensorIndex = new
     plan.append_online(model, subgraph=0, count=len(branches))
+    if isinstance(on, (bool, np.bool_)):  # the deeper exits' IFs, nested in the branches, too
+        _force_nested(model, bool(on))
     return write_model(model)
+
+
+def _force_nested(model, on: bool) -> None:
+    """Every IF inside a branch subgraph takes the constant `on`; a branch output that was its
+    predicate (a deeper exit's decision, surfaced) becomes that constant too."""
+    schema = tflite_schema()
+    for sg in model.subgraphs[1:]:
+        for op in sg.operators:
+            if builtin_code(model.operatorCodes[op.opcodeIndex]) != schema.BuiltinOperator.IF:
+                continue
+            old = op.inputs[0]
+            new = _constant_in(model, sg, sg.tensors[old], on)
+            op.inputs[0] = new
+            sg.outputs = [new if t == old else t for t in sg.outputs]

@@ -105,6 +105,10 @@ def _is_gate(name: str) -> bool:
     return "controller." in name or name.endswith(".gamma")
 
 
+def _is_exit(name: str) -> bool:
+    return name.startswith("exits.")
+
+
 def _grown_weights(weights: dict, own: dict, theirs: int, ours: int) -> tuple[dict, list[int]]:
     """Backbone weights of a net with `theirs` blocks per stage, laid into one (`own`, its state
     dict) with `ours` > theirs.
@@ -157,15 +161,17 @@ def load_backbone(model, path: str | Path) -> tuple[int, list[int]]:
         raise CheckpointError(f"{path} is a different network ({'; '.join(differ)}); cannot start from it")
     # Blocks this model deletes (a static twin pruned from a trained net) take none of their weights.
     deleted = tuple(f"blocks.{i}." for i in model.cfg.removed_blocks if i not in theirs.get("removed_blocks", ()))
-    weights = {k: v for k, v in ckpt["model"].items() if not _is_gate(k) and not k.startswith(deleted)}
     own, grown = model.state_dict(), []
+    # Exit heads are copied where both nets have them at the same stages, else start fresh.
+    weights = {k: v for k, v in ckpt["model"].items() if not _is_gate(k) and not k.startswith(deleted)
+               and not (_is_exit(k) and _as_tuple(theirs.get("exit_stages")) != _as_tuple(ours["exit_stages"]))}
     if theirs["depth"] < ours["depth"]:
         if theirs.get("removed_blocks") or model.cfg.removed_blocks:
             raise CheckpointError(f"{path}: a net with removed blocks cannot grow; start from a full one")
         per_stage = (theirs["depth"] - 2) // 6
         weights, grown = _grown_weights(weights, own, per_stage, model.cfg.blocks_per_stage)
     unknown = sorted(k for k in weights if k not in own or own[k].shape != weights[k].shape)
-    missing = sorted(k for k in own if k not in weights and not _is_gate(k))
+    missing = sorted(k for k in own if k not in weights and not _is_gate(k) and not _is_exit(k))
     if unknown or missing:
         first = (unknown or missing)[0]
         raise CheckpointError(f"{path} does not fit this model ({len(unknown)} unexpected, "

@@ -15,6 +15,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 
 ROUTING_MODES = ("faithful", "adaptive", "target_rate", "batch_shape")
+STAGES = 3  # the CIFAR ResNet's stages (ModelConfig.widths)
 
 
 class ConfigError(ValueError):
@@ -50,6 +51,10 @@ class TrainConfig:
     shape_concentration: float = 1.0
     adaptive_spread: float = 0.4
     lambda_adapt: float = 0.0
+    # early exits (beyond the paper; none unless exits is set)
+    exits: str = ""
+    lambda_exit: float = 1.0
+    exit_threshold: float = 0.9
     tau_start: float = 1.0
     tau_end: float = 0.5
     # deployable gate
@@ -89,6 +94,14 @@ class TrainConfig:
             (self.distill_temperature > 0, "distill_temperature must be > 0"),
             (self.lambda_distill >= 0, "lambda_distill must be >= 0"),
             (self.shape_concentration > 0, "shape_concentration must be > 0"),
+            (all(1 <= k < STAGES for k in self.exit_stage_list) and
+             len(set(self.exit_stage_list)) == len(self.exit_stage_list),
+             f"exits go at stage boundaries 1..{STAGES - 1} (stage {STAGES} ends in the classifier "
+             f"itself), each once; got {self.exits!r}"),
+            (not (self.gated and self.exit_stage_list),
+             "early exits go on an ungated net (--no-gated): gates and exits together do not export"),
+            (self.lambda_exit >= 0, "lambda_exit must be >= 0"),
+            (0.0 < self.exit_threshold <= 1.0, "exit_threshold must lie in (0, 1]"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (self.flops_delay_epochs >= 0, "flops_delay_epochs must be >= 0"),
             (0.0 < self.tau_target <= 1.0, "tau_target must lie in (0, 1]"),
@@ -106,12 +119,11 @@ class TrainConfig:
 
     @property
     def removed_block_list(self) -> tuple:
-        value = self.removed_blocks
-        items = value if isinstance(value, (list, tuple)) else str(value).replace(" ", "").split(",")
-        try:
-            return tuple(int(i) for i in items if str(i))
-        except ValueError:
-            raise ConfigError(f"removed_blocks must be comma-separated block indices, got {self.removed_blocks!r}") from None
+        return _index_list(self.removed_blocks, "removed_blocks", "block indices")
+
+    @property
+    def exit_stage_list(self) -> tuple:
+        return _index_list(self.exits, "exits", "stage numbers")
 
     def model_config(self, dataset_info):
         from cosinegate.train.model import ModelConfig
@@ -120,8 +132,17 @@ class TrainConfig:
             depth=self.depth, in_channels=c, num_classes=dataset_info.num_classes, input_size=h,
             gated=self.gated, gate_downsample=self.gate_downsample,
             controller_ratio=self.controller_ratio, gamma0=self.gamma0,
-            removed_blocks=self.removed_block_list,
+            removed_blocks=self.removed_block_list, exit_stages=self.exit_stage_list,
             open_logit=self.open_logit if self.gate_init == "open" else None)
+
+
+def _index_list(value, name: str, what: str) -> tuple:
+    """A comma-separated string (or a YAML list, or one integer) of indices as a tuple of ints."""
+    items = value if isinstance(value, (list, tuple)) else str(value).replace(" ", "").split(",")
+    try:
+        return tuple(int(i) for i in items if str(i))
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated {what}, got {value!r}") from None
 
 
 # Declared type -> the Python types a value may have (a YAML file can hold any of them).
@@ -134,10 +155,13 @@ def _check_types(cfg: TrainConfig) -> None:
         value, kind = getattr(cfg, f.name), getattr(f.type, "__name__", str(f.type))
         # bool is an int subclass: `depth: true` is no depth
         if not isinstance(value, _ACCEPTED[kind]) or (isinstance(value, bool) and kind != "bool"):
-            if f.name == "removed_blocks" and isinstance(value, (int, list, tuple)) and value is not True:
+            if f.name in ("removed_blocks", "exits") and isinstance(value, (int, list, tuple)) and value is not True:
                 continue  # one index or a YAML list of them, read by removed_block_list
             raise ConfigError(f"{f.name} must be {kind.replace(' | None', ' or null')}, "
                               f"got {type(value).__name__} {str(value)[:60]!r}")
+
+
+CONFIG_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
 # One help line per TrainConfig field: the flag's help and the only description of the field. A new
@@ -170,6 +194,11 @@ FIELD_HELP = {
     "shape_concentration": "batch_shape: prior Beta(k t, k (1 - t)); k <= 1 is U-shaped",
     "adaptive_spread": "adaptive: budgets span tau_target +- spread/2 over a batch",
     "lambda_adapt": "weight of the routing-information term (0 = paper)",
+    "exits": "early exits after these stages, comma-separated (1,2 on a ResNet): an image whose "
+             "exit is confident enough stops there (default: none)",
+    "lambda_exit": "weight of the exits' cross-entropy, each exit's scaled by its depth (stage / 3)",
+    "exit_threshold": "softmax confidence an image needs to leave at an exit, in the test metrics "
+                      "(cg-export --exit-threshold / --target-macs set the deployed one)",
     "tau_start": "Gumbel temperature at the first step, annealed geometrically per step",
     "tau_end": "Gumbel temperature at the last step",
     "gate_train": "deploy: hand over to the x-only gate (hard, straight-through); "

@@ -5,6 +5,7 @@ Counts stay in device tensors and are read once at the end (one sync per evaluat
 """
 import torch
 
+from cosinegate.train import exits as X
 from cosinegate.train.gate import THRESHOLD_LOGIT, hard_gate
 from cosinegate.train.model import executed_mac_ratio, macs_breakdown
 
@@ -33,26 +34,96 @@ def collect(model, loader, mode: str, autocast=None):
     return torch.cat(preds), torch.cat(labels), cat(gates), extra
 
 
-def routing_stats(gates: torch.Tensor, macs: dict, gated_indices: list[int]) -> dict:
+def routing_stats(gates: torch.Tensor, macs: dict, gated_indices: list[int],
+                  exits_passed: torch.Tensor | None = None) -> dict:
     """Execution rate per block, skip rate, executed-MAC ratio (mean, std over images),
-    input-adaptivity and distinct paths of hard gates (N, n_gated); every runtime's decisions are
-    summarised by this one function. A net without gates runs one fixed path."""
+    input-adaptivity and distinct paths of hard gates (N, n_gated) and, for a net with early exits,
+    of the exits (`exits_passed` (N,): how many exits each image went past); every runtime's
+    decisions are summarised by this one function. A net without gates or exits runs one fixed path.
+
+    An exit is a decision too: `continue_rate[k]` is the share of images that go on past exit k.
+    Adaptivity and paths count gates and exits alike; a path is the set of blocks an image runs."""
     rates = gates.mean(0)                                      # (n_gated,)
-    ratio = executed_mac_ratio(macs, gates, gated_indices)     # (N,)
+    ratio = executed_mac_ratio(macs, gates, gated_indices, exits_passed)     # (N,)
+    decisions = gates.bool()
+    out = {}
+    if exits_passed is not None and macs["exits"]:
+        went_on = exits_passed.view(-1, 1) > torch.arange(len(macs["exits"]), device=gates.device).view(1, -1)
+        out["continue_rate"] = went_on.float().mean(0).tolist()
+        # a gate behind the exit an image left at decides nothing: mask it so it makes no path
+        gates_seen = gates.bool() & _gates_reached(macs, gated_indices, exits_passed)
+        decisions = torch.cat([gates_seen, went_on], 1)
     lo, hi = ADAPTIVE_BAND
+    decision_rates = decisions.float().mean(0)
+    any_decision = decision_rates.numel() > 0
     any_gate = rates.numel() > 0
-    return {
+    out.update({
         "exec_rate": rates.tolist(),
         "skip_rate": 1.0 - rates.mean().item() if any_gate else 0.0,
         "mac_ratio": ratio.mean().item(),
         "mac_ratio_std": ratio.std(unbiased=False).item(),
-        "adaptivity": ((rates >= lo) & (rates <= hi)).float().mean().item() if any_gate else 0.0,
-        "distinct_paths": int(torch.unique(gates.bool(), dim=0).shape[0]) if any_gate else 1,
-    }
+        "adaptivity": (((decision_rates >= lo) & (decision_rates <= hi)).float().mean().item()
+                       if any_decision else 0.0),
+        "distinct_paths": int(torch.unique(decisions, dim=0).shape[0]) if any_decision else 1,
+    })
+    return out
+
+
+def split_decisions(decisions: torch.Tensor, macs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A runtime's decision outputs (N, n_gated + n_exits), as a deployed model reports them (its
+    gates, then per exit whether the image went on), as (gates (N, n_gated), exits passed (N,) or
+    None without exits). The exit bits are nested: an image goes on past exit k only if it went on
+    past every exit before, so their sum counts the exits it passed."""
+    n_exits = len(macs.get("exits", []))
+    if not n_exits:
+        return decisions, None
+    return decisions[:, :-n_exits], decisions[:, -n_exits:].sum(1).long()
+
+
+def _gates_reached(macs: dict, gated_indices: list[int], exits_passed: torch.Tensor) -> torch.Tensor:
+    """(N, n_gated) bool: the image got as far as gated block i (passed every exit before it)."""
+    before = torch.tensor([sum(e < i for e in macs["exit_blocks"]) for i in gated_indices],
+                          device=exits_passed.device)
+    return before.view(1, -1) <= exits_passed.view(-1, 1)
 
 
 def _suffixed(stats: dict, suffix: str) -> dict:
     return {f"{key}_{suffix}": value for key, value in stats.items()}
+
+
+@torch.no_grad()
+def collect_exits(model, loader, mode: str, autocast=None):
+    """Run `mode` over the loader keeping every head: (classifier logits (N, classes), exits'
+    logits [(N, classes)], labels (N,), gates (N, n_gated) under `mode`)."""
+    model.eval()
+    finals, exits, labels, gates = [], [], [], []
+    for x, y in loader:
+        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+            logits, stats, exit_logits = model(x, mode, with_exits=True)
+        finals.append(logits.float())
+        exits.append([z.float() for z in exit_logits])
+        labels.append(y)
+        gates.append(torch.stack([s["g"] for s in stats], 1) if stats else torch.zeros(len(y), 0, device=y.device))
+    return (torch.cat(finals), [torch.cat(k) for k in zip(*exits)], torch.cat(labels),
+            torch.cat(gates).float())
+
+
+def exit_metrics(model, loader, autocast=None) -> dict:
+    """The early exits' test metrics: each exit's own accuracy and the deployed rule's (each image
+    answered by the first exit confident to `model.exit_thresholds`, else the classifier)."""
+    mode = "deploy" if model.gated_indices else "full"
+    final, exit_logits, labels, gates = collect_exits(model, loader, mode, autocast)
+    out = {f"test_acc_exit{k}": (z.argmax(1) == labels).float().mean().item()
+           for k, z in zip(model.cfg.exit_stages, exit_logits)}
+    answer, passed = X.select_logits(exit_logits, final, model.exit_thresholds)
+    out["test_acc_deploy"] = (answer.argmax(1) == labels).float().mean().item()
+    stats = routing_stats(gates, macs_breakdown(model.cfg), model.gated_indices, passed)
+    out.update(_suffixed(stats, "deploy"))
+    out["exit_thresholds"] = list(model.exit_thresholds)
+    out["adaptivity"] = out["adaptivity_deploy"]
+    out["distinct_paths"] = out["distinct_paths_deploy"]
+    out["mac_ratio_std"] = out["mac_ratio_std_deploy"]
+    return out
 
 
 def evaluate(model, loader, autocast=None) -> dict:
@@ -61,6 +132,8 @@ def evaluate(model, loader, autocast=None) -> dict:
     preds_full, labels, _, extra_full = collect(raw, loader, "full", autocast)
     out = {"test_acc_full": (preds_full == labels).float().mean().item()}
     macs = macs_breakdown(raw.cfg)
+    if raw.cfg.exit_stages and not raw.gated_indices:
+        return {**out, **exit_metrics(raw, loader, autocast)}
     if not raw.gated_indices:  # plain or statically pruned: one fixed path
         out["test_acc_deploy"] = out["test_acc_full"]
         out["skip_rate_deploy"] = len(macs["removed"]) / len(macs["blocks"])
@@ -81,4 +154,6 @@ def evaluate(model, loader, autocast=None) -> dict:
     out["cir_mae"] = (extra_full["cir"] - extra_full["cir_hat"]).abs().mean().item()
     margin = (extra["logit_deploy"] - THRESHOLD_LOGIT).abs()
     out["deploy_margin_p05"] = margin.quantile(0.05).item()
+    if raw.cfg.exit_stages:  # the deployed rule is gates and exits together
+        out.update(exit_metrics(raw, loader, autocast))
     return out

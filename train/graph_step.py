@@ -20,7 +20,7 @@ WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuDNN/cuBLAS se
 
 class StaticStep:
     def __init__(self, model, optimizer, loss_fn, autocast, x_like, y_like, use_graph: bool):
-        """`loss_fn(logits, stats, x, y, progress, mode)` -> (loss, gbar or None); `x_like`, `y_like` a
+        """`loss_fn(logits, stats, x, y, progress, mode, exit_logits)` -> (loss, gbar or None); `x_like`, `y_like` a
         batch whose shape, dtype and memory format every batch shares."""
         self.model, self.optimizer, self.loss_fn, self.autocast = model, optimizer, loss_fn, autocast
         device = x_like.device
@@ -76,8 +76,8 @@ class StaticStep:
     def _step(self, mode: str) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast() if self.autocast else nullcontext():
-            logits, stats = self.model(self.x, mode, self.tau)
-        loss, gbar = self.loss_fn(logits, stats, self.x, self.y, self.progress, mode)
+            logits, stats, exit_logits = self.model(self.x, mode, self.tau, with_exits=True)
+        loss, gbar = self.loss_fn(logits, stats, self.x, self.y, self.progress, mode, exit_logits)
         loss.backward()
         self._sgd()
         n = self.y.shape[0]

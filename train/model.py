@@ -7,12 +7,14 @@ A gated block computes r = F(x), s = shortcut(x), y = ReLU(s + g r). Its input x
 a ReLU, so s >= 0 and a skipped block (g = 0) is an exact identity (or the parameter-free
 subsample-and-pad shortcut for a downsampling block).
 """
+import functools
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cosinegate.train import exits as X
 from cosinegate.train import gate as G
 
 GATE_MODES = ("full", "off", "paper", "deploy", "relaxed", "relaxed_deploy")
@@ -33,6 +35,7 @@ class ModelConfig:
                                          # a value: controller bias set so the initial logit is this
     removed_blocks: tuple = ()           # static pruning baseline: these blocks are deleted
                                          # (only their shortcut remains; no gate, no weights)
+    exit_stages: tuple = ()              # early exits after these stages (1-based, before the last)
 
     def __post_init__(self):
         if (self.depth - 2) % 6 != 0 or self.depth < 8:
@@ -42,10 +45,25 @@ class ModelConfig:
         n_blocks = 3 * self.blocks_per_stage
         if any(not 0 <= i < n_blocks for i in self.removed_blocks):
             raise ValueError(f"removed_blocks must index blocks 0..{n_blocks - 1}, got {self.removed_blocks}")
+        self.exit_stages = tuple(sorted(int(k) for k in self.exit_stages))
+        last = len(self.widths)
+        if len(set(self.exit_stages)) != len(self.exit_stages) or any(not 1 <= k < last for k in self.exit_stages):
+            raise ValueError(f"exits go at stage boundaries 1..{last - 1} (stage {last} ends in the "
+                             f"classifier itself), got {self.exit_stages}")
 
     @property
     def blocks_per_stage(self) -> int:
         return (self.depth - 2) // 6
+
+    def stage_end_block(self, stage: int) -> int:
+        """Index of the last block of `stage` (1-based)."""
+        return stage * self.blocks_per_stage - 1
+
+    def stage_output_size(self, stage: int) -> int:
+        size = self.input_size
+        for _ in range(1, stage):
+            size = (size + 1) // 2
+        return size
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -147,6 +165,11 @@ class CosineGateResNet(nn.Module):
                 cin = width
         self.blocks = nn.ModuleList(blocks)
         self.fc = nn.Linear(cin, cfg.num_classes)
+        self.exits = nn.ModuleList(
+            X.ExitHead(cfg.widths[k - 1], cfg.num_classes, cfg.stage_output_size(k)) for k in cfg.exit_stages)
+        self._exit_after = {cfg.stage_end_block(k): j for j, k in enumerate(cfg.exit_stages)}
+        # The exit rule's confidence thresholds, one per exit; like deploy_threshold, not a weight.
+        self.exit_thresholds = [X.EXIT_THRESHOLD] * len(cfg.exit_stages)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -161,15 +184,33 @@ class CosineGateResNet(nn.Module):
         for i in self.gated_indices:
             self.blocks[i].deploy_threshold = threshold
 
-    def forward(self, x: torch.Tensor, mode: str = "full", tau: float = 1.0):
-        """Returns logits (B, classes) and one stats dict per gated block (see ResidualBlock)."""
+    def set_exit_thresholds(self, thresholds) -> None:
+        """An image leaves at exit k when its confidence there is >= thresholds[k] (one value: all)."""
+        values = [float(thresholds)] * len(self.exits) if isinstance(thresholds, (int, float)) else list(thresholds)
+        if len(values) != len(self.exits) or not all(0.0 < t <= 1.0 for t in values):
+            raise ValueError(f"expected {len(self.exits)} exit thresholds in (0, 1], got {thresholds}")
+        self.exit_thresholds = values
+
+    def forward(self, x: torch.Tensor, mode: str = "full", tau: float = 1.0, with_exits: bool = False):
+        """Returns logits (B, classes) and one stats dict per gated block (see ResidualBlock). In
+        "deploy" mode the logits are those the deployed network answers with: each image's exit
+        (`exit_thresholds`), else the classifier's. With `with_exits`, the classifier's logits
+        whatever the mode, and the exits' logits (one (B, classes) per exit) as a third value, so
+        the caller can apply any exit rule."""
         x = self.stem(x)
-        stats = []
-        for block in self.blocks:
+        stats, exit_logits = [], []
+        for i, block in enumerate(self.blocks):
             x, st = block(x, mode, tau)
             if st is not None:
                 stats.append(st)
-        return self.fc(x.mean(dim=(2, 3))), stats
+            if i in self._exit_after:
+                exit_logits.append(self.exits[self._exit_after[i]](x))
+        logits = self.fc(x.mean(dim=(2, 3)))
+        if with_exits:
+            return logits, stats, exit_logits
+        if mode == "deploy" and exit_logits:
+            logits, _ = X.select_logits(exit_logits, logits, self.exit_thresholds)
+        return logits, stats
 
 
 def macs_breakdown(cfg: ModelConfig) -> dict:
@@ -177,9 +218,10 @@ def macs_breakdown(cfg: ModelConfig) -> dict:
     BatchNorm folds into the convolutions, adds and pooling are not counted).
 
     `blocks[i]` is block i's residual branch, `controllers[i]` its controller as deployed
-    (fc1 plus the single folded head; 0 for an ungated block). `plain_total` is the plain network
-    of the same depth (40,551,040 for ResNet-20 on 32x32x3); `full_total` is this network with
-    every gate open (controllers included, removed blocks left out).
+    (fc1 plus the single folded head; 0 for an ungated block), `exits[k]` the k-th exit head.
+    `plain_total` is the plain network of the same depth (40,551,040 for ResNet-20 on 32x32x3);
+    `full_total` is this network with every gate open and no image leaving early (controllers and
+    exit heads included, removed blocks left out).
     """
     size, w0 = cfg.input_size, cfg.widths[0]
     stem = cfg.in_channels * w0 * 9 * size * size
@@ -195,21 +237,44 @@ def macs_breakdown(cfg: ModelConfig) -> dict:
             controllers.append(cin * hidden + hidden if gated else 0)
             size, cin = out, width
     head = cin * cfg.num_classes
+    exits = [X.head_macs(cfg.widths[k - 1], cfg.num_classes, cfg.stage_output_size(k))
+             for k in cfg.exit_stages]
     plain = stem + sum(blocks) + head
     removed = sum(blocks[i] for i in cfg.removed_blocks)
     return {"stem": stem, "blocks": blocks, "controllers": controllers, "head": head,
+            "exits": exits, "exit_blocks": [cfg.stage_end_block(k) for k in cfg.exit_stages],
             "removed": list(cfg.removed_blocks), "plain_total": plain,
-            "full_total": plain - removed + sum(controllers)}
+            "full_total": plain - removed + sum(controllers) + sum(exits)}
 
 
-def executed_mac_ratio(macs: dict, gates: torch.Tensor, gated_indices: list[int]) -> torch.Tensor:
-    """Per-sample executed MACs under `gates` (B, n_gated), divided by the plain network's MACs."""
+def executed_mac_ratio(macs: dict, gates: torch.Tensor, gated_indices: list[int],
+                       exits_passed: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample executed MACs under `gates` (B, n_gated), divided by the plain network's MACs.
+
+    `exits_passed` (B,): how many exits each image went past (an image that leaves at exit k has
+    passed k, one that reaches the classifier all of them); None: every image reaches the end.
+    An image runs the blocks, controllers and exit heads up to where it leaves, nothing after."""
+    n_blocks, batch = len(macs["blocks"]), gates.shape[0]
+    runs = torch.ones(batch, n_blocks, dtype=torch.float64, device=gates.device)
+    index = functools.partial(torch.tensor, dtype=torch.long, device=gates.device)
+    runs[:, index(macs["removed"])] = 0.0
+    runs[:, index(gated_indices)] = gates.double().view(batch, len(gated_indices))
+    reached = torch.ones_like(runs)
+    exit_blocks = macs.get("exit_blocks", [])
+    heads = torch.full((batch,), float(macs["head"]), dtype=torch.float64, device=gates.device)
+    if exits_passed is not None and exit_blocks:
+        passed = exits_passed.to(gates.device).view(-1, 1)
+        # block i runs only if the image passed every exit placed before it
+        before = torch.tensor([sum(e < i for e in exit_blocks) for i in range(n_blocks)], device=gates.device)
+        reached = (before.view(1, -1) <= passed).double()
+        exit_costs = torch.tensor(macs["exits"], dtype=torch.float64, device=gates.device)
+        evaluated = (torch.arange(len(exit_blocks), device=gates.device).view(1, -1) <= passed).double()
+        heads = evaluated @ exit_costs + (passed.view(-1) == len(exit_blocks)).double() * macs["head"]
+    elif exit_blocks:
+        heads = heads + sum(macs["exits"])
     blocks = torch.tensor(macs["blocks"], dtype=torch.float64, device=gates.device)
-    always = macs["stem"] + macs["head"] + sum(macs["controllers"])
-    skipped_always = set(gated_indices) | set(macs["removed"])
-    ungated = [i for i in range(len(macs["blocks"])) if i not in skipped_always]
-    always += sum(macs["blocks"][i] for i in ungated)
-    executed = always + gates.double() @ blocks[gated_indices]
+    controllers = torch.tensor(macs["controllers"], dtype=torch.float64, device=gates.device)
+    executed = macs["stem"] + (runs * reached) @ blocks + reached @ controllers + heads
     return executed / macs["plain_total"]  # (B,)
 
 

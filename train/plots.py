@@ -29,7 +29,8 @@ def plot_run(history: list[dict], out_dir: str | Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ax.plot(epochs, [m["train_acc"] for m in history], label="train (relaxed gates)")
     for key, label in (("test_acc_full", "test, all blocks"), ("test_acc_paper", "test, paper gate (eq. 16)"),
-                       ("test_acc_deploy", "test, deploy gate")):
+                       ("test_acc_deploy", "test, deployed rule (gates, exits)"),
+                       ("test_acc_exit1", "test, exit after stage 1"), ("test_acc_exit2", "test, exit after stage 2")):
         if key in history[-1]:
             ax.plot(epochs, [m[key] for m in history], label=label)
     ax.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
@@ -41,8 +42,12 @@ def plot_run(history: list[dict], out_dir: str | Path) -> list[Path]:
     if "exec_rate_deploy" not in history[-1]:
         return written
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    ax.plot(epochs, [m["gbar"] for m in history], label="mean relaxed gate (paper FLOPs)")
-    ax.plot(epochs, [m["skip_rate_deploy"] for m in history], label="skip rate, deploy gate")
+    if history[-1]["exec_rate_deploy"]:
+        ax.plot(epochs, [m["gbar"] for m in history], label="mean relaxed gate (paper FLOPs)")
+        ax.plot(epochs, [m["skip_rate_deploy"] for m in history], label="skip rate, deploy gate")
+    for k, _ in enumerate(history[-1].get("continue_rate_deploy", [])):
+        ax.plot(epochs, [m["continue_rate_deploy"][k] for m in history], ls="--",
+                label=f"share going on past exit {k + 1}")
     ax.plot(epochs, [m["mac_ratio_deploy"] for m in history], label="executed MACs / plain")
     ax.plot(epochs, [m["adaptivity"] for m in history], ls=":", label="adaptivity (blocks in [5 %, 95 %])")
     ax.set(xlabel="epoch", ylabel="fraction", ylim=(0, 1.05), title="Compute")
@@ -52,6 +57,8 @@ def plot_run(history: list[dict], out_dir: str | Path) -> list[Path]:
     _save(fig, written[-1])
 
     rates = [m["exec_rate_deploy"] for m in history]  # (epochs, blocks)
+    if not rates[-1]:  # early exits on an ungated net: no block rates to draw
+        return written
     fig, ax = plt.subplots(figsize=(6.4, 3.0))
     image = ax.imshow(list(zip(*rates)), aspect="auto", cmap="viridis", vmin=0, vmax=1,
                       extent=(epochs[0] - 0.5, epochs[-1] + 0.5, len(rates[0]) - 0.5, -0.5))

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from cosinegate import atomic
 from cosinegate.train import checkpoint, gate as G
-from cosinegate.train.config import MACHINE_KEYS, TrainConfig, to_dict
+from cosinegate.train import exits as X
+from cosinegate.train.config import CONFIG_DEFAULTS, MACHINE_KEYS, STAGES, TrainConfig, to_dict
 from cosinegate.train.data import DeviceLoader, dataset_info, load_arrays
 from cosinegate.train.distill import distillation_loss, load_teacher, teacher_logits
 from cosinegate.train.evaluate import evaluate
@@ -77,12 +78,18 @@ def _prior_quantiles(n: int, mean: float, concentration: float, device: torch.de
     return G.beta_quantiles(n, alpha, beta).float().to(device)
 
 
-def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str, teacher_logits=None) -> dict:
-    """Eq. 21 plus the deployable gate's two terms (and distillation, given a teacher's logits);
-    every term is a scalar tensor."""
+def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str, teacher_logits=None,
+               exit_logits=()) -> dict:
+    """Eq. 21 plus the deployable gate's two terms (and distillation, given a teacher's logits,
+    and the early exits' cross-entropy, given their logits); every term is a scalar tensor."""
     terms = {"ce": F.cross_entropy(logits.float(), y)}
+    weights = X.exit_weights(cfg.exit_stage_list, STAGES)
+    if exit_logits:
+        terms["exit"] = sum(w * F.cross_entropy(z.float(), y) for w, z in zip(weights, exit_logits))
     if teacher_logits is not None:
-        terms["distill"] = distillation_loss(logits, teacher_logits, cfg.distill_temperature)
+        terms["distill"] = distillation_loss(logits, teacher_logits, cfg.distill_temperature) + sum(
+            w * distillation_loss(z, teacher_logits, cfg.distill_temperature)
+            for w, z in zip(weights, exit_logits))
     if not stats:
         return terms
     z = torch.stack([s["g"] for s in stats], 1)                                  # (B, n_gated)
@@ -111,6 +118,8 @@ def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str, t
 
 def total_loss(cfg: TrainConfig, terms: dict) -> torch.Tensor:
     loss = terms["ce"]
+    if "exit" in terms:
+        loss = loss + cfg.lambda_exit * terms["exit"]
     if "distill" in terms:
         loss = loss + cfg.lambda_distill * terms["distill"]
     if "gbar" in terms:
@@ -124,9 +133,9 @@ def total_loss(cfg: TrainConfig, terms: dict) -> torch.Tensor:
 
 def step_loss(cfg: TrainConfig, teacher=None):
     """The loss a training step minimises, as `StaticStep` calls it: (loss, mean gate or None)."""
-    def loss_fn(logits, stats, x, y, progress, mode):
+    def loss_fn(logits, stats, x, y, progress, mode, exit_logits=()):
         target = teacher_logits(teacher, x) if teacher is not None else None
-        terms = loss_terms(cfg, logits, stats, y, progress, mode, target)
+        terms = loss_terms(cfg, logits, stats, y, progress, mode, target, exit_logits)
         return total_loss(cfg, terms), terms.get("gbar")
     return loss_fn
 
@@ -142,6 +151,10 @@ def _summary(m: dict, epochs: int) -> str:
         line += (f" paper {m['test_acc_paper']:.4f} deploy {m['test_acc_deploy']:.4f} | "
                  f"gbar {m['gbar']:.3f} skip {m['skip_rate_deploy']:.3f} "
                  f"mac {m['mac_ratio_deploy']:.3f} paths {m['distinct_paths']}")
+    if "continue_rate_deploy" in m:
+        exits = " ".join(f"{m[k]:.4f}" for k in sorted(m) if k.startswith("test_acc_exit"))
+        line += (f" | exits {exits} deploy {m['test_acc_deploy']:.4f} at mac {m['mac_ratio_deploy']:.3f} "
+                 f"(std {m['mac_ratio_std']:.3f})")
     return line + f" | {m['epoch_time_s']:.1f}s"
 
 
@@ -295,7 +308,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
 def _check_trained_with(state: dict, cfg: TrainConfig, path: Path) -> None:
     """The checkpoint must have been trained with the run's config (machine keys aside): else
     config.yaml, and every result read from it, would misstate what was trained."""
-    ours, theirs = to_dict(cfg), state["config"]
+    # A key the checkpoint predates holds its default (the setting it was trained with).
+    ours, theirs = to_dict(cfg), {**CONFIG_DEFAULTS, **state["config"]}
     differ = sorted(k for k in set(ours) | set(theirs)
                     if k not in MACHINE_KEYS and ours.get(k, _MISSING) != theirs.get(k, _MISSING))
     if differ:

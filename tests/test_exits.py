@@ -1,0 +1,151 @@
+"""Early exits: the exit rule, its MAC accounting, training, and the nested IF export with parity.
+
+One ResNet-8 with exits after stages 1 and 2, trained 2 epochs on digits, serves the module.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import export_tiny
+
+
+@pytest.fixture(scope="module")
+def exit_run(tmp_path_factory):
+    from cosinegate.train.cli import main as train_main
+    run = tmp_path_factory.mktemp("exit_run")
+    assert train_main(["--preset", "demo", "--no-gated", "--exits", "1,2", "--depth", "8", "--epochs", "2",
+                       "--threads", "1", "--no-progress", "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def exit_export(exit_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exit_export") / "e"
+    # a low threshold, so that images leave at both exits and go on past them
+    assert export_tiny(exit_run / "last.pt", out, "--exit-threshold", "0.5") == 0
+    return out
+
+
+def test_an_image_leaves_at_the_first_confident_exit():
+    from cosinegate.train.exits import select_logits
+    sure, unsure = torch.tensor([[9.0, 0.0]]), torch.tensor([[0.1, 0.0]])
+    final = torch.tensor([[0.0, 5.0]])
+    cases = [([sure, sure], 0), ([unsure, sure], 1), ([unsure, unsure], 2)]
+    for exits, passed in cases:
+        logits, went = select_logits(exits, final, [0.9, 0.9])
+        assert went.item() == passed
+        assert torch.equal(logits, (exits + [final])[passed])
+
+
+def test_executed_macs_stop_where_the_image_leaves():
+    from cosinegate.train.model import ModelConfig, executed_mac_ratio, macs_breakdown
+    cfg = ModelConfig(gated=False, exit_stages=(1, 2))
+    macs = macs_breakdown(cfg)
+    per_stage = [sum(macs["blocks"][3 * s:3 * s + 3]) for s in range(3)]
+    expected = [macs["stem"] + per_stage[0] + macs["exits"][0],
+                macs["stem"] + sum(per_stage[:2]) + sum(macs["exits"]),
+                macs["full_total"]]
+    ratio = executed_mac_ratio(macs, torch.zeros(3, 0), [], torch.tensor([0, 1, 2]))
+    assert ratio.tolist() == pytest.approx([e / macs["plain_total"] for e in expected])
+    assert macs["exits"] == [16 * 16 * 10, 32 * 16 * 10]  # pooled to 4x4, one linear map
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--exits", "1"], "ungated net"),                       # gated by the preset
+    (["--no-gated", "--exits", "3"], "stage boundaries 1..2"),
+    (["--no-gated", "--exits", "1,1"], "each once"),
+    (["--no-gated", "--exits", "a"], "comma-separated stage numbers"),
+    (["--no-gated", "--exits", "1", "--exit-threshold", "0"], "exit_threshold"),
+])
+def test_exit_options_that_make_no_sense_stop_before_any_work(argv, message, tmp_path, capsys):
+    from cosinegate.train.cli import main as train_main
+    assert train_main(["--preset", "demo", "--out", str(tmp_path / "r"), *argv]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cg-train: error:") and message in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_training_logs_each_exit_and_the_deployed_rule(exit_run):
+    last = json.loads((exit_run / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("test_acc_exit1", "test_acc_exit2", "test_acc_full", "test_acc_deploy",
+                "continue_rate_deploy", "mac_ratio_deploy", "mac_ratio_std", "distinct_paths"):
+        assert key in last
+    assert last["exit_thresholds"] == [0.9, 0.9]
+    went_on = last["continue_rate_deploy"]
+    assert 1.0 >= went_on[0] >= went_on[1] >= 0.0  # nobody goes on past exit 2 without passing exit 1
+
+
+def test_export_nests_one_if_per_exit_and_every_runtime_takes_the_same_decisions(exit_export):
+    import onnx
+    from cosinegate.export import restructure
+    report = json.loads((exit_export / "export_report.json").read_text())
+    assert report["decision_outputs"] == ["exit_0", "exit_1"] and report["exit_blocks"] == [0, 1]
+    assert report["deploy_threshold"] == {"threshold": 0.5, "rule": "exit confidence", "source": "--exit-threshold"}
+    graph = onnx.load(exit_export / "model.onnx").graph
+    top = [n for n in graph.node if n.op_type == "If"]
+    assert [n.name for n in top] == ["exit0_if"]
+    nested = [n for a in top[0].attribute if a.name == "then_branch" for n in a.g.node if n.op_type == "If"]
+    assert [n.name for n in nested] == ["exit1_if"]
+
+    tflite = (exit_export / "model_int8.tflite").read_bytes()
+    restructure.validate_int8(tflite, 0, 2)
+    assert {"IF", "SOFTMAX", "REDUCE_MAX", "GREATER"} <= set(report["tflm_ops"])
+    model = restructure.read_model(tflite)
+    assert [sg.name.decode() for sg in model.subgraphs[1:]] == ["exit1_then", "exit1_else", "exit0_then", "exit0_else"]
+
+    parity = report["parity"]
+    assert parity["onnx_vs_pytorch"]["gates_identical"]
+    assert parity["tflm_vs_tflite_ref"]["gate_agreement"] == 1.0
+    assert parity["forced_on_vs_all_compute"]["bit_exact_fraction"] == 1.0
+    assert parity["forced_on_vs_all_compute"]["gates_match_all_compute"]
+
+
+def test_int8_decisions_are_nested_and_answers_come_from_the_exit_taken(exit_export):
+    """An image that leaves at exit 0 reports exit_1 false, and its logits are exit 0's."""
+    from cosinegate.export import parity, restructure
+    from cosinegate.train.data import dataset_info, load_arrays
+    tflite = (exit_export / "model_int8.tflite").read_bytes()
+    images, _ = load_arrays("digits", None, "test")
+    scale, zero_point = restructure.input_quantization(tflite)
+    xq = parity.quantize_inputs(parity.float_inputs(images[:100], dataset_info("digits")), scale, zero_point)
+    deployed, decisions = parity.run_all(parity.TfliteRunner(tflite, ["exit_0", "exit_1"]), xq, "", False)
+    assert not np.any(decisions[:, 1] & ~decisions[:, 0])
+    assert decisions[:, 0].any() and not decisions[:, 0].all()  # the threshold splits the images
+    forced = restructure.force_gates(tflite, on=True)
+    full, forced_decisions = parity.run_all(parity.TfliteRunner(forced, ["exit_0", "exit_1"]), xq, "", False)
+    assert forced_decisions.all()
+    went_on = decisions.all(1)
+    assert np.array_equal(deployed[went_on], full[went_on])  # the same network ran to the end
+
+
+def test_target_macs_chooses_the_exit_threshold_on_training_images(exit_run, tmp_path):
+    from cosinegate.export import compute_target
+    from cosinegate.export.parity import float_inputs
+    from cosinegate.train import checkpoint
+    from cosinegate.train.data import dataset_info
+    model = checkpoint.build_model(checkpoint.load(exit_run / "last.pt")).eval()
+    images = compute_target.training_images("digits", None, 300)
+    x = torch.from_numpy(float_inputs(images, dataset_info("digits")))
+    ratios = compute_target.exit_mac_ratios(model, x)
+    least, most = ratios(0.0).mean().item(), ratios(1.0).mean().item()
+    target = 0.5 * (least + most)
+    choice = compute_target.threshold_for_target(model, x, target)
+    assert choice.mac_ratio <= target and model.exit_thresholds == [choice.threshold] * 2
+    assert ratios(min(1.0, choice.threshold + 0.02)).mean().item() > target or choice.threshold > 0.98
+    with pytest.raises(compute_target.ComputeTargetError, match="below the least"):
+        compute_target.threshold_for_target(model, x, least * 0.9)
+
+
+def test_bench_counts_the_work_of_the_exit_each_image_took(exit_export, tmp_path):
+    from cosinegate.bench.cli import main as bench_main
+    out = tmp_path / "bench"
+    assert bench_main([str(exit_export), "--out", str(out), "--images", "60", "--latency-runs", "2",
+                       "--latency-warmup", "1", "--no-plain", "--no-progress"]) == 0
+    bench = json.loads((out / "bench.json").read_text())
+    tflm, torch_run = bench["runtimes"]["tflm"], bench["runtimes"]["torch"]
+    assert bench["decision_outputs"] == ["exit_0", "exit_1"]
+    assert 0.0 < tflm["mac_ratio"] < 1.0 and tflm["mac_ratio_std"] > 0.0
+    assert len(tflm["continue_rate_per_exit"]) == 2 and tflm["distinct_paths"] >= 2
+    assert abs(tflm["mac_ratio"] - torch_run["mac_ratio"]) < 0.05

@@ -37,6 +37,12 @@ def _compare(row: dict, reference: dict, relation: str) -> Comparison:
                       mcnemar(a, b) if a and b and len(a) == len(b) else None)
 
 
+def _baseline(rows: list[dict], row: dict) -> Comparison | None:
+    """The row against plain ResNet-20: the run it warm-started from, else the same schedule."""
+    base = R.plain_resnet20(rows, row)
+    return _compare(row, base, "baseline") if base else None
+
+
 @dataclass(frozen=True)
 class BarVerdict:
     """A deployed Balanced ResNet-20 against the bar (int8 >= 91.3 % at <= 0.70 executed MACs)."""
@@ -64,13 +70,9 @@ class BarVerdict:
 def bar_verdicts(rows: list[dict]) -> list[BarVerdict]:
     """Every deployed Balanced ResNet-20 (the paper's claim is for ResNet-20; deeper nets are
     `deeper_verdicts`)."""
-    out = []
-    for r in (r for r in rows if r["preset"] == "balanced" and r["config"]["depth"] == 20 and R.int8(r)):
-        base = R.plain_resnet20(rows, r)
-        out.append(BarVerdict(r["name"], R.schedule(r["config"], r["epochs_done"]), R.exported(r),
-                              R.changed_from_preset(r["config"]), R.deployed(r), R.int8(r)["images"],
-                              _compare(r, base, "baseline") if base else None))
-    return out
+    return [BarVerdict(r["name"], R.schedule(r["config"], r["epochs_done"]), R.exported(r),
+                       R.changed_from_preset(r["config"]), R.deployed(r), R.int8(r)["images"], _baseline(rows, r))
+            for r in rows if r["preset"] == "balanced" and r["config"]["depth"] == 20 and R.int8(r)]
 
 
 @dataclass(frozen=True)
@@ -106,14 +108,13 @@ class DeeperVerdict:
 
 
 def deeper_verdicts(rows: list[dict]) -> list[DeeperVerdict]:
-    out = []
-    for r in (r for r in rows if r["config"]["gated"] and r["config"]["depth"] > 20 and R.int8(r)):
-        base = R.plain_resnet20(rows, r)
-        control = R.fine_tuned_control(rows, r) if base else None
-        out.append(DeeperVerdict(r["name"], r["config"]["depth"], R.schedule(r["config"], r["epochs_done"]),
-                                 R.deployed(r), _compare(r, base, "baseline") if base else None,
-                                 _compare(r, control, "control") if control else None))
-    return out
+    def control(r):
+        fine_tuned = R.fine_tuned_control(rows, r)
+        return _compare(r, fine_tuned, "control") if fine_tuned else None
+
+    return [DeeperVerdict(r["name"], r["config"]["depth"], R.schedule(r["config"], r["epochs_done"]),
+                          R.deployed(r), _baseline(rows, r), control(r))
+            for r in rows if r["config"]["gated"] and r["config"]["depth"] > 20 and R.int8(r)]
 
 
 @dataclass(frozen=True)

@@ -5,151 +5,173 @@ import pytest
 import yaml
 
 
-def test_results_deeper_net_and_goal_on_resnet20_scale():
+def _row(name, depth, gated, accuracy, mac_ratio, preset=None):
+    """A run row as `rows.collect` makes it, with only what the comparisons read."""
+    config = {"dataset": "cifar10", "depth": depth, "gated": gated, "removed_blocks": "", "epochs": 10,
+              "warmup_epochs": 3, "preset": preset or ("balanced" if gated else "resnet20"), "tau_target": 0.70}
+    return {"name": name, "preset": config["preset"], "config": config, "epochs_done": 10,
+            "last": {"mac_ratio_deploy": mac_ratio}, "sweep": None,
+            "bench": {"runtimes": {"tflite_int8": {"accuracy": accuracy, "mac_ratio": mac_ratio, "images": 10000}}}}
+
+
+def test_mcnemar_and_noise():
+    from cosinegate.experiments.stats import McNemar, mcnemar, unpaired_noise
+    assert mcnemar("1" * 10, "0" * 10) == McNemar(10, 10, 0, 2 / 1024)
+    assert mcnemar("10", "01").p == 1.0 and not mcnemar("10", "01").significant
+    assert mcnemar("1" * 10, "1" * 10) == McNemar(10, 0, 0, 1.0)
+    assert round(unpaired_noise(0.875, 10000, 0.86, 10000) * 100, 2) == 0.94
+    with pytest.raises(ValueError):
+        mcnemar("1", "10")
+
+
+def test_deeper_net_and_bar_on_resnet20_scale():
     """A gated ResNet-32's MACs are read on ResNet-20's scale, against plain ResNet-20 of the same
     schedule; the Balanced bar needs both accuracy and compute."""
-    from cosinegate.experiments import results
+    from cosinegate.experiments import findings
     from cosinegate.train.model import ModelConfig, macs_breakdown
 
-    def row(name, depth, gated, accuracy, mac_ratio):
-        config = {"dataset": "cifar10", "depth": depth, "gated": gated, "removed_blocks": "", "epochs": 10,
-                  "warmup_epochs": 3, "preset": "balanced" if gated else "resnet20"}
-        return {"name": name, "preset": config["preset"], "config": config, "epochs_done": 10,
-                "last": {"mac_ratio_deploy": mac_ratio},
-                "bench": {"runtimes": {"tflite_int8": {"accuracy": accuracy, "mac_ratio": mac_ratio, "images": 10000}}}}
-
     plain = {d: macs_breakdown(ModelConfig(depth=d, gated=False))["plain_total"] for d in (20, 32)}
-    rows = [row("resnet20", 20, False, 0.86, 1.0), row("r32", 32, True, 0.87, 0.58),
-            row("r32_big", 32, True, 0.90, 0.70), row("balanced", 20, True, 0.92, 0.69),
-            row("balanced_folded", 20, True, 0.91, 0.69)]
+    rows = [_row("resnet20", 20, False, 0.86, 1.0), _row("r32", 32, True, 0.87, 0.58),
+            _row("r32_big", 32, True, 0.90, 0.70), _row("balanced", 20, True, 0.92, 0.69),
+            _row("balanced_folded", 20, True, 0.91, 0.69)]
     rows[1]["bench_folded"] = {"runtimes": {"tflite_int8": {"accuracy": 0.875, "mac_ratio": 0.58},
                                             "tflm": {"accuracy": 0.874, "mac_ratio": 0.58}}}
     rows[4]["bench_folded"] = {"runtimes": {"tflite_int8": {"accuracy": 0.914, "mac_ratio": 0.69}}}
-    deeper = results._deeper_lines(rows)
-    assert len(deeper) == 2
+    small, big = findings.deeper_verdicts(rows)
     # The folded export is the one to deploy, so it is the one judged.
-    assert (f"int8 87.50% at {0.58 * plain[32] / plain[20]:.3f} of ResNet-20's MACs (folded export, "
-            "calibrated without its dead blocks, TFLM 87.40%; unfolded export int8 87.00%)") in deeper[0]
-    assert deeper[0].endswith("more accurate by 1.50 points (noise ±0.94, 95 %) at no more compute, goal met.")
-    assert deeper[1].endswith("at more compute, goal not met.")  # 0.70 of ResNet-32 > ResNet-20
-    goal = results._goal_lines(rows)  # the paper's bar is for ResNet-20: the ResNet-32 runs are not on it
-    assert [": met;" in line for line in goal] == [True, True]
-    assert "int8 91.40% at 0.690 executed MACs on 10,000 test images (folded export" in goal[1]
+    assert small.deployed.folded and small.deployed.accuracy == 0.875 and small.deployed.tflm_accuracy == 0.874
+    assert small.deployed.unfolded_accuracy == 0.87
+    assert small.deployed.macs == pytest.approx(0.58 * plain[32] / plain[20])
+    assert small.baseline.reference == "resnet20" and small.baseline.paired is None
+    assert round(small.baseline.gap * 100, 2) == 1.50 and round(small.baseline.noise * 100, 2) == 0.94
+    assert (small.outcome, small.goal_met) == ("more accurate", True)
+    assert (big.outcome, big.goal_met) == ("more compute", False)  # 0.70 of ResNet-32 > ResNet-20
+    bar = findings.bar_verdicts(rows)  # the paper's bar is for ResNet-20: the ResNet-32 runs are not on it
+    assert [v.run for v in bar] == ["balanced", "balanced_folded"] and all(v.met for v in bar)
+    assert bar[1].deployed.accuracy == 0.914 and bar[1].images == 10000
+    assert all(v.baseline.reference == "resnet20" and v.baseline.reference_accuracy == 0.86 for v in bar)
     # A gain inside the sampling noise of 10,000 test images is a tie, not a win.
     rows[1]["bench_folded"]["runtimes"]["tflite_int8"]["accuracy"] = 0.863
-    assert "+0.30 points, within sampling noise (±0.96 points, 95 %)" in results._deeper_lines(rows)[0]
-    assert "no difference shown at no more compute; goal not shown" in results._deeper_lines(rows)[0]
+    tie = findings.deeper_verdicts(rows)[0]
+    assert abs(tie.baseline.gap) <= tie.baseline.noise and (tie.outcome, tie.goal_met) == ("no difference", False)
     # With per-image results on the same images the test is paired, and far sharper: the same
     # +0.30 points made of 40 images gained and 10 lost is a real difference.
-    plain_right = "1" * 8600 + "0" * 1400
-    ours_right = "1" * 8590 + "0" * 10 + "1" * 40 + "0" * 1360
-    rows[0]["bench"]["runtimes"]["tflite_int8"]["correct"] = plain_right
-    rows[1]["bench_folded"]["runtimes"]["tflite_int8"]["correct"] = ours_right
-    assert results._mcnemar(ours_right, plain_right)[:2] == (40, 10)
-    line = results._deeper_lines(rows)[0]
-    assert "right where plain is wrong on 40 and wrong where plain is right on 10" in line
-    assert line.endswith("more accurate at no more compute, goal met.")
-    assert results._mcnemar("1" * 10, "0" * 10) == (10, 0, 2 / 1024)
-    assert results._mcnemar("10", "01")[2] == 1.0
-    # Each Balanced line also says what plain ResNet-20 reaches with the same schedule.
-    assert all(line.endswith("plain ResNet-20 with the same schedule, **resnet20**: int8 86.00% at 1.000.")
-               for line in goal)
-    # A warm start is held against the run it began from, whatever that run's schedule.
-    source = row("resnet20_e160", 20, False, 0.92, 1.0)
+    rows[0]["bench"]["runtimes"]["tflite_int8"]["correct"] = "1" * 8600 + "0" * 1400
+    rows[1]["bench_folded"]["runtimes"]["tflite_int8"]["correct"] = "1" * 8590 + "0" * 10 + "1" * 40 + "0" * 1360
+    paired = findings.deeper_verdicts(rows)[0]
+    assert (paired.baseline.paired.only_a, paired.baseline.paired.only_b) == (40, 10)
+    assert paired.baseline.paired.significant and paired.goal_met
+    # Off the bar on either side: accuracy and compute are judged apart.
+    rows[3]["bench"]["runtimes"]["tflite_int8"].update(accuracy=0.90)
+    rows[4]["bench_folded"]["runtimes"]["tflite_int8"].update(mac_ratio=0.75)
+    low, costly = findings.bar_verdicts(rows)
+    assert (low.accurate, low.cheap, low.met) == (False, True, False)
+    assert (costly.accurate, costly.cheap, costly.met) == (True, False, False)
+
+
+def test_warm_start_baselines_and_control():
+    """A warm start is held against the run it began from, and a deeper net grown from it against a
+    plain ResNet-20 fine-tuned from the same source for as many epochs."""
+    from cosinegate.experiments import findings, rows as R
+    source = _row("resnet20_e160", 20, False, 0.92, 1.0)
     source["config"].update(epochs=160, warmup_epochs=40)
     source["epochs_done"] = 160
-    warm = row("balanced_warm", 20, True, 0.915, 0.68)
+    warm = _row("balanced_warm", 20, True, 0.915, 0.68)
     warm["config"].update(epochs=24, warmup_epochs=6, lr=0.02, init_from="runs/cifar10/resnet20_e160/run/last.pt",
                           tau_target=0.65)
     warm["epochs_done"] = 24
     source["report"] = {"checkpoint": {"path": "runs/cifar10/resnet20_e160/run/last.pt", "epoch": 160}}
     warm["report"] = {"checkpoint": {"path": "runs/cifar10/balanced_warm/run/last.pt", "epoch": 24}}
-    line = results._goal_lines([rows[0], source, warm])[0]
-    assert line.startswith("- **balanced_warm** (24/24 ep, warm-up 6, lr 0.02, warm start from resnet20_e160; "
-                           "exported E24 last.pt; tau_target 0.65 (preset 0.7)): int8 91.50% at 0.680")
-    assert line.endswith(": met; the plain ResNet-20 it started from, **resnet20_e160** (exported E160 last.pt): "
-                         "int8 92.00% at 1.000.")
-    assert results._training_label(warm, [source, warm]) == "160 + 24 epochs (warm start)"
-    assert results._training_label(warm, [warm]) == "24 epochs (warm start from resnet20_e160)"
-    assert "grew" not in results._warm_start_note([source, warm]) and results._warm_start_note(rows) is None
-    grown = row("resnet32_grown", 32, True, 0.925, 0.98)
+    verdict, = findings.bar_verdicts([_row("resnet20", 20, False, 0.86, 1.0), source, warm])
+    assert verdict.schedule == "24/24 ep, warm-up 6, lr 0.02, warm start from resnet20_e160"
+    assert verdict.exported == "E24 last.pt" and verdict.changed == {"tau_target": (0.65, 0.7)}
+    assert verdict.met and verdict.baseline.reference == "resnet20_e160"
+    assert R.training_label(warm, [source, warm]) == "160 + 24 epochs (warm start)"
+    assert R.training_label(warm, [warm]) == "24 epochs (warm start from resnet20_e160)"
+    assert R.source_name({"init_from": "models/cifar10-resnet20-e160/model.pt"}) == "cifar10-resnet20-e160"
+    grown = _row("resnet32_grown", 32, True, 0.9, 0.58)
     grown["config"].update(init_from="runs/cifar10/resnet20_e160/run/last.pt", lr=0.02)
-    assert "(resnet32_grown: ResNet-32 from ResNet-20) keeps the source's blocks" in results._warm_start_note(
-        [source, warm, grown])
-    # A plain ResNet-20 fine-tuned from the same source for as many epochs is the deeper net's control.
     grown["epochs_done"] = 24
     source["bench"]["runtimes"]["tflite_int8"]["correct"] = "1" * 9200 + "0" * 800
-    grown["bench"]["runtimes"]["tflite_int8"].update(accuracy=0.9, mac_ratio=0.58, correct="1" * 9000 + "0" * 1000)
-    assert "Control" not in results._deeper_lines([source, grown])[0]
-    control = row("resnet20_ft", 20, False, 0.91, 1.0)
+    grown["bench"]["runtimes"]["tflite_int8"]["correct"] = "1" * 9000 + "0" * 1000
+    assert findings.deeper_verdicts([source, grown])[0].control is None
+    control = _row("resnet20_ft", 20, False, 0.91, 1.0)
     control["config"].update(init_from="runs/cifar10/resnet20_e160/run/last.pt")
     control["epochs_done"] = 24
     control["bench"]["runtimes"]["tflite_int8"]["correct"] = "1" * 9050 + "0" * 950
-    assert results._deeper_lines([source, grown, control])[0].endswith(
-        "Control: plain ResNet-20 warm-started from the same run for the same 24 epochs, **resnet20_ft**: "
-        "int8 91.00%; 0 images only the deeper net gets right, 50 only the control (exact McNemar p = 1.78e-15).")
+    deeper, = findings.deeper_verdicts([source, grown, control])
+    assert deeper.outcome == "less accurate" and deeper.control.reference == "resnet20_ft"
+    assert (deeper.control.paired.only_a, deeper.control.paired.only_b) == (0, 50)
+    assert f"{deeper.control.paired.p:.3g}" == "1.78e-15"
 
 
-def test_results_not_reproduced_lines_follow_the_data():
-    """The "not reproduced" section states a conclusion only when every run it covers shows it."""
-    from cosinegate.experiments import results
+def test_paper_comparisons_follow_the_data():
+    """Each preset run beside the paper's row carries the values the experiments log interprets."""
+    from cosinegate.experiments import findings
 
     def row(name, preset, gated, accuracy, paths=1, gbar=0.70, epochs=10):
-        config = {"dataset": "cifar10", "depth": 20, "gated": gated, "removed_blocks": "", "epochs": epochs,
-                  "warmup_epochs": 3, "preset": preset, "tau_target": 0.70}
-        last = {"epoch": epochs, "test_acc_deploy": accuracy, "test_acc_full": accuracy, "mac_ratio_deploy": 0.68,
-                "gbar": gbar, "distinct_paths_deploy": paths, "adaptivity_deploy": 0.0}
-        return {"name": name, "preset": preset, "config": config, "epochs_done": epochs, "last": last,
-                "peak": dict(last, test_acc_deploy=accuracy + 0.01, epoch=epochs - 1),
-                "bench": {"runtimes": {"tflite_int8": {"accuracy": accuracy, "mac_ratio": 0.68, "images": 100}}}}
+        r = _row(name, 20, gated, accuracy, 0.68, preset=preset)
+        r["config"]["epochs"], r["epochs_done"] = epochs, epochs
+        r["last"] = {"epoch": epochs, "test_acc_deploy": accuracy, "test_acc_full": accuracy,
+                     "mac_ratio_deploy": 0.68, "gbar": gbar, "distinct_paths_deploy": paths, "adaptivity_deploy": 0.0}
+        r["peak"] = dict(r["last"], test_acc_deploy=accuracy + 0.01, epoch=epochs - 1)
+        return r
 
-    rows = [row("resnet20", "resnet20", False, 0.86), row("balanced", "balanced", True, 0.83)]
-    lines = results._not_reproduced_lines(rows)
-    assert "balanced -3.00 points at 0.680 (10 ep)" in lines[0] and "trails its plain" in lines[0]
-    assert "at each preset's target" in lines[1] and "balanced τ_target 0.70, paper 0.715, ours 0.700" in lines[1]
-    assert "balanced E9 of 10 (end 83.00%); the largest drop from peak to end is 1.00 points" in lines[2]
-    assert "settles on one path" in lines[3]
-    # A gated run above plain, off its target, with several paths: none of those conclusions is drawn.
-    rows = [row("resnet20", "resnet20", False, 0.86), row("balanced", "balanced", True, 0.87, paths=4, gbar=0.8)]
-    lines = results._not_reproduced_lines(rows)
-    assert "+1.00 points" in lines[0] and "trails its plain" not in lines[0]
-    assert "where the list shows" in lines[1] and "settles on one path" not in lines[3]
+    c, = findings.paper_comparisons([row("resnet20", "resnet20", False, 0.86), row("balanced", "balanced", True, 0.83)])
+    assert (c.run, c.training, c.paper_accuracy, c.paper_flops) == ("balanced", "10 ep", 0.913, 0.715)
+    assert round(c.gap_to_plain * 100, 2) == -3.00 and c.macs == pytest.approx(0.68)
+    assert (c.peak_epoch, c.epochs_done, c.distinct_paths) == (9, 10, 1)
+    assert c.peak_accuracy - c.last_accuracy == pytest.approx(0.01) and not c.executes_every_block
     # A warm start is held against the plain run it began from, and says so.
     source = row("resnet20_e160", "resnet20", False, 0.92, epochs=160)
     warm = row("aggressive_warm", "aggressive", True, 0.91, epochs=12)
-    warm["config"].update(init_from="runs/cifar10/resnet20_e160/run/last.pt", tau_target=0.60)
-    lines = results._not_reproduced_lines([source, warm])
-    assert "aggressive_warm -1.00 points at 0.680 (160 + 12 ep, warm start)" in lines[0]
-    assert "aggressive_warm τ_target 0.60, paper 0.759" in lines[1] and "need not skip" not in lines[1]
-    # A mean gate below 1 with every block executed is called out.
+    warm["config"].update(init_from="runs/cifar10/resnet20_e160/run/last.pt", tau_target=0.60, lr=0.02)
+    c, = findings.paper_comparisons([source, warm])
+    assert c.training == "160 + 12 ep (warm start)" and c.plain_accuracy == 0.92 and c.paper_flops == 0.759
+    # A mean gate below 1 with every block executed is flagged.
     warm["last"].update(gbar=0.84, mac_ratio_deploy=1.0)
     warm["bench"]["runtimes"]["tflite_int8"]["mac_ratio"] = 1.0
-    assert "aggressive_warm (ḡ 0.840) executes every block" in results._not_reproduced_lines([source, warm])[1]
+    assert findings.paper_comparisons([source, warm])[0].executes_every_block
 
 
 def test_results_paper_row_is_the_presets_objective():
     """The paper's Table 2 values stand beside every ResNet-20 that trains the preset's losses, from
     scratch or warm-started, and beside no variant of the losses, static twin or deeper net."""
-    from cosinegate.experiments import results
+    from cosinegate.experiments import rows
 
     def row(preset, gated=True, depth=20, removed="", **config):
         return {"preset": preset, "config": {"preset": preset, "gated": gated, "depth": depth,
                                              "removed_blocks": removed, **config}}
 
     aggressive = {"lambda_flops": 5.0, "tau_target": 0.60}
-    assert results._paper_key(row("aggressive", **aggressive)) == "aggressive"
-    assert results._paper_key(row("aggressive", **aggressive, gate_init="open", lr=0.02,
-                                  init_from="runs/cifar10/resnet20_e160/run/last.pt")) == "aggressive"
-    assert results._paper_key(row("aggressive", **{**aggressive, "lambda_flops": 20.0})) is None
-    assert results._paper_key(row("aggressive", gated=False, removed="1", **aggressive)) is None
-    assert results._paper_key(row("aggressive", depth=32, **aggressive)) is None
-    assert results._paper_key(row("resnet20", gated=False)) == "resnet20"
-    assert results._paper_key(row("resnet20", gated=True)) is None
+    assert rows.paper_key(row("aggressive", **aggressive)) == "aggressive"
+    assert rows.paper_key(row("aggressive", **aggressive, gate_init="open", lr=0.02,
+                              init_from="runs/cifar10/resnet20_e160/run/last.pt")) == "aggressive"
+    assert rows.paper_key(row("aggressive", **{**aggressive, "lambda_flops": 20.0})) is None
+    assert rows.paper_key(row("aggressive", gated=False, removed="1", **aggressive)) is None
+    assert rows.paper_key(row("aggressive", depth=32, **aggressive)) is None
+    assert rows.paper_key(row("resnet20", gated=False)) == "resnet20"
+    assert rows.paper_key(row("resnet20", gated=True)) is None
+
+
+def test_sweep_points_face_the_nearest_reference():
+    from cosinegate.experiments import findings
+    static = _row("static145", 20, False, 0.91, 0.65)
+    static["bench"]["runtimes"]["tflite_int8"]["correct"] = "1" * 9 + "0"
+    gated = _row("rate60", 20, True, 0.88, 0.74)
+    point = {"threshold": {"threshold": 0.45}, "accuracy": 0.8, "mac_ratio": 0.7, "mac_ratio_std": 0.1,
+             "adaptivity": 0.5, "distinct_paths": 20, "images": 10, "correct": "0" * 2 + "1" * 8}
+    gated["sweep"] = {"points": {"paper": point}, "references": {
+        "static145": {"accuracy": 0.9, "mac_ratio": 0.65, "images": 10},
+        "plain": {"accuracy": 0.92, "mac_ratio": 1.0, "images": 10}}}
+    p, = findings.sweep_points([static, gated])
+    assert (p.point, p.threshold, p.distinct_paths, p.reference.reference) == ("paper", 0.45, 20, "static145")
+    assert (p.reference.paired.only_a, p.reference.paired.only_b) == (1, 2)
 
 
 @pytest.mark.slow  # benches the tiny export
 def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):
-    from cosinegate.experiments import publish, results
+    from cosinegate.experiments import findings, publish, results
     row = tmp_path / "root" / "tiny"
     row.mkdir(parents=True)
     for name, target in (("run", tiny_run), ("export", tiny_export), ("bench", bench_dir)):
@@ -191,10 +213,11 @@ def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):
     (twin / "metrics.jsonl").write_text(json.dumps({"epoch": 2, "test_acc_full": 0.5, "mac_ratio_deploy": 0.8}) + "\n")
     assert results.main([str(tmp_path / "root"), "--out", str(out), "--plots", str(tmp_path / "plots")]) == 0
     gated = json.loads((tiny_run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert (f"**tiny** (gated, adaptivity {gated['adaptivity_deploy']:.2f}, {gated['distinct_paths_deploy']} "
-            "distinct paths)") in out.read_text()
-    assert f"**tiny_static** (blocks 1 deleted, no gates): 50.00% at {0.8 * report['macs_plain'] / resnet20:.3f}" \
-        in out.read_text()
+    twin_row, = findings.static_twins(results.collect(tmp_path / "root"))
+    assert (twin_row.gated, twin_row.static, twin_row.removed_blocks) == ("tiny", "tiny_static", "1")
+    assert (twin_row.adaptivity, twin_row.distinct_paths) == (gated["adaptivity_deploy"], gated["distinct_paths_deploy"])
+    assert twin_row.static_accuracy == 0.5 and twin_row.static_macs == pytest.approx(0.8 * report["macs_plain"] / resnet20)
+    assert "| tiny | " in out.read_text().split("## Dynamic routing against static pruning")[1]
     entry = publish.publish("tiny", tiny_run, tiny_export, bench_dir, "cg-train ...", models=tmp_path / "models")
     manifest = json.loads((tmp_path / "models" / "manifest.json").read_text())
     assert manifest["models"] == [entry] and entry["depth"] == 8 and entry["dataset"] == "digits"
@@ -221,7 +244,7 @@ def test_archive_keeps_what_results_reads(tiny_run, tiny_export, bench_dir, tmp_
     # Table 2 rows without a run of ours keep the paper's values; earlier tables are pointed to.
     assert "| aggressive | ResNet-20 | no run of ours here | 89.9% | 0.759 | — |" in from_archive
     earlier = results.render(results.collect(tmp_path / "kept"), root, None, tmp_path / "old.md")
-    assert f"**Earlier runs.** [{(tmp_path / 'old.md').as_posix()}]" in earlier and "**Earlier runs.**" not in from_runs
+    assert f"[{(tmp_path / 'old.md').as_posix()}]" in earlier and "Earlier runs" not in from_runs
     # A checkpoint alone gives back the run folder's config and metrics (and becomes its last.pt).
     assert archive.main([str(tiny_run / "last.pt"), str(tmp_path / "restored"), "--restore"]) == 0
     for name in ("metrics.jsonl", "last.pt"):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from cosinegate import atomic
+from cosinegate import atomic, errors
 
 # Everything `experiments.results` reads from a run folder, relative to ROOT/NAME.
 RESULT_FILES = ("run/config.yaml", "run/metrics.jsonl", "run/plots/accuracy.png", "run/plots/compute.png",
@@ -52,6 +52,7 @@ def restore(checkpoint_path: Path, run_dir: Path) -> int:
     return len(history)
 
 
+@errors.command("archive", expected=(OSError, RuntimeError))  # RuntimeError: CheckpointError
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cosinegate.experiments.archive",
                                      description=__doc__.split("\n\n")[0],
@@ -63,12 +64,7 @@ def main(argv=None) -> int:
                         help="rebuild a run folder (config.yaml, metrics.jsonl, last.pt) from a checkpoint")
     args = parser.parse_args(argv)
     if args.restore:
-        from cosinegate.train.checkpoint import CheckpointError
-        try:
-            epochs = restore(args.source, args.dest)
-        except (CheckpointError, FileExistsError) as e:
-            print(f"archive: error: {e}", file=sys.stderr)
-            return 1
+        epochs = restore(args.source, args.dest)
         print(f"archive: restored {epochs} epochs of {args.source} into {args.dest}")
         return 0
     if not args.source.is_dir():

@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from cosinegate import atomic  # noqa: E402
+from cosinegate import atomic, errors  # noqa: E402
 from cosinegate.bench.report import table  # noqa: E402
 
 # Paper Table 2 at epoch 160 (accuracy, "FLOPs" = mean gate) and peak accuracy.
@@ -708,6 +708,7 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+@errors.command("python -m cosinegate.experiments.results", expected=(OSError,))
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path)

@@ -85,6 +85,11 @@ class Scene:
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
         return str(path)
 
+    def holding(self, folder: str, file: str) -> str:
+        """`folder`, created holding one file the case must not lose."""
+        self.write(f"{folder}/{file}", "kept")
+        return self.path(folder)
+
     def copy(self, source: Path, name: str) -> Path:
         shutil.copytree(source, self.root / name)
         return self.root / name
@@ -411,6 +416,9 @@ FAULTS = [
           "not a readable checkpoint"),
     Fault("archive_restore_over_a_run", "archive",
           lambda s: ["--restore", str(s.run / "last.pt"), str(s.copy(s.run, "r"))], "already holds a run"),
+    Fault("archive_restore_over_a_best_pt", "archive",
+          lambda s: ["--restore", str(s.run / "last.pt"), s.holding("r", "best.pt")],
+          "already holds a run"),
     Fault("plots_without_metrics", "plots", lambda s: [str(s.root)], "metrics.jsonl"),
     Fault("plots_garbled_metrics", "plots",
           lambda s: [s.run_with("r", {"metrics.jsonl": "{\"epoch\": 1,\n"})], "metrics.jsonl"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cosinegate import atomic
+from cosinegate import atomic, errors
 
 PREPROCESSING = ("raw", "normalized")
 
@@ -105,8 +105,8 @@ def preprocess(images: np.ndarray, dataset: str, how: str) -> np.ndarray:
 def evaluate(tflite_bytes: bytes, dataset: str, data_dir, how: str, count: int, progress: bool = True) -> dict:
     from cosinegate.train.data import load_arrays
     from tqdm import tqdm
-    model = BareClassifier(tflite_bytes)
     images, labels = load_arrays(dataset, data_dir, "test")
+    model = BareClassifier(tflite_bytes)
     images, labels = images[:count], labels[:count]
     if model.input_shape != images.shape[1:]:
         raise ClassifierError(f"the model takes {model.input_shape} inputs, {dataset} images are {images.shape[1:]}")
@@ -135,20 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# RuntimeError: the DataError of a missing data set (imported lazily, with torch)
+@errors.command("cg-classifier", expected=(ClassifierError, RuntimeError, OSError))
 def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from cosinegate.train.data import DataError
+    if args.images < 1:
+        raise ClassifierError("--images must be at least 1")
+    data = args.model.read_bytes()
+    if not data:
+        raise ClassifierError(f"{args.model} is empty")
     try:
-        if args.images < 1:
-            raise ClassifierError("--images must be at least 1")
-        data = args.model.read_bytes()
-        if not data:
-            raise ClassifierError(f"{args.model} is empty")
         result = {"model": str(args.model), **evaluate(data, args.dataset, args.data_dir, args.preprocess,
                                                        args.images, not args.no_progress)}
-    except (ClassifierError, DataError, OSError) as e:
-        print(f"cg-classifier: error: {e}", file=sys.stderr)
-        return 1
+    except ClassifierError as e:
+        raise ClassifierError(f"{args.model}: {e}") from None
     atomic.write_text(args.out / "classifier.json", json.dumps(result, indent=1) + "\n")
     print(f"cg-classifier: {args.model}: int8 accuracy {result['accuracy']:.4f} on {result['images']} "
           f"{args.dataset} test images, {result['macs']:,} MACs -> {args.out / 'classifier.json'}")

@@ -13,7 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from cosinegate import errors
 
+
+@errors.command("cg-demo", expected=(OSError,))
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cg-demo", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,

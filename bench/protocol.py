@@ -101,10 +101,10 @@ def _parse_header(text: str) -> Header:
     return Header(**values)
 
 
-def _parse_inference(text: str, header: Header | None) -> Inference:
+def _parse_inference(text: str, gated_blocks: int | None) -> Inference:
     values = _fields(text, {"idx": int, "label": int, "pred": int, "gates": _parse_gates})
-    if header is not None and len(values["gates"]) != header.gated_blocks:
-        raise ValueError("gate string length differs from the header's gated_blocks")
+    if gated_blocks is not None and len(values["gates"]) != gated_blocks:
+        raise ValueError("gate string length differs from the run's gated blocks")
     pairs = dict(_PAIR.findall(text))
     unit = next((u for u in COST_UNITS if u in pairs), None)
     return Inference(**values, cost=int(pairs[unit]) if unit else None, cost_unit=unit)
@@ -142,7 +142,11 @@ def parse_lines(lines) -> RunLog:
         kind, rest = match.group(1), line[match.end():]
         try:
             if kind is None:
-                run.inferences.append(_parse_inference(rest, run.header))
+                # The header's gate count, else the first inference's: a line of another length
+                # (cut by serial noise) is skipped, not read as a run of another model.
+                gated_blocks = (run.header.gated_blocks if run.header else
+                                len(run.inferences[0].gates) if run.inferences else None)
+                run.inferences.append(_parse_inference(rest, gated_blocks))
             elif kind == "-HEADER":
                 run.header = _parse_header(rest)
             elif kind == "-SUMMARY":

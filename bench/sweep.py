@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cosinegate import atomic
+from cosinegate import atomic, errors
 
 PAPER_POINT = "paper"
 
@@ -168,18 +168,13 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# RuntimeError: CheckpointError and DataError (imported lazily, with torch)
+@errors.command("cg-sweep", expected=(SweepError, RuntimeError, OSError))
 def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    from cosinegate.train.checkpoint import CheckpointError
-    from cosinegate.train.data import DataError
     if args.images < 1 or args.parity_images < 1:
-        print("cg-sweep: error: --images and --parity-images must be at least 1", file=sys.stderr)
-        return 1
-    try:
-        sweep(args)
-    except (SweepError, CheckpointError, DataError, OSError) as e:
-        print(f"cg-sweep: error: {e}", file=sys.stderr)
-        return 1
+        raise SweepError("--images and --parity-images must be at least 1")
+    sweep(args)
     print(f"cg-sweep: {args.out / 'sweep.json'}, {args.out / 'sweep.png'}")
     return 0
 

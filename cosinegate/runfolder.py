@@ -12,11 +12,12 @@ killed run never leaves the folder locked.
 import contextlib
 import fcntl
 import os
+import shutil
 from pathlib import Path
 
 from cosinegate import atomic
 
-RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "config.yaml")
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "config.yaml", "plots")
 LOCK_NAME = ".lock"
 
 
@@ -75,7 +76,11 @@ def claim(folder: Path, resume: bool):
         except BaseException:
             if not resume and not (folder / "last.pt").exists() and not (folder / "best.pt").exists():
                 for name in RUN_FILES:
-                    (folder / name).unlink(missing_ok=True)
+                    path = folder / name
+                    if path.is_dir():  # plots/
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink(missing_ok=True)
             raise
     finally:
         (folder / LOCK_NAME).unlink(missing_ok=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from cosinegate import atomic
+from cosinegate import atomic, errors
 from cosinegate.bench.report import table
 from cosinegate.train.static_baseline import static_command
 
@@ -60,6 +60,7 @@ COLUMNS = [("reading", ""), ("epochs", "d"), ("deploy acc", ".4f"), ("paper-gate
            ("adaptivity", ".2f"), ("paths", "d")]
 
 
+@errors.command("python -m cosinegate.experiments.ablations", expected=(OSError,))
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,

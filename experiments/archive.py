@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from cosinegate import atomic
+from cosinegate import atomic, errors, runfolder
 
 # Everything `experiments.results` reads from a run folder, relative to ROOT/NAME.
 RESULT_FILES = ("run/config.yaml", "run/metrics.jsonl", "run/plots/accuracy.png", "run/plots/compute.png",
@@ -42,8 +42,7 @@ def restore(checkpoint_path: Path, run_dir: Path) -> int:
     """Write run_dir/config.yaml and metrics.jsonl from a checkpoint, which becomes the folder's
     last.pt (the last epoch it knows); returns the epochs restored."""
     from cosinegate.train import checkpoint
-    if any((run_dir / name).exists() for name in ("config.yaml", "metrics.jsonl", "last.pt")):
-        raise FileExistsError(f"{run_dir} already holds a run; nothing overwritten")
+    runfolder.check_new(run_dir)
     state = checkpoint.load(checkpoint_path)
     history = state["history"]
     atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(state["config"], sort_keys=False))
@@ -52,6 +51,7 @@ def restore(checkpoint_path: Path, run_dir: Path) -> int:
     return len(history)
 
 
+@errors.command("archive", expected=(OSError, RuntimeError))  # RuntimeError: CheckpointError, RunFolderError
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cosinegate.experiments.archive",
                                      description=__doc__.split("\n\n")[0],
@@ -63,12 +63,7 @@ def main(argv=None) -> int:
                         help="rebuild a run folder (config.yaml, metrics.jsonl, last.pt) from a checkpoint")
     args = parser.parse_args(argv)
     if args.restore:
-        from cosinegate.train.checkpoint import CheckpointError
-        try:
-            epochs = restore(args.source, args.dest)
-        except (CheckpointError, FileExistsError) as e:
-            print(f"archive: error: {e}", file=sys.stderr)
-            return 1
+        epochs = restore(args.source, args.dest)
         print(f"archive: restored {epochs} epochs of {args.source} into {args.dest}")
         return 0
     if not args.source.is_dir():

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from cosinegate import atomic
+from cosinegate import atomic, errors
 from cosinegate.train import checkpoint
 
 KEEP = ("epoch", "config", "model_config", "model", "history", "best_score")
@@ -22,15 +22,17 @@ KEEP = ("epoch", "config", "model_config", "model", "history", "best_score")
 def publish(name: str, run: Path, export: Path, bench: Path, command: str, models: Path) -> dict:
     ckpt_path = Path(json.loads((export / "export_report.json").read_text())["checkpoint"]["path"])
     ckpt = checkpoint.load(ckpt_path if ckpt_path.is_file() else run / "best.pt")
+    # Every input is read before the first write: a missing one leaves models/ as it was.
+    tflite = (export / "model_int8.tflite").read_bytes()
+    report = json.loads((export / "export_report.json").read_text())
+    results = json.loads((bench / "bench.json").read_text())["runtimes"]
+    int8 = results.get("tflite_int8") or results["onnxruntime"]
     folder = models / name
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint.save(folder / "model.pt", {k: ckpt[k] for k in KEEP if k in ckpt})
-    atomic.write_bytes(folder / "model_int8.tflite", (export / "model_int8.tflite").read_bytes())
-    report = json.loads((export / "export_report.json").read_text())
+    atomic.write_bytes(folder / "model_int8.tflite", tflite)
     report["checkpoint"]["path"] = f"models/{name}/model.pt"  # the published copy, not the run folder
     atomic.write_text(folder / "export_report.json", json.dumps(report, indent=2) + "\n")
-    results = json.loads((bench / "bench.json").read_text())["runtimes"]
-    int8 = results.get("tflite_int8") or results["onnxruntime"]
     cfg = ckpt["config"]
     entry = {"name": name, "dataset": cfg["dataset"], "preset": cfg["preset"], "depth": cfg["depth"],
              "epochs": ckpt["epoch"], "planned_epochs": cfg["epochs"],
@@ -46,6 +48,7 @@ def publish(name: str, run: Path, export: Path, bench: Path, command: str, model
     return entry
 
 
+@errors.command("python -m cosinegate.experiments.publish", expected=(OSError, ValueError, KeyError, RuntimeError))
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cosinegate.experiments.publish",
                                      description=__doc__.split("\n\n")[0],

@@ -21,6 +21,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cosinegate import errors
+
 
 def parse_config(spec: str) -> tuple[str, list[str]]:
     """`name` or `name:preset --flag value ...` -> (name, cg-train arguments)."""
@@ -104,6 +106,7 @@ def fold_one(folder: Path, args, log=None) -> int:
     return 0
 
 
+@errors.command("python -m cosinegate.experiments.reproduce", expected=(OSError,))
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,

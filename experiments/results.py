@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from cosinegate import atomic  # noqa: E402
+from cosinegate import atomic, errors  # noqa: E402
 from cosinegate.bench.report import table  # noqa: E402
 from cosinegate.experiments import findings as F  # noqa: E402
 from cosinegate.experiments import rows as R  # noqa: E402
@@ -298,6 +298,7 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+@errors.command("python -m cosinegate.experiments.results", expected=(OSError,))
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path, help="runs root or its archive (results/cifar10)")

@@ -180,6 +180,8 @@ def main(argv=None) -> int:
                         help="register generic kernels (for models with float ops)")
     args = parser.parse_args(argv)
     report = read_export(args.export_dir)
+    if "model_int8.tflite" not in report["sha256"]:
+        raise IntegrityError(f"{args.export_dir} is a float export without model_int8.tflite: export with --int8")
     for path in write_model_sources(args.export_dir / "model_int8.tflite", report,
                                     args.out or args.export_dir, int8_kernels=args.int8_kernels):
         print(path)

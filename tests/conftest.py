@@ -2,6 +2,8 @@
 
 ResNet-8 on scikit-learn's digits (3 gated blocks), 2 epochs: seconds on 2 CPU cores.
 """
+import json
+
 import pytest
 
 EXPORT_PARITY_IMAGES = 120
@@ -42,3 +44,16 @@ def bench_dir(tiny_export, tmp_path_factory):
     assert bench_main([str(tiny_export), "--out", str(out), "--images", "60", "--latency-runs", "5",
                        "--latency-warmup", "1", "--no-progress"]) == 0
     return out
+
+
+def firmware_log(export, lines) -> str:
+    """A firmware log of `export` on the digits test images: lines (idx, gates, tail) after boot noise."""
+    from cosinegate.export.carray import model_id
+    from cosinegate.train.data import load_arrays
+    report = json.loads((export / "export_report.json").read_text())
+    labels = load_arrays("digits", None, "test")[1]
+    header = (f"CG-HEADER protocol=1 model={model_id((export / 'model_int8.tflite').read_bytes(), report)} "
+              f"core=cortex-m4 clock_hz=25000000 cost=instructions arena_bytes=1 arena_used=1 "
+              f"images={len(lines)} classes=10 gated_blocks=3")
+    return "\n".join(["junk before boot", header] + [f"CG idx={i} label={labels[i]} pred={labels[i]} gates={g} {tail}"
+                                                     for i, g, tail in lines]) + "\n"

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from cosinegate.bench.cli import main as bench_main
+from conftest import firmware_log
 
 pytestmark = pytest.mark.slow  # exports a model and runs every runtime
 
@@ -59,19 +60,6 @@ def test_firmware_log_is_compared_with_torch(tiny_export, bench_dir, tmp_path):
     fw = json.loads((out / "bench.json").read_text())["firmware"][str(log)]
     assert fw["images"] == 2 and fw["cost_unit"] == "instructions" and fw["skipped_lines"] == 1
     assert 0 <= fw["gate_agreement_vs_torch"] <= 1
-
-
-def firmware_log(export, lines) -> str:
-    """A firmware log of `export` on the digits test images: lines (idx, gates, tail) after boot noise."""
-    from cosinegate.export.carray import model_id
-    from cosinegate.train.data import load_arrays
-    report = json.loads((export / "export_report.json").read_text())
-    labels = load_arrays("digits", None, "test")[1]
-    header = (f"CG-HEADER protocol=1 model={model_id((export / 'model_int8.tflite').read_bytes(), report)} "
-              f"core=cortex-m4 clock_hz=25000000 cost=instructions arena_bytes=1 arena_used=1 "
-              f"images={len(lines)} classes=10 gated_blocks=3")
-    return "\n".join(["junk before boot", header] + [f"CG idx={i} label={labels[i]} pred={labels[i]} gates={g} {tail}"
-                                                     for i, g, tail in lines]) + "\n"
 
 
 @pytest.mark.parametrize("damage,message", [

@@ -1,4 +1,5 @@
-"""Every entry point explains itself: each console script and each `python -m` tool answers --help."""
+"""Every entry point explains itself (each console script and each `python -m` tool answers
+--help) and ends any failure in one line (its main is wrapped by errors.command)."""
 import importlib
 import tomllib
 from pathlib import Path
@@ -35,3 +36,8 @@ def test_python_m_tool_answers_help(module, capsys):
     assert len(MODULES) >= 10  # the discovery above found the tools
     out = _help(importlib.import_module(module).main, capsys)
     assert out.startswith("usage: ") and "-h, --help" in out
+
+
+@pytest.mark.parametrize("module", sorted({*MODULES, *(target.split(":")[0] for target in SCRIPTS.values())}))
+def test_every_command_ends_a_failure_in_one_line(module):
+    assert hasattr(importlib.import_module(module).main, "__wrapped__")  # set by errors.command

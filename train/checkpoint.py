@@ -85,11 +85,17 @@ def build_model(ckpt: dict, path="checkpoint"):
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its model_config does not describe a model ({e})") from None
     load_weights(model, ckpt["model"], path)
-    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise CheckpointError(f"{path} has non-finite weights (NaN or inf in {len(bad)} tensors, first: "
-                              f"{bad[0]}); it cannot be exported or benched")
+    refuse_nonfinite(model.state_dict(), path)
     return model.eval()
+
+
+def refuse_nonfinite(weights: dict, path) -> None:
+    """Refuse weights holding NaN or inf: no run can start from them, nothing can deploy them."""
+    bad = [name for name, t in weights.items()
+           if not isinstance(t, torch.Tensor) or t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"{path} has non-finite weights (NaN, inf or no tensor in {len(bad)} entries, first: "
+                              f"{bad[0]}); it cannot be trained from, exported or benched")
 
 
 # What must agree between a warm-start checkpoint and the model it initialises (depth may grow).
@@ -165,6 +171,7 @@ def load_backbone(model, path: str | Path) -> tuple[int, list[int]]:
     # Exit heads are copied where both nets have them at the same stages, else start fresh.
     weights = {k: v for k, v in ckpt["model"].items() if not _is_gate(k) and not k.startswith(deleted)
                and not (_is_exit(k) and _as_tuple(theirs.get("exit_stages")) != _as_tuple(ours["exit_stages"]))}
+    refuse_nonfinite(weights, path)
     if theirs["depth"] < ours["depth"]:
         if theirs.get("removed_blocks") or model.cfg.removed_blocks:
             raise CheckpointError(f"{path}: a net with removed blocks cannot grow; start from a full one")

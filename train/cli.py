@@ -58,6 +58,8 @@ def parse(argv) -> tuple[C.TrainConfig, argparse.Namespace]:
         if known.config:
             defaults.update(C.read_yaml(Path(known.config), "config file"))
     args = build_parser(defaults).parse_args(argv)
+    if args.stop_after is not None and args.stop_after < 1:
+        raise C.ConfigError(f"--stop-after must be at least 1, got {args.stop_after}")
     cfg = C.resolve(args)
     if args.resume:
         saved = C.from_dict(defaults)

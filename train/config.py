@@ -6,6 +6,8 @@ Precedence, lowest first: the dataclass defaults (the paper's protocol) < `--pre
 """
 import argparse
 import dataclasses
+import math
+import reprlib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -104,6 +106,9 @@ class TrainConfig:
             (0.0 < self.exit_threshold <= 1.0, "exit_threshold must lie in (0, 1]"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (self.flops_delay_epochs >= 0, "flops_delay_epochs must be >= 0"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+            (self.controller_ratio >= 1, "controller_ratio must be >= 1"),
+            (self.threads is None or self.threads >= 1, "threads must be >= 1 (or null: torch's choice)"),
             (0.0 < self.tau_target <= 1.0, "tau_target must lie in (0, 1]"),
             (self.tau_start > 0 and self.tau_end > 0, "Gumbel temperatures must be > 0"),
             (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
@@ -155,10 +160,14 @@ def _check_types(cfg: TrainConfig) -> None:
         value, kind = getattr(cfg, f.name), getattr(f.type, "__name__", str(f.type))
         # bool is an int subclass: `depth: true` is no depth
         if not isinstance(value, _ACCEPTED[kind]) or (isinstance(value, bool) and kind != "bool"):
-            if f.name in ("removed_blocks", "exits") and isinstance(value, (int, list, tuple)) and value is not True:
+            if f.name in ("removed_blocks", "exits") and value is not True and (
+                    isinstance(value, int) or isinstance(value, (list, tuple)) and all(type(i) is int for i in value)):
                 continue  # one index or a YAML list of them, read by removed_block_list
+            # reprlib: a YAML alias bomb is small as a file, and astronomically long as text
             raise ConfigError(f"{f.name} must be {kind.replace(' | None', ' or null')}, "
-                              f"got {type(value).__name__} {str(value)[:60]!r}")
+                              f"got {type(value).__name__} {reprlib.repr(value)[:60]}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be finite, got {value}")
 
 
 CONFIG_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}

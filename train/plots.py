@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cosinegate import atomic  # noqa: E402
+from cosinegate import atomic, errors  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
@@ -69,12 +69,16 @@ def plot_run(history: list[dict], out_dir: str | Path) -> list[Path]:
     return written
 
 
+@errors.command("python -m cosinegate.train.plots", expected=(OSError, ValueError))
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cosinegate.train.plots",
                                      description="Redraw a run's training curves from its metrics.jsonl.")
     parser.add_argument("run", type=Path, nargs="?", default=Path("."), help="run folder (default: .)")
     run = parser.parse_args(argv).run
-    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    try:
+        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{run / 'metrics.jsonl'} is not one JSON object per line ({e})") from None
     for path in plot_run(history, run / "plots"):
         print(path)
     return 0

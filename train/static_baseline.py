@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from cosinegate import errors
+
 
 def static_command(run_dir: Path, out: Path) -> list[str]:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -40,6 +42,7 @@ def static_command(run_dir: Path, out: Path) -> list[str]:
     return command
 
 
+@errors.command("python -m cosinegate.train.static_baseline", expected=(OSError, ValueError, KeyError))
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cosinegate.train.static_baseline",
                                      description=__doc__.split("\n\n")[0],

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from cosinegate import errors
 from cosinegate.train import config as C
 from cosinegate.train.data import DeviceLoader, dataset_info
 from cosinegate.train.graph_step import StaticStep
@@ -99,6 +100,7 @@ def random_batches(count: int, batch: int, device: torch.device) -> list:
     return list(iter(loader))
 
 
+@errors.command("python -m cosinegate.train.step_profile", expected=(OSError,))
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cosinegate.train.step_profile",
                                      description=__doc__.split("\n\n")[0],

@@ -10,6 +10,12 @@
  * block executed between the markers (summed over all inferences); bench/qemu.py maps the
  * addresses to functions with arm-none-eabi-nm for a flat per-function profile.
  *
+ * With blocks=PATH it writes, at each report, one line "ADDRESS N_INSNS EXECUTIONS JUMPS" per
+ * translation block executed since the previous report, after a line "inference K". JUMPS
+ * counts the executions after which the next block run did not start where this one ends:
+ * a taken branch (or call, return, table branch). bench/m4_timing.py decodes each block's
+ * instructions from the ELF and turns these counts into Cortex-M4 cycles.
+ *
  * Build:  cc -shared -fPIC -O2 -o libcg_insn_count.so cg_insn_count.c
  * Run:    qemu-system-arm -M mps2-an386 -nographic -semihosting -icount shift=0 -d plugin \
  *           -plugin ./libcg_insn_count.so,begin=0x...,end=0x...,report=0x... -kernel fw.elf
@@ -42,6 +48,10 @@ void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, qemu_plugin_vcpu
 void qemu_plugin_register_vcpu_tb_exec_cb(struct qemu_plugin_tb *tb, qemu_plugin_vcpu_udata_cb_t cb,
                                           enum qemu_plugin_cb_flags flags, void *userdata);
 size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
+struct qemu_plugin_insn;
+struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb, size_t idx);
+size_t qemu_plugin_insn_size(const struct qemu_plugin_insn *insn);
+uint64_t qemu_plugin_insn_vaddr(const struct qemu_plugin_insn *insn);
 uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
 void qemu_plugin_outs(const char *string);
 __attribute__((visibility("default"))) int qemu_plugin_version = 1;
@@ -52,27 +62,56 @@ static uint64_t g_begin_addr, g_end_addr, g_report_addr;
 static bool g_counting;
 static uint64_t g_counted;
 static const char *g_profile_path;
+static FILE *g_blocks_file;
+static uint64_t g_inference;
 
 /* One per translated block; a block translated twice gets two records, summed by the reader. */
 struct Block {
   uint64_t address;
   uint64_t n_insns;
+  uint64_t end;      /* address just past the block's last instruction */
   uint64_t counted;  /* instructions executed in this block between the markers */
+  uint64_t execs;    /* executions since the last report */
+  uint64_t jumps;    /* of those, the ones not followed by the block at `end` */
   struct Block *next;
 };
 static struct Block *g_blocks;
+static struct Block *g_last;  /* block executed last while counting */
+
+/* Control left `g_last` for `address`: a jump unless it fell through. */
+static void NoteSuccessor(uint64_t address) {
+  if (g_last && address != g_last->end) g_last->jumps++;
+  g_last = NULL;
+}
 
 static void OnBegin(unsigned int vcpu, void *unused) {
   g_counting = true;
   g_counted = 0;
+  g_last = NULL;
 }
 
-static void OnEnd(unsigned int vcpu, void *unused) { g_counting = false; }
+/* The call into CgCostMeterEnd is the last jump counted. */
+static void OnEnd(unsigned int vcpu, void *unused) {
+  NoteSuccessor(g_end_addr);
+  g_counting = false;
+}
+
+static void WriteBlocks(void) {
+  fprintf(g_blocks_file, "inference %" PRIu64 "\n", g_inference++);
+  for (struct Block *b = g_blocks; b; b = b->next) {
+    if (!b->execs) continue;
+    fprintf(g_blocks_file, "0x%" PRIx64 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", b->address,
+            b->n_insns, b->execs, b->jumps);
+    b->execs = b->jumps = 0;
+  }
+  fflush(g_blocks_file);
+}
 
 static void OnReport(unsigned int vcpu, void *unused) {
   char text[40];
   snprintf(text, sizeof text, " instructions=%" PRIu64, g_counted);
   qemu_plugin_outs(text);
+  if (g_blocks_file) WriteBlocks();
 }
 
 static void OnBlock(unsigned int vcpu, void *data) {
@@ -80,6 +119,9 @@ static void OnBlock(unsigned int vcpu, void *data) {
   if (g_counting) {
     g_counted += block->n_insns;
     block->counted += block->n_insns;
+    block->execs++;
+    NoteSuccessor(block->address);
+    g_last = block;
   }
 }
 
@@ -107,6 +149,8 @@ static void OnTranslate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
     if (!block) abort();
     block->address = start;
     block->n_insns = qemu_plugin_tb_n_insns(tb);
+    struct qemu_plugin_insn *last = qemu_plugin_tb_get_insn(tb, block->n_insns - 1);
+    block->end = qemu_plugin_insn_vaddr(last) + qemu_plugin_insn_size(last);
     block->next = g_blocks;
     g_blocks = block;
     data = block;
@@ -130,6 +174,14 @@ __attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t 
         !ParseAddress(argv[i], "report", &g_report_addr)) {
       if (strncmp(argv[i], "profile=", 8) == 0 && argv[i][8]) {
         g_profile_path = argv[i] + 8;
+        continue;
+      }
+      if (strncmp(argv[i], "blocks=", 7) == 0 && argv[i][7]) {
+        g_blocks_file = fopen(argv[i] + 7, "w");
+        if (!g_blocks_file) {
+          fprintf(stderr, "cg_insn_count: cannot write '%s'\n", argv[i] + 7);
+          return -1;
+        }
         continue;
       }
       fprintf(stderr, "cg_insn_count: unknown argument '%s'\n", argv[i]);

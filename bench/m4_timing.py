@@ -22,8 +22,11 @@ the ELF and applies the instruction timings of Arm's Cortex-M4 Technical Referen
 
 The estimate leaves out what a real part adds: flash wait states and whatever the flash
 accelerator or cache does not hide, bus contention, interrupts, unaligned-access penalties and
-the cycle an LDR to PC-relative literals may lose to the fetch. docs/latency.md compares it with
-a published board measurement.
+the cycle an LDR to PC-relative literals may lose to the fetch. For the flash, the plugin can
+also count the data loads from flash (`flash=LO:HI`) and the 8-byte flash words they read anew:
+`cycles_with_flash(wait_states)` charges the wait states once per such word, what a flash
+without a data cache costs when instruction fetches all hit the accelerator. docs/latency.md
+compares both with a published board measurement.
 
     python -m cosinegate.bench.m4_timing FIRMWARE.elf BLOCKS.txt [--p 2] [--divide 7] [--clock-mhz 120]
 """
@@ -238,33 +241,47 @@ class InferenceTiming:
     fixed: int = 0                   # cycles at zero wait states without refills and divides
     refills: int = 0                 # taken branches: pipeline refills of P cycles each
     divides: int = 0
+    flash_loads: int | None = None   # data loads from flash (None: not traced)
+    flash_words: int | None = None   # of those, reads of another 8-byte word than the last one
     counts: dict = field(default_factory=dict)
     cycles_by_class: dict = field(default_factory=dict)
 
     def cycles(self, refill: int = REFILL_CYCLES["default"], divide: int = DIVIDE_CYCLES["default"]) -> int:
         return self.fixed + refill * self.refills + divide * self.divides
 
+    def cycles_with_flash(self, wait_states: int, refill: int = REFILL_CYCLES["default"],
+                          divide: int = DIVIDE_CYCLES["default"]) -> int:
+        """Cycles when every new flash word a data load reads costs `wait_states` more."""
+        if self.flash_words is None:
+            raise ValueError("flash loads were not traced (run with the plugin's flash=LO:HI)")
+        return self.cycles(refill, divide) + wait_states * self.flash_words
+
     def bounds(self) -> tuple[int, int]:
         return (self.cycles(REFILL_CYCLES["low"], DIVIDE_CYCLES["low"]),
                 self.cycles(REFILL_CYCLES["high"], DIVIDE_CYCLES["high"]))
 
 
-def read_blocks(path) -> list[list[tuple[int, int, int, int]]]:
-    """The plugin's blocks file: per inference, [(address, n_insns, executions, jumps)]."""
+def read_blocks(path) -> list[tuple[list[tuple[int, int, int, int]], tuple[int, int] | None]]:
+    """The plugin's blocks file: per inference, ([(address, n_insns, executions, jumps)],
+    (flash loads, flash words) or None)."""
     inferences = []
     for line in Path(path).read_text().splitlines():
         if line.startswith("inference"):
-            inferences.append([])
+            inferences.append(([], None))
+        elif line.startswith("flash"):
+            inferences[-1] = (inferences[-1][0], tuple(int(v) for v in line.split()[1:3]))
         elif line.strip():
-            inferences[-1].append(tuple(int(v, 0) for v in line.split()))
+            inferences[-1][0].append(tuple(int(v, 0) for v in line.split()))
     return inferences
 
 
 def estimate(elf, blocks_path) -> list[InferenceTiming]:
     """Cycle components of each inference from the plugin's blocks file."""
     image, cache, timings = ElfImage(elf), {}, []
-    for blocks in read_blocks(blocks_path):
+    for blocks, flash in read_blocks(blocks_path):
         timing = InferenceTiming()
+        if flash is not None:
+            timing.flash_loads, timing.flash_words = flash
         for address, n_insns, execs, jumps in blocks:
             if (address, n_insns) not in cache:
                 code, offset = image.at(address)
@@ -281,12 +298,21 @@ def estimate(elf, blocks_path) -> list[InferenceTiming]:
     return timings
 
 
-def summarize(timings: list[InferenceTiming], clock_hz: int = DEFAULT_CLOCK_HZ) -> dict:
-    """Mean per inference: instructions, estimated cycles (with bounds), milliseconds at clock_hz."""
+def summarize(timings: list[InferenceTiming], clock_hz: int = DEFAULT_CLOCK_HZ,
+              flash_wait_states: int | None = None) -> dict:
+    """Mean per inference: instructions, estimated cycles (with bounds), milliseconds at clock_hz;
+    with `flash_wait_states` (and traced flash loads) also the flash-charged cycles."""
     n = max(len(timings), 1)
     mean = lambda values: sum(values) / n                       # noqa: E731
     cycles = mean([t.cycles() for t in timings])
     low, high = mean([t.bounds()[0] for t in timings]), mean([t.bounds()[1] for t in timings])
+    flash = {}
+    if flash_wait_states is not None and timings and timings[0].flash_words is not None:
+        charged = mean([t.cycles_with_flash(flash_wait_states) for t in timings])
+        flash = {"flash_wait_states": flash_wait_states,
+                 "flash_loads": mean([t.flash_loads for t in timings]),
+                 "flash_words": mean([t.flash_words for t in timings]),
+                 "cycles_flash": charged, "ms_flash": 1e3 * charged / clock_hz}
     return {
         "model": "cortex-m4 TRM timings, zero wait states",
         "refill_cycles": REFILL_CYCLES, "divide_cycles": DIVIDE_CYCLES,
@@ -298,6 +324,7 @@ def summarize(timings: list[InferenceTiming], clock_hz: int = DEFAULT_CLOCK_HZ) 
         "by_class": {cls: {"instructions": mean([t.counts.get(cls, 0) for t in timings]),
                            "cycles": mean([t.cycles_by_class.get(cls, 0) for t in timings])}
                      for cls in CLASSES},
+        **flash,
     }
 
 
@@ -306,7 +333,10 @@ def format_summary(summary: dict) -> str:
              f"(P=1,D=2 {summary['cycles_low']:,.0f} .. P=3,D=12 {summary['cycles_high']:,.0f})  "
              f"{summary['ms']:.2f} ms at {summary['clock_hz'] / 1e6:g} MHz "
              f"({summary['ms_low']:.2f}..{summary['ms_high']:.2f})",
-             f"taken branches {summary['refills']:,.0f}  divides {summary['divides']:,.0f}",
+             f"taken branches {summary['refills']:,.0f}  divides {summary['divides']:,.0f}"
+             + (f"  flash data loads {summary['flash_loads']:,.0f} ({summary['flash_words']:,.0f} new "
+                f"8-byte words): {summary['cycles_flash']:,.0f} cycles = {summary['ms_flash']:.2f} ms "
+                f"at {summary['flash_wait_states']} wait states" if "flash_words" in summary else ""),
              f"{'class':<10}{'instructions':>15}{'cycles':>15}"]
     for cls, row in summary["by_class"].items():
         lines.append(f"{cls:<10}{row['instructions']:>15,.0f}{row['cycles']:>15,.0f}")
@@ -318,8 +348,10 @@ def main(argv=None) -> int:
     parser.add_argument("elf", type=Path)
     parser.add_argument("blocks", type=Path, help="the plugin's blocks=PATH file")
     parser.add_argument("--clock-mhz", type=float, default=DEFAULT_CLOCK_HZ / 1e6)
+    parser.add_argument("--flash-wait-states", type=int, help="charge traced flash loads this many cycles per new word")
     args = parser.parse_args(argv)
-    print(format_summary(summarize(estimate(args.elf, args.blocks), int(args.clock_mhz * 1e6))))
+    print(format_summary(summarize(estimate(args.elf, args.blocks), int(args.clock_mhz * 1e6),
+                                   args.flash_wait_states)))
     return 0
 
 

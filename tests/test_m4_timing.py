@@ -96,7 +96,8 @@ def test_estimate_adds_refills_for_jumps_and_divides(tmp_path):
     elf.write_bytes(_elf(code, 0x100))
     blocks = tmp_path / "blocks.txt"
     # 10 runs of A, 4 of them branching away; 6 runs of B, all returning (jumps).
-    blocks.write_text("inference 0\n0x100 4 10 4\n0x10a 2 6 6\ninference 1\n0x10a 2 1 1\n")
+    blocks.write_text("inference 0\nflash 20 7\n0x100 4 10 4\n0x10a 2 6 6\ninference 1\nflash 0 0\n"
+                      "0x10a 2 1 1\n")
     first, second = m4_timing.estimate(elf, blocks)
     assert first.instructions == 4 * 10 + 2 * 6
     assert (first.fixed, first.refills, first.divides) == (4 * 10 + 2 * 6, 10, 10)
@@ -104,9 +105,13 @@ def test_estimate_adds_refills_for_jumps_and_divides(tmp_path):
     assert first.bounds() == (52 + 10 + 20, 52 + 30 + 120)
     assert first.counts == {"load": 20, "div": 10, "branch": 16, "alu": 6}
     assert second.cycles(refill=3, divide=2) == 2 + 3
-    summary = m4_timing.summarize([first, second], clock_hz=1000)
+    assert (first.flash_loads, first.flash_words) == (20, 7)
+    assert first.cycles_with_flash(5) == 142 + 5 * 7
+    summary = m4_timing.summarize([first, second], clock_hz=1000, flash_wait_states=5)
     assert summary["cycles"] == pytest.approx((142 + 4) / 2)
     assert summary["ms"] == pytest.approx(1e3 * 73 / 1000)
+    assert summary["cycles_flash"] == pytest.approx((142 + 35 + 4) / 2)
+    assert "flash_words" not in m4_timing.summarize([second], clock_hz=1000)
 
 
 def test_an_address_outside_the_elf_is_an_error(tmp_path):

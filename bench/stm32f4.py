@@ -117,8 +117,8 @@ def main(argv=None) -> int:
     elf = build_firmware(args.export_dir, args.tflm_root, lib, args.kernels, args.build_dir,
                          args.images_dir, args.usart, args.hse_hz)
     size = firmware_size(elf)
-    print(f"stm32f4: {elf}: flash {size.flash:,} B of 1,048,576, RAM {size.ram:,} B of 131,072 "
-          f"(+{size.stack:,} B stack in CCM)")
+    print(f"stm32f4: {elf}: flash {size.flash:,} B of 1,048,576, RAM {size.ram + size.stack:,} B "
+          f"of 131,072 ({size.stack:,} B of it stack)")
     if args.qemu:
         log, _ = run_qemu(elf)
         print(f"stm32f4: {QEMU_MACHINE}: {log.header}")

@@ -9,10 +9,19 @@ them to (pixel / 255 - mean) / std with the dataset's per-channel statistics, as
 MACs are counted from the graph (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED), so a model of
 another origin is measured the same way as ours. Writes DIR/classifier.json, with the per-image
 correctness string for paired tests.
+
+With `--tflm-root` (default $CG_TFLM_ROOT) the same model also runs in the QEMU Cortex-M4 firmware
+(CMSIS-NN kernels) on the first `--qemu-images` test images: instructions per inference and the
+Cortex-M4 cycle estimate of cosinegate.bench.m4_timing, in milliseconds at `--clock-mhz`:
+
+    python -m cosinegate.bench.classifier model.tflite --dataset cifar10 --preprocess raw --out DIR
+        --tflm-root $CG_TFLM_ROOT --qemu-images 3 [--flash-wait-states 5]     (one line)
 """
 import argparse
 import json
+import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -120,6 +129,53 @@ def evaluate(tflite_bytes: bytes, dataset: str, data_dir, how: str, count: int, 
             "correct": "".join("1" if c else "0" for c in right)}
 
 
+def firmware_report(tflite_bytes: bytes, dataset: str, model: BareClassifier) -> dict:
+    """What the firmware's generated sources need (cosinegate.export.carray), for a model that
+    did not come from cg-export: input, classes, no gated blocks, TFLM's arena and op list."""
+    from cosinegate.export.restructure import op_names
+    from cosinegate.export.tflm import measure_arena
+    classes = int(np.prod(model.output["shape"]))
+    return {"dataset": dataset, "num_classes": classes, "gated_blocks": 0,
+            "input": {"shape": [1, *model.input_shape], "scale": float(model.scale),
+                      "zero_point": int(model.zero_point)},
+            "tflm_arena_bytes": measure_arena(tflite_bytes), "tflm_ops": op_names(tflite_bytes)}
+
+
+def qemu_run(tflite_bytes: bytes, dataset: str, data_dir, how: str, count: int, tflm_root,
+             clock_hz: int, flash_wait_states: int | None = None, kernels: str = "cmsis_nn") -> dict:
+    """Build the QEMU Cortex-M4 firmware for the model and `count` test images and run it."""
+    from cosinegate.bench import m4_timing, qemu
+    from cosinegate.export.carray import write_model_sources
+    from cosinegate.export.test_images import write_test_images
+    from cosinegate.train.data import load_arrays
+    missing = qemu.missing_tools()
+    if missing:
+        raise ClassifierError(f"the QEMU run needs {', '.join(missing)} on PATH (firmware/README.md)")
+    model = BareClassifier(tflite_bytes)
+    images, labels = load_arrays(dataset, data_dir, "test")
+    images, labels = images[:count], labels[:count].astype(np.int64)
+    report = firmware_report(tflite_bytes, dataset, model)
+    with tempfile.TemporaryDirectory(prefix="cg-classifier-") as work:
+        work = Path(work)
+        (work / "model_int8.tflite").write_bytes(tflite_bytes)
+        write_model_sources(work / "model_int8.tflite", report, work, generated_by="cosinegate.bench.classifier")
+        write_test_images(model.quantize(preprocess(images, dataset, how)), labels, dataset, work,
+                          generated_by="cosinegate.bench.classifier")
+        lib = qemu.find_tflm_library(tflm_root, kernels)
+        elf = qemu.build_firmware(work, tflm_root, lib, kernels, work / "build")
+        result = qemu.run_firmware(elf, qemu.build_plugin(work / "build"),
+                                   flash_loads=flash_wait_states is not None)
+        size = qemu.firmware_size(elf)
+    if result.log.errors or len(result.log.inferences) != count:
+        raise ClassifierError(f"the firmware did not run every image: {result.output[-500:]}")
+    costs = [i.cost for i in result.log.inferences]
+    return {"kernels": kernels, "images": count, "tflm_library": str(lib),
+            "predictions": [i.pred for i in result.log.inferences],
+            "instructions_mean": float(np.mean(costs)), "flash_bytes": size.flash, "ram_bytes": size.ram,
+            "arena_used": result.log.header.arena_used,
+            "m4_estimate": m4_timing.summarize(result.timing, clock_hz, flash_wait_states)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cg-classifier", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -132,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=10000, metavar="N", help="test images (default 10000)")
     parser.add_argument("--out", type=Path, required=True, help="folder for classifier.json (created)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--tflm-root", type=Path, default=os.environ.get("CG_TFLM_ROOT"),
+                        help="TFLM tree with built libraries: also run the QEMU Cortex-M4 firmware")
+    parser.add_argument("--qemu-images", type=int, default=3, metavar="N",
+                        help="test images in the QEMU firmware (default 3)")
+    parser.add_argument("--clock-mhz", type=float, default=120.0,
+                        help="core clock for the estimated milliseconds (default 120)")
+    parser.add_argument("--flash-wait-states", type=int, metavar="WS",
+                        help="also charge WS cycles per new 8-byte flash word the data loads read")
     return parser
 
 
@@ -147,11 +211,24 @@ def main(argv=None) -> int:
     try:
         result = {"model": str(args.model), **evaluate(data, args.dataset, args.data_dir, args.preprocess,
                                                        args.images, not args.no_progress)}
+        if args.tflm_root:
+            result["qemu"] = qemu_run(data, args.dataset, args.data_dir, args.preprocess, args.qemu_images,
+                                      args.tflm_root, int(args.clock_mhz * 1e6), args.flash_wait_states)
     except ClassifierError as e:
         raise ClassifierError(f"{args.model}: {e}") from None
     atomic.write_text(args.out / "classifier.json", json.dumps(result, indent=1) + "\n")
     print(f"cg-classifier: {args.model}: int8 accuracy {result['accuracy']:.4f} on {result['images']} "
           f"{args.dataset} test images, {result['macs']:,} MACs -> {args.out / 'classifier.json'}")
+    if "qemu" in result:
+        q, m4 = result["qemu"], result["qemu"]["m4_estimate"]
+        print(f"cg-classifier: QEMU Cortex-M4 ({q['kernels']}, {q['images']} images): "
+              f"{q['instructions_mean']:,.0f} instructions, {m4['cycles']:,.0f} estimated cycles "
+              f"({m4['cycles_low']:,.0f}..{m4['cycles_high']:,.0f}) = {m4['ms']:.1f} ms at "
+              f"{m4['clock_hz'] / 1e6:g} MHz, flash {q['flash_bytes']:,} B, arena used {q['arena_used']:,} B")
+        if "cycles_flash" in m4:
+            print(f"cg-classifier: with {m4['flash_wait_states']} flash wait states per new 8-byte word "
+                  f"({m4['flash_words']:,.0f} of {m4['flash_loads']:,.0f} flash data loads): "
+                  f"{m4['cycles_flash']:,.0f} cycles = {m4['ms_flash']:.1f} ms")
     return 0
 
 

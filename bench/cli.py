@@ -25,7 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Flags that count things: (flag, attribute, least value allowed)
 COUNTS = (("--images", "images", 1), ("--latency-runs", "latency_runs", 1), ("--latency-warmup", "latency_warmup", 0),
-          ("--qemu-images", "qemu_images", 1), ("--baud", "baud", 1), ("--serial-timeout", "serial_timeout", 1e-3))
+          ("--qemu-images", "qemu_images", 1), ("--baud", "baud", 1), ("--serial-timeout", "serial_timeout", 1e-3),
+          ("--clock-mhz", "clock_mhz", 1e-3))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test images embedded in the QEMU firmware (default 10)")
     parser.add_argument("--qemu-per-block", action="store_true",
                         help="also build one firmware per gated block (only that block on) for per-block costs")
+    parser.add_argument("--clock-mhz", type=float, default=120.0,
+                        help="core clock for the QEMU runs' estimated Cortex-M4 milliseconds (default 120)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 

@@ -11,6 +11,10 @@ TFLM library built by TFLM's own Makefile (firmware/README.md says how).
 `--profile N` also prints where the instructions go: the N functions that execute the most
 instructions per inference (the plugin's per-block counts mapped to symbols with nm).
 
+Beside instructions it prints estimated Cortex-M4 cycles and milliseconds at `--clock-mhz`
+(default 120): the Cortex-M4 TRM's instruction timings at zero wait states applied to the
+executed blocks (cosinegate.bench.m4_timing), with the bounds of the TRM's ranges.
+
 From Python:
     lib = find_tflm_library(tflm_root, "cmsis_nn")
     elf = build_firmware(export_dir, tflm_root, lib, "cmsis_nn", build_dir)
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cosinegate import errors
+from cosinegate.bench import m4_timing
 from cosinegate.bench.protocol import RunLog, parse_text
 from cosinegate.export.integrity import IntegrityError, read_export
 
@@ -41,6 +46,8 @@ KERNELS = ("reference", "cmsis_nn")
 TFLM_TARGET_ARCH = "cortex-m4+fp"
 MARKERS = {"begin": "CgCostMeterBegin", "end": "CgCostMeterEnd", "report": "CgCostMeterReport"}
 RUN_TIMEOUT_S = 600
+# mps2_an386.ld: code and constants (the model's weights among them) in the 4 MiB at 0x0.
+FLASH_RANGE = (0x0, 0x400000)
 # What TFLM prints (through the "# TFLM: " log) before it spins forever on a failed check.
 TFLM_HALT_MESSAGE = "HALTED"
 
@@ -54,6 +61,7 @@ class QemuResult:
     log: RunLog
     output: str            # everything QEMU printed (firmware text and plugin counts)
     returncode: int        # 0 when the firmware stopped with every inference ok
+    timing: list | None = None   # m4_timing.InferenceTiming per inference, when blocks were traced
 
 
 @dataclass(frozen=True)
@@ -149,25 +157,34 @@ def marker_addresses(elf) -> dict[str, int]:
     return {key: symbols[name] for key, name in MARKERS.items()}
 
 
-def qemu_command(elf, plugin, profile_path=None) -> list[str]:
+def qemu_command(elf, plugin, profile_path=None, blocks_path=None, flash_loads=False) -> list[str]:
     markers = ",".join(f"{key}=0x{address:x}" for key, address in marker_addresses(elf).items())
     if profile_path:
         markers += f",profile={profile_path}"
+    if blocks_path:
+        markers += f",blocks={blocks_path}"
+    if blocks_path and flash_loads:
+        markers += f",flash=0x{FLASH_RANGE[0]:x}:0x{FLASH_RANGE[1]:x}"
     return ["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none",
             "-serial", "none", "-semihosting-config", "enable=on,target=native",
             "-icount", "shift=0", "-d", "plugin", "-plugin", f"{plugin},{markers}",
             "-kernel", str(elf)]
 
 
-def run_firmware(elf, plugin, timeout_s: float = RUN_TIMEOUT_S, profile_path=None) -> QemuResult:
+def run_firmware(elf, plugin, timeout_s: float = RUN_TIMEOUT_S, profile_path=None,
+                 timing: bool = True, flash_loads: bool = False) -> QemuResult:
     """Run the firmware to its end under QEMU and parse what it printed. With `profile_path`
-    the plugin writes its per-block instruction counts there (see `function_profile`).
+    the plugin writes its per-block instruction counts there (see `function_profile`). With
+    `timing` the plugin traces the executed blocks (ELF.blocks.txt beside the ELF) and the result
+    carries the Cortex-M4 cycle estimate of each inference; `flash_loads` also counts the data
+    loads from flash (slower: a callback per load).
 
     Raises FirmwareBuildError when TFLM halts in an assertion (it then spins forever,
     e.g. with a far too small arena) or the run exceeds `timeout_s`.
     """
     # One stream: the plugin's " instructions=N" lands inside the firmware's line.
-    process = subprocess.Popen(qemu_command(elf, plugin, profile_path), stdout=subprocess.PIPE,
+    blocks_path = Path(f"{elf}.blocks.txt") if timing else None
+    process = subprocess.Popen(qemu_command(elf, plugin, profile_path, blocks_path, flash_loads), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, errors="replace")
     timed_out = threading.Event()
 
@@ -192,7 +209,8 @@ def run_firmware(elf, plugin, timeout_s: float = RUN_TIMEOUT_S, profile_path=Non
     output = "".join(lines)
     if problem:
         raise FirmwareBuildError(f"{elf}: {problem}; last output:\n{output[-2000:]}")
-    return QemuResult(log=parse_text(output), output=output, returncode=returncode)
+    estimates = m4_timing.estimate(elf, blocks_path) if timing else None
+    return QemuResult(log=parse_text(output), output=output, returncode=returncode, timing=estimates)
 
 
 def function_profile(elf, profile_path, inferences: int) -> list[tuple[str, float]]:
@@ -238,6 +256,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--profile", type=int, metavar="N",
                         help="print the N functions that execute the most instructions per inference")
+    parser.add_argument("--clock-mhz", type=float, default=m4_timing.DEFAULT_CLOCK_HZ / 1e6,
+                        help="core clock for the estimated milliseconds (default 120)")
+    parser.add_argument("--flash-wait-states", type=int, metavar="WS",
+                        help="also count data loads from flash and charge WS cycles per new 8-byte word")
     args = parser.parse_args(argv)
     read_export(args.export_dir)  # build only from the files the export wrote
     summary = {}
@@ -247,7 +269,8 @@ def main(argv=None) -> int:
         elf = build_firmware(args.export_dir, args.tflm_root, lib, kernels,
                              args.build_dir / kernels, args.images_dir)
         profile_path = args.build_dir / kernels / "profile.txt" if args.profile else None
-        result = run_firmware(elf, plugin, profile_path=profile_path)
+        result = run_firmware(elf, plugin, profile_path=profile_path,
+                              flash_loads=args.flash_wait_states is not None)
         size = firmware_size(elf)
         costs = [i.cost for i in result.log.inferences if i.cost is not None]
         print(f"[{kernels}] {result.log.header}")
@@ -261,13 +284,22 @@ def main(argv=None) -> int:
             reason = "; ".join(f"{e.reason}: {e.message}" for e in result.log.errors) or "no header line"
             print(f"qemu: error: the {kernels} firmware stopped ({reason})", file=sys.stderr)
             return 1
+        timing = m4_timing.summarize(result.timing, int(args.clock_mhz * 1e6), args.flash_wait_states)
+        print(f"[{kernels}] Cortex-M4 estimate (zero wait states): cycles/inference "
+              f"{timing['cycles']:,.0f} ({timing['cycles_low']:,.0f}..{timing['cycles_high']:,.0f}) "
+              f"= {timing['ms']:.2f} ms at {args.clock_mhz:g} MHz ({timing['ms_low']:.2f}..{timing['ms_high']:.2f})")
+        if "cycles_flash" in timing:
+            print(f"[{kernels}] with {args.flash_wait_states} flash wait states per new 8-byte word of the "
+                  f"{timing['flash_loads']:,.0f} flash data loads ({timing['flash_words']:,.0f} words): "
+                  f"{timing['cycles_flash']:,.0f} cycles = {timing['ms_flash']:.2f} ms")
         profile = function_profile(elf, profile_path, len(costs)) if args.profile else []
         for name, count in profile[:args.profile]:
             print(f"[{kernels}]   {count:>14,.0f} instr/inference  {name}")
         summary[kernels] = {"flash_bytes": size.flash, "ram_bytes": size.ram, "stack_bytes": size.stack,
                             "arena_bytes": result.log.header.arena_bytes, "arena_used": result.log.header.arena_used,
                             "images": len(costs), "instructions_mean": sum(costs) / max(len(costs), 1),
-                            "gates": [i.gates for i in result.log.inferences]}
+                            "gates": [i.gates for i in result.log.inferences],
+                            "m4_estimate": timing}
         if profile:
             summary[kernels]["profile"] = [{"function": n, "instructions_per_inference": c}
                                            for n, c in profile[:args.profile]]

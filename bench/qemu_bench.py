@@ -7,6 +7,8 @@ CMSIS-NN kernels (whichever TFLM libraries exist) and run on the first `images` 
 
 The prediction to compare against: instructions(gated) / instructions(all_on) should follow the
 executed-MAC ratio of the same images, MACs(gated) / MACs(all on), when convolutions dominate.
+Each row also carries the Cortex-M4 cycle estimate (cosinegate.bench.m4_timing, zero wait
+states) and its milliseconds at `clock_hz`.
 """
 import json
 import tempfile
@@ -31,8 +33,8 @@ def _variant_dir(root: Path, name: str, tflite: bytes, report: dict) -> Path:
 
 def qemu_counts(export_dir: Path, tflm_root: Path, report: dict, macs: dict, gated: list[int],
                 progress: bool, images: int = 10, per_block: bool = False, data_dir=None,
-                plain_dir: Path | None = None) -> dict:
-    from cosinegate.bench import qemu
+                plain_dir: Path | None = None, clock_hz: int = 120_000_000) -> dict:
+    from cosinegate.bench import m4_timing, qemu
     from cosinegate.export.restructure import force_gates
     from cosinegate.export.test_images import load_test_split, make_test_set, write_test_images
     from cosinegate.bench.run import mac_ratios
@@ -60,7 +62,7 @@ def qemu_counts(export_dir: Path, tflm_root: Path, report: dict, macs: dict, gat
     if plain_dir is not None:  # the plain ResNet of the same depth: no IF, no controllers
         variants["plain"] = (plain_dir / "model_int8.tflite").read_bytes()
         reports["plain"] = json.loads((plain_dir / "export_report.json").read_text())
-    rows, logs, per_variant = [], {}, {}
+    rows, logs, per_variant, timings = [], {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="cg-qemu-") as work:
         work = Path(work)
         all_images, all_labels = load_test_split(report["dataset"], data_dir)
@@ -77,6 +79,7 @@ def qemu_counts(export_dir: Path, tflm_root: Path, report: dict, macs: dict, gat
             if not costs:
                 raise BenchError(f"QEMU run of {name} ({kernels}) printed no instruction counts")
             per_variant[(kernels, name)] = float(np.mean(costs))
+            timings[(kernels, name)] = m4_timing.summarize(result.timing, clock_hz)
             if name == "gated":
                 size = qemu.firmware_size(elf)
                 logs[kernels] = {"gates": [i.gates for i in result.log.inferences],
@@ -92,11 +95,15 @@ def qemu_counts(export_dir: Path, tflm_root: Path, report: dict, macs: dict, gat
     for (kernels, name), cost in per_variant.items():
         if name.startswith("only_"):
             continue
+        m4 = timings[(kernels, name)]
         rows.append({"kernels": kernels, "variant": name, "instructions / inference": int(round(cost)),
+                     "est. M4 cycles": int(round(m4["cycles"])), "est. ms": m4["ms"],
+                     "est. ms range": [m4["ms_low"], m4["ms_high"]],
                      "vs all-on": cost / per_variant[(kernels, "all_on")],
                      "executed-MAC ratio": {"gated": mac_vs_all_on, "all_on": 1.0,
                                             "plain": macs["plain_total"] / macs["full_total"]}.get(name)})
-    result = {"rows": rows, "images": images, "mac_ratio_vs_all_on": mac_vs_all_on,
+    result = {"rows": rows, "images": images, "mac_ratio_vs_all_on": mac_vs_all_on, "clock_hz": clock_hz,
+              "m4_timing": {f"{k}/{v}": t for (k, v), t in timings.items() if not v.startswith("only_")},
               "firmware": {k: {key: v for key, v in log.items() if key != "output"} for k, log in logs.items()},
               "logs": {k: log["output"] for k, log in logs.items()}}
     if per_block:

@@ -31,7 +31,7 @@ RUNTIME_COLUMNS = [("runtime", ""), ("images", "d"), ("accuracy", ".4f"), ("skip
 LATENCY_COLUMNS = [("runtime / variant", ""), ("median ms", ".3f"), ("min ms", ".3f"), ("max ms", ".3f"),
                    ("p90 ms", ".3f"), ("runs", "d")]
 QEMU_COLUMNS = [("kernels", ""), ("variant", ""), ("instructions / inference", ",d"),
-                ("vs all-on", ".3f"), ("executed-MAC ratio", ".3f")]
+                ("est. M4 cycles", ",d"), ("est. ms", ".2f"), ("vs all-on", ".3f"), ("executed-MAC ratio", ".3f")]
 
 
 def render_markdown(bench: dict) -> str:
@@ -70,7 +70,9 @@ def render_markdown(bench: dict) -> str:
         q = bench["qemu"]
         parts += ["## TFLM on QEMU Cortex-M4 (mps2-an386): instructions per inference",
                   "Instructions executed inside `Invoke()`, counted by the project's TCG plugin with "
-                  "`-icount shift=0` (deterministic; QEMU has no cycle counter).",
+                  "`-icount shift=0` (deterministic; QEMU has no cycle counter). Estimated Cortex-M4 "
+                  "cycles: the TRM's instruction timings at zero wait states applied to the executed "
+                  f"instructions (docs/latency.md); ms at {q.get('clock_hz', 120e6) / 1e6:g} MHz.",
                   table(QEMU_COLUMNS, q["rows"])]
         if q.get("per_block"):
             parts.append(q["per_block_note"])

@@ -292,7 +292,8 @@ def _qemu(args, subject: Subject, plain_dir: Path | None, progress: bool) -> dic
     from cosinegate.bench.qemu_bench import qemu_counts
     qemu = qemu_counts(args.export_dir, Path(args.tflm_root), subject.report, subject.macs, subject.gated,
                        progress, images=args.qemu_images, per_block=args.qemu_per_block,
-                       data_dir=subject.data_dir, plain_dir=plain_dir)
+                       data_dir=subject.data_dir, plain_dir=plain_dir,
+                       clock_hz=int(args.clock_mhz * 1e6))
     for kernels, text in qemu.pop("logs").items():
         atomic.write_text(Path(args.out) / f"qemu_{kernels}.log", text)
     return qemu

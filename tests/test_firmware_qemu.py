@@ -1,9 +1,11 @@
-"""The QEMU firmware port (Cortex-M4, mps2-an386) against the host TFLM interpreter.
+"""The QEMU firmware ports against the host TFLM interpreter.
 
 Builds firmware/ports/qemu with CMake for an int8 export, runs it under qemu-system-arm
 with the instruction-count plugin, and checks every embedded test image's prediction and
 gate string against tflite_micro's Python interpreter on the same int8 input, for each
-kernel flavour whose library exists, plus the one-line failures for bad builds.
+kernel flavour whose library exists, plus the one-line failures for bad builds and the
+Cortex-M4 cycle estimate's accounting. The STM32F405 port (firmware/ports/stm32f4) is run
+the same way under QEMU's netduinoplus2, its text read from the emulated USART.
 
 Environment:
   CG_TFLM_ROOT        (required) tflite-micro checkout in which TFLM's Makefile built
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cosinegate.bench import qemu
+from cosinegate.bench import qemu, stm32f4
 from cosinegate.export.carray import write_model_sources
 from cosinegate.export.test_images import load_test_split, make_test_set, write_test_images
 
@@ -213,6 +215,30 @@ def test_qemu_matches_host_tflm(kernels, export_dir, report, test_set, host_resu
     assert sum(c for _, c in profile) == pytest.approx(total, rel=1e-12)
     assert sum(c for name, c in profile if name.startswith("0x")) < 0.01 * total
     assert any(word in name for name, _ in profile for word in ("ConvPerChannel", "arm_convolve")), profile[:5]
+    # The cycle estimate decodes the same blocks the counter counted: the totals agree exactly.
+    assert [t.instructions for t in result.timing] == [i.cost for i in log.inferences]
+    for timing in result.timing:
+        low, high = timing.bounds()
+        assert timing.instructions < low < timing.cycles() < high < 3 * timing.instructions
+        assert 0 < timing.refills < timing.counts["branch"] + timing.counts["multiple"] + timing.counts["load"]
+        assert sum(timing.counts.values()) == timing.instructions
+        assert timing.counts["mul"] > 0 and timing.counts["load"] > 0
+
+
+def test_stm32f4_port_on_netduinoplus2(export_dir, report, test_set, host_results, tmp_path):
+    """Start-up, clock fallback and USART1 of the STM32F405 port, under QEMU's model of the part."""
+    kernels = "cmsis_nn"
+    elf = stm32f4.build_firmware(export_dir, TFLM_ROOT, _tflm_library(kernels), kernels,
+                                 tmp_path / "build", images_dir=test_set[0])
+    size = qemu.firmware_size(elf)
+    assert size.flash <= 1 << 20 and size.ram + size.stack <= 128 << 10
+    log, output = stm32f4.run_qemu(elf, timeout_s=600)
+    assert log.errors == [] and log.skipped_lines == 0, output
+    # QEMU models no RCC: the PLL never locks, and the firmware says it runs on the 16 MHz HSI.
+    assert (log.header.core, log.header.clock_hz, log.header.cost_unit) == ("cortex-m4", 16_000_000, "cycles")
+    assert [(i.pred, i.gates) for i in log.inferences] == host_results
+    assert [i.label for i in log.inferences] == test_set[2].tolist()
+    assert log.summary.images == NUM_TEST_IMAGES
 
 
 def _without_op(export_dir: Path, report: dict, out_dir: Path) -> Path:

@@ -1,9 +1,13 @@
-// Vector table and reset handler for QEMU's mps2-an386 (Cortex-M4F).
+// Vector table and reset handler for ports that bring no vendor start-up file: QEMU's
+// mps2-an386 and the STM32F405/407 (ports/qemu, ports/stm32f4).
 //
-// QEMU loads the ELF and starts at the reset vector of the table at 0x0. The
-// reset handler copies .data, zeroes .bss, enables the FPU (the TFLM library is
-// built hard-float), runs static constructors and calls main(). The table is kept
-// alive with `-u g_cg_vector_table` because nothing references it.
+// The core starts at the reset vector of the table the linker script puts first in
+// flash (0x0 on mps2-an386; 0x08000000, aliased at 0x0, on the STM32F4). The reset
+// handler enables the FPU (the TFLM library is built hard-float), copies .data, zeroes
+// .bss, runs static constructors and calls main(); a port's CgBoardInit() brings up
+// clocks and the UART later. The table is kept alive with `-u g_cg_vector_table`
+// because nothing references it. The linker script defines __stack_top and the
+// __data_* / __bss_* bounds.
 #include <cstdint>
 
 extern "C" {
@@ -40,7 +44,7 @@ extern "C" [[noreturn]] void CgResetHandler() {
   HaltOnFault();
 }
 
-// Only the core exceptions: the harness uses no peripheral interrupts.
+// Only the core exceptions: the harness enables no peripheral interrupt.
 extern "C" __attribute__((section(".vectors"), used)) const void* const
     g_cg_vector_table[kNumCoreVectors] = {
         &__stack_top,

@@ -196,7 +196,7 @@ def static_twins(rows: list[dict]) -> list[StaticTwin]:
 
 @dataclass(frozen=True)
 class FrontierPoint:
-    """A gated run against the static networks of its depth and schedule that bracket its executed
+    """A routed run (gates or early exits) against the static networks of its depth and schedule that bracket its executed
     MACs, interpolated linearly (float accuracy, all test images)."""
     run: str
     adaptivity: float
@@ -217,12 +217,12 @@ def static_frontier(rows: list[dict]) -> list[FrontierPoint]:
         return c["dataset"], c["depth"], c["epochs"], c["warmup_epochs"], r["epochs_done"]
 
     out = []
-    for gated in (r for r in rows if r["config"]["gated"]):
+    for gated in (r for r in rows if R.routed(r)):
         g = gated["last"]
         scale = R.vs_resnet20(gated["config"])  # common to the same-depth networks compared here
         run_macs = g["mac_ratio_deploy"] * scale
         statics = sorted((r["last"]["mac_ratio_deploy"] * scale, r["last"]["test_acc_full"], r["name"]) for r in rows
-                         if not r["config"]["gated"] and key(r) == key(gated))
+                         if not R.routed(r) and key(r) == key(gated))
         below = [t for t in statics if t[0] <= run_macs]
         above = [t for t in statics if t[0] > run_macs]
         if not (below and above):

@@ -190,7 +190,7 @@ def _folded_column(row: dict) -> str | None:
 
 def _firmware_table(rows: list[dict]) -> list[str]:
     # plain ResNet-20's count: the run named resnet20, else any plain ResNet-20 measured
-    measured = sorted((r for r in rows if r["qemu"] and not r["config"]["gated"] and r["config"]["depth"] == 20
+    measured = sorted((r for r in rows if r["qemu"] and not R.routed(r) and r["config"]["depth"] == 20
                        and not r["config"].get("removed_blocks")), key=lambda r: r["name"] != "resnet20")
     plain = {k: v["instructions_mean"] for k, v in measured[0]["qemu"].items()} if measured else {}
     columns = [("configuration", ""), ("kernels", ""), ("flash B", ",d"), ("never-run weights B", ",d"),

@@ -185,7 +185,7 @@ def paper_key(row: dict) -> str | None:
     plain for resnet20) trained with the preset's losses."""
     config, name = row["config"], row["preset"]
     preset = _preset_config(name) if name in PAPER else None
-    if (preset is None or config["depth"] != 20 or config["removed_blocks"]
+    if (preset is None or config["depth"] != 20 or config["removed_blocks"] or config.get("exits")
             or config["gated"] != (name != "resnet20")):
         return None
     return name if all(config[k] == preset[k] for k in LOSS_KEYS if k in config) else None
@@ -199,10 +199,15 @@ def changed_from_preset(config: dict) -> dict[str, tuple]:
     return {k: (config[k], preset[k]) for k in OBJECTIVE_KEYS if k in config and config[k] != preset[k]}
 
 
+def routed(row: dict) -> bool:
+    """The run decides per image: gated blocks or early exits."""
+    return bool(row["config"]["gated"] or row["config"].get("exits"))
+
+
 def is_plain_resnet20(row: dict) -> bool:
     """An ungated ResNet-20 with all its blocks and an int8 bench: a baseline a gated row can face."""
     config = row["config"]
-    return config["depth"] == 20 and not config["gated"] and not config["removed_blocks"] and bool(int8(row))
+    return config["depth"] == 20 and not routed(row) and not config["removed_blocks"] and bool(int8(row))
 
 
 def plain_resnet20(rows: list[dict], row: dict) -> dict | None:

@@ -5,7 +5,7 @@
 
 Run from the repository root (or name the folder with --models). Writes models/NAME/{model.pt, model_int8.tflite, export_report.json} and updates
 models/manifest.json (one entry per model: name, dataset, preset, depth, epochs,
-test_acc_deploy_int8, mac_ratio_deploy, paths, command). model.pt is the checkpoint without its
+test_acc_deploy_int8, mac_ratio_deploy, adaptivity, distinct_paths, mac_ratio_std, paths, command). model.pt is the checkpoint without its
 optimiser and RNG state (weights, configs, metrics history): cg-export reads it as it is.
 """
 import argparse
@@ -38,6 +38,7 @@ def publish(name: str, run: Path, export: Path, bench: Path, command: str, model
              "epochs": ckpt["epoch"], "planned_epochs": cfg["epochs"],
              "test_acc_deploy_int8": int8["accuracy"], "mac_ratio_deploy": int8["mac_ratio"],
              "skip_rate_deploy_int8": int8["skip_rate"], "adaptivity": int8["adaptivity"],
+             "distinct_paths": int8["distinct_paths"], "mac_ratio_std": int8["mac_ratio_std"],
              "paths": {k: f"models/{name}/{k}" for k in ("model.pt", "model_int8.tflite", "export_report.json")},
              "command": command}
     manifest_path = models / "manifest.json"

@@ -221,6 +221,8 @@ def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):
     entry = publish.publish("tiny", tiny_run, tiny_export, bench_dir, "cg-train ...", models=tmp_path / "models")
     manifest = json.loads((tmp_path / "models" / "manifest.json").read_text())
     assert manifest["models"] == [entry] and entry["depth"] == 8 and entry["dataset"] == "digits"
+    int8 = json.loads((bench_dir / "bench.json").read_text())["runtimes"]["tflite_int8"]
+    assert (entry["distinct_paths"], entry["mac_ratio_std"]) == (int8["distinct_paths"], int8["mac_ratio_std"])
     assert (tmp_path / "models" / "tiny" / "model_int8.tflite").read_bytes() == \
         (tiny_export / "model_int8.tflite").read_bytes()
 

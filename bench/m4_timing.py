@@ -36,6 +36,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cosinegate import errors
+
 # Model parameters: defaults in the middle of the TRM's ranges, bounds for the error bars.
 REFILL_CYCLES = {"low": 1, "default": 2, "high": 3}
 DIVIDE_CYCLES = {"low": 2, "default": 7, "high": 12}
@@ -343,8 +345,9 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+@errors.command("m4_timing", expected=(OSError, ValueError))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cosinegate.bench.m4_timing", description=__doc__.splitlines()[0])
     parser.add_argument("elf", type=Path)
     parser.add_argument("blocks", type=Path, help="the plugin's blocks=PATH file")
     parser.add_argument("--clock-mhz", type=float, default=DEFAULT_CLOCK_HZ / 1e6)

@@ -40,7 +40,7 @@ def test_readme_set_up_is_what_ci_runs():
 def _listed_entry_points() -> tuple[list[str], list[str]]:
     """(console scripts, `python -m` modules) in the README's entry-point table."""
     table = _section("Entry points")
-    return re.findall(r"^\| `(cg-[a-z]+)` \|", table, re.M), re.findall(r"`python -m (cosinegate\.[a-z_.]+)`", table)
+    return re.findall(r"^\| `(cg-[a-z]+)` \|", table, re.M), re.findall(r"`python -m (cosinegate\.[a-z0-9_.]+)`", table)
 
 
 def test_readme_lists_every_entry_point():

@@ -299,6 +299,8 @@ def main(argv=None) -> int:
                             "arena_bytes": result.log.header.arena_bytes, "arena_used": result.log.header.arena_used,
                             "images": len(costs), "instructions_mean": sum(costs) / max(len(costs), 1),
                             "gates": [i.gates for i in result.log.inferences],
+                            # per image, in log order: the worst case matters as much as the mean
+                            "instructions_per_image": costs,
                             "m4_estimate": timing}
         if profile:
             summary[kernels]["profile"] = [{"function": n, "instructions_per_inference": c}

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -188,11 +189,58 @@ def _folded_column(row: dict) -> str | None:
     return "; ".join(f"{kind} {','.join(map(str, blocks))}" for kind, blocks in folded.items() if blocks) or None
 
 
-def _firmware_table(rows: list[dict]) -> list[str]:
-    # plain ResNet-20's count: the run named resnet20, else any plain ResNet-20 measured
+def _plain_instructions(rows: list[dict]) -> dict:
+    """Plain ResNet-20's instructions per inference by kernels: the run named resnet20, else any
+    plain ResNet-20 measured."""
     measured = sorted((r for r in rows if r["qemu"] and not R.routed(r) and r["config"]["depth"] == 20
                        and not r["config"].get("removed_blocks")), key=lambda r: r["name"] != "resnet20")
-    plain = {k: v["instructions_mean"] for k, v in measured[0]["qemu"].items()} if measured else {}
+    return {k: v["instructions_mean"] for k, v in measured[0]["qemu"].items()} if measured else {}
+
+
+def _per_image_measurements(rows: list[dict]) -> list[tuple[dict, str, dict]]:
+    """(row, kernels, QEMU figures) where the firmware run kept each image's instruction count."""
+    return [(r, k, v) for r in rows for k, v in (r["qemu"] or {}).items() if v.get("instructions_per_image")]
+
+
+def _per_image_table(rows: list[dict]) -> list[str]:
+    plain = _plain_instructions(rows)
+    columns = [("configuration", ""), ("kernels", ""), ("images", "d"), ("mean", ",.0f"), ("std", ",.0f"),
+               ("min", ",.0f"), ("max", ",.0f"), ("executed MACs mean", ".3f"), ("executed MACs std", ".3f"),
+               ("predicted mean", ",.0f"), ("measured / predicted", ".4f")]
+    body = []
+    for r, k, v in _per_image_measurements(rows):
+        counts, macs = np.array(v["instructions_per_image"], dtype=float), R.firmware_mac_ratios(r, v)
+        predicted = plain[k] * macs.mean() if k in plain else None
+        body.append({"configuration": r["name"], "kernels": k, "images": len(counts), "mean": counts.mean(),
+                     "std": counts.std(), "min": counts.min(), "max": counts.max(),
+                     "executed MACs mean": macs.mean(), "executed MACs std": macs.std(),
+                     "predicted mean": predicted, "measured / predicted": counts.mean() / predicted if predicted else None})
+    return ["## Per-image cost on the QEMU Cortex-M4",
+            "- instructions inside `Invoke()` per test image (`python -m cosinegate.bench.qemu EXPORT "
+            "--images-dir IMAGES --json ROOT/NAME/qemu.json`, images from `python -m cosinegate.export.test_images "
+            "--count N`)\n"
+            "- executed MACs: of the decisions the firmware printed, over plain ResNet-20's\n"
+            "- predicted: plain ResNet-20's instructions with the same kernels times the mean executed-MAC ratio",
+            table(columns, body)] + [f"![{r['name']} per image](docs/results/{r['name']}_m4_per_image.png)"
+                                     for r, _, _ in _per_image_measurements(rows)]
+
+
+def per_image_plot(row: dict, figures: dict, path: Path) -> None:
+    """Histograms of one model's per-image instructions and executed MACs on the Cortex-M4."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.4))
+    left.hist(np.array(figures["instructions_per_image"]) / 1e6, bins=30)
+    left.set(xlabel="instructions per inference (millions)", ylabel="test images",
+             title=f"{row['name']}: QEMU Cortex-M4")
+    right.hist(R.firmware_mac_ratios(row, figures), bins=30, range=(0, 1.05))
+    right.set(xlabel="executed MACs / plain ResNet-20", title="the same images")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.save_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def _firmware_table(rows: list[dict]) -> list[str]:
+    plain = _plain_instructions(rows)
     columns = [("configuration", ""), ("kernels", ""), ("flash B", ",d"), ("never-run weights B", ",d"),
                ("RAM B", ",d"), ("arena used B", ",d"), ("offline plan", ""), ("gates folded", ""),
                ("instructions / inference", ",.0f"), ("vs plain", ".3f"), ("executed MACs", ".3f"), ("images", "d")]
@@ -208,6 +256,7 @@ def _firmware_table(rows: list[dict]) -> list[str]:
             "bench's QEMU run (`cg-bench ... --tflm-root`)\n"
             "- instructions: inside `Invoke()` on the first test images, counted by the project's TCG plugin\n"
             "- vs plain: over plain ResNet-20's count with the same kernels\n"
+            "- flash: the firmware with its embedded int8 test images (one image a CIFAR-10 3,072 B; see images)\n"
             "- never-run weights: flash held by blocks that ran on none of the bench images "
             "(`branch_weight_bytes` in the export report)\n"
             "- offline plan: the export carries the memory plan that lets TFLM's IF share tensors with its branches\n"
@@ -242,6 +291,8 @@ def render(rows: list[dict], root: Path, plot_path: Path | None, earlier: Path |
         parts += _static_tables(twins, frontier)
     if R.firmware_measurements(rows):
         parts += _firmware_table(rows)
+    if _per_image_measurements(rows):
+        parts += _per_image_table(rows)
     if earlier:
         parts.append(f"Earlier runs, whose run folders were not archived: [{earlier.as_posix()}]({earlier.as_posix()}).")
     machines = {json.dumps(r["bench"]["machine"], sort_keys=True) for r in rows if r["bench"]}
@@ -316,6 +367,8 @@ def main(argv=None) -> int:
             source = args.root / r["name"] / "run" / "plots" / f"{kind}.png"
             if source.is_file():
                 atomic.write_bytes(args.plots / f"{r['name']}_{kind}.png", source.read_bytes())
+    for r, _, figures in _per_image_measurements(rows):
+        per_image_plot(r, figures, args.plots / f"{r['name']}_m4_per_image.png")
     earlier = args.plots / "earlier" / "RESULTS.md"
     atomic.write_text(args.out, render(rows, args.root, plot, earlier if earlier.is_file() else None))
     print(f"results: wrote {args.out} and {plot}")

@@ -235,9 +235,28 @@ def firmware_mac_ratio(row: dict, qemu: dict) -> float | None:
     report, gates = row["report"], qemu.get("gates")
     if not report or not gates:
         return None
+    if report.get("exit_blocks"):
+        return float(firmware_mac_ratios(row, qemu).mean())
     blocks = [report["macs_per_block"][i] for i in report["gated_indices"]]
     skipped = [sum(m for m, g in zip(blocks, pattern) if g == "0") for pattern in gates]
     return (report["macs_full"] - sum(skipped) / len(skipped)) / report["macs_plain"] * vs_resnet20(row["config"])
+
+
+def firmware_mac_ratios(row: dict, qemu: dict):
+    """Per image, the executed-MAC ratio (vs plain ResNet-20) of the decisions the firmware printed
+    (gates, then early exits), counted by the model's own accounting."""
+    import numpy as np
+    import torch
+    from cosinegate.train.config import from_dict
+    from cosinegate.train.data import dataset_info
+    from cosinegate.train.evaluate import split_decisions
+    from cosinegate.train.model import executed_mac_ratio, macs_breakdown
+    config = from_dict(row["config"])
+    macs = macs_breakdown(config.model_config(dataset_info(config.dataset)))
+    decisions = torch.tensor([[c == "1" for c in g] for g in qemu["gates"]], dtype=torch.float64)
+    gates, passed = split_decisions(decisions, macs)
+    ratio = executed_mac_ratio(macs, gates, row["report"]["gated_indices"], passed)
+    return np.asarray(ratio) * vs_resnet20(row["config"])
 
 
 def firmware_measurements(rows: list[dict]) -> list[tuple[str, dict, str, dict]]:

@@ -101,6 +101,7 @@ def render_model_data_h(generated_by: str) -> str:
 def render_model_settings_h(report: dict, model_name: str, generated_by: str,
                             int8_kernels: bool = True) -> str:
     _, height, width, channels = report["input"]["shape"]
+    decisions = int(len(report["decision_outputs"]) if "decision_outputs" in report else report["gated_blocks"])
     ops = sorted(dict.fromkeys(op.upper() for op in report["tflm_ops"]))
     bad = [op for op in ops if not _OP_NAME.fullmatch(op)]
     if bad:  # each name becomes C identifiers in the generated macro
@@ -131,8 +132,9 @@ constexpr float kInputScale = {c_float(report['input']['scale'])};
 constexpr int kInputZeroPoint = {int(report['input']['zero_point'])};
 
 constexpr int kNumClasses = {int(report['num_classes'])};
-// Outputs 1..kNumGatedBlocks are the bool gate decisions (true = block computed).
-constexpr int kNumGatedBlocks = {int(report['gated_blocks'])};
+// Outputs 1..kNumGatedBlocks are the bool decisions: per gated block, true = block computed; then
+// per early exit, true = the image went on past it.
+constexpr int kNumGatedBlocks = {decisions};
 // Bytes: the export's TFLM arena measurement ({int(report['tflm_arena_bytes'])}, on the host's
 // 64-bit TFLM, an upper bound for 32-bit MCUs) rounded up to 16, plus alignment slack.
 constexpr int kTensorArenaSize = {arena};

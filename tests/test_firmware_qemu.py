@@ -271,3 +271,43 @@ def test_bad_build_stops_with_one_clear_line(fault, says, export_dir, report, te
     assert [e.reason for e in result.log.errors] == [fault], result.output
     assert says in result.log.errors[0].message
     assert result.log.inferences == [] and result.log.header is None
+
+
+def _host_decisions(tflite: bytes, images, outputs: int) -> list[tuple[int, str]]:
+    """(prediction, decision string) per image from the host TFLM interpreter."""
+    from tflite_micro.python.tflite_micro import runtime
+    interpreter = runtime.Interpreter.from_bytes(tflite)
+    results = []
+    for image in images:
+        interpreter.set_input(image[None], 0)                                # (1, H, W, C)
+        interpreter.invoke()
+        decisions = "".join("1" if interpreter.get_output(1 + i).ravel()[0] else "0" for i in range(outputs))
+        results.append((int(np.argmax(interpreter.get_output(0).ravel())), decisions))
+    return results
+
+
+def test_early_exit_model_on_qemu_takes_the_host_decisions_and_stops_early(plugin, tmp_path):
+    """Nested IFs on the device: the same predictions and exits as host TFLM, and an image that
+    leaves at an exit runs fewer instructions than any that went on past it."""
+    from cosinegate.export import cli as export_cli
+    from cosinegate.train.cli import main as train_main
+    run, export = tmp_path / "run", tmp_path / "export"
+    assert train_main(["--preset", "demo", "--no-gated", "--exits", "1,2", "--depth", "8", "--epochs", "2",
+                       "--threads", "1", "--no-progress", "--out", str(run)]) == 0
+    assert export_cli.main([str(run / "last.pt"), "--int8", "--out", str(export), "--exit-threshold", "0.5",
+                            "--parity-images", "60", "--calibration-images", "60", "--no-progress"]) == 0
+    report = json.loads((export / "export_report.json").read_text())
+    images, labels = load_test_split(report["dataset"], None)
+    quantized, labels = make_test_set(report, images, labels, 40)
+    write_test_images(quantized, labels, report["dataset"], tmp_path / "images")
+    host = _host_decisions((export / "model_int8.tflite").read_bytes(), quantized, 2)
+    elf = qemu.build_firmware(export, TFLM_ROOT, _tflm_library("cmsis_nn"), "cmsis_nn", tmp_path / "build",
+                              images_dir=tmp_path / "images")
+    log = qemu.run_firmware(elf, plugin).log
+    assert log.errors == [] and log.header.gated_blocks == 2
+    assert [(i.pred, i.gates) for i in log.inferences] == host
+    cost = {gates: [i.cost for i in log.inferences if i.gates == gates] for _, gates in host}
+    assert "01" not in cost  # nobody goes on past exit 1 without passing exit 0
+    depths = sorted(cost, key=lambda gates: gates.count("1"))                # "00", "10", "11"
+    assert len(depths) >= 2, cost.keys()
+    assert all(max(cost[a]) < min(cost[b]) for a, b in zip(depths, depths[1:]))

@@ -44,7 +44,8 @@ def routing_summary(gates: np.ndarray, predictions: np.ndarray, labels: np.ndarr
                     gated_indices: list[int], reference_gates: np.ndarray | None) -> dict:
     """Accuracy, skip rate, per-block execution, executed MACs and adaptivity of hard decisions
     (gates, then early exits: see `split_decisions`)."""
-    stats = routing_stats(*_split(gates, macs, gated_indices))
+    decided, passed = _split(gates, macs)
+    stats = routing_stats(decided, macs, gated_indices, passed)
     return {
         "images": int(len(labels)),
         "accuracy": float(np.mean(predictions == labels)),
@@ -65,15 +66,14 @@ def _per_class_macs(ratio: np.ndarray, labels: np.ndarray) -> dict:
     return {int(c): float(ratio[labels == c].mean()) for c in np.unique(labels)}
 
 
-def _split(decisions: np.ndarray, macs: dict, gated_indices: list[int]) -> tuple:
-    """The arguments of `routing_stats` and `executed_mac_ratio` from a decision matrix."""
-    gates, passed = split_decisions(torch.from_numpy(decisions.astype(np.float64)), macs)
-    return gates, macs, gated_indices, passed
+def _split(decisions: np.ndarray, macs: dict) -> tuple:
+    """(gates, exits passed) as tensors from a runtime's decision matrix (`split_decisions`)."""
+    return split_decisions(torch.from_numpy(decisions.astype(np.float64)), macs)
 
 
 def mac_ratios(decisions: np.ndarray, macs: dict, gated_indices: list[int]) -> np.ndarray:
     """Per-image executed-MAC ratio of a decision matrix (N, n_gated + n_exits)."""
-    gates, _, _, passed = _split(decisions, macs, gated_indices)
+    gates, passed = _split(decisions, macs)
     return executed_mac_ratio(macs, gates, gated_indices, passed).numpy()
 
 

@@ -396,7 +396,13 @@ def _deploy_threshold(args, model, ckpt) -> dict:
             raise ExportError("--target-macs needs gates or early exits; this model has neither")
         return {}
     if model.exits and args.target_macs is None:
+        from cosinegate.train.exits import INT8_THRESHOLD_LIMIT
         threshold = ckpt["config"].get("exit_threshold") if args.exit_threshold is None else args.exit_threshold
+        if threshold > INT8_THRESHOLD_LIMIT:
+            source = "the checkpoint's exit_threshold" if args.exit_threshold is None else "--exit-threshold"
+            raise ExportError(f"{source} {threshold:g} is above {INT8_THRESHOLD_LIMIT:.5f}, the highest confidence "
+                              "the int8 exit (softmax in steps of 1/256) can tell apart; no image would leave. "
+                              "Pass --exit-threshold at most that, or --target-macs")
         model.set_exit_thresholds(threshold)
         return {"threshold": threshold, "rule": "exit confidence",
                 "source": "checkpoint" if args.exit_threshold is None else "--exit-threshold"}
@@ -422,6 +428,9 @@ def _threshold_line(threshold: dict) -> str:
     if threshold["source"] == "--target-macs":
         line += (f" (mean executed MACs {threshold['mac_ratio']:.3f} on {threshold['images']} training "
                  f"images, target {threshold['target_mac_ratio']:.3f})")
+        from cosinegate.train.exits import INT8_THRESHOLD_LIMIT
+        if kind == "exit" and threshold["threshold"] >= INT8_THRESHOLD_LIMIT:
+            line += "; the highest threshold an int8 exit can tell apart, so fewer MACs than asked"
     return line
 
 

@@ -2,8 +2,8 @@
 
 Every gated block runs when sigmoid(logit) > threshold (0.45 by default, paper eq. 16); a higher
 threshold closes more gates. An early exit lets an image leave when its softmax confidence is at
-least its threshold (0.9 by default, `train/exits.py`); a lower threshold lets more images leave. `threshold_for_target` bisects the threshold on the logit scale so
-that the mean executed-MAC ratio (over plain ResNet's MACs) on *training* images is at most the
+least its threshold (0.9 by default, `train/exits.py`); a lower threshold lets more images leave.
+`threshold_for_target` bisects the threshold (gates: on the logit scale) so that the mean executed-MAC ratio (over plain ResNet's MACs) on *training* images is at most the
 target and as close to it as the model allows. It never looks at the test set. The export then
 folds the chosen threshold into each `If` condition, so it costs nothing on the device.
 """
@@ -116,15 +116,17 @@ def exit_mac_ratios(model, x_nchw: torch.Tensor, batch: int = 500):
 
 def exit_threshold_for_target(model, x_nchw: torch.Tensor, target: float) -> ThresholdChoice:
     """The highest exit threshold (the fewest images leaving early) whose mean executed-MAC ratio
-    on `x_nchw` is at most `target`; every exit takes it and the model keeps it."""
+    on `x_nchw` is at most `target`; every exit takes it and the model keeps it. The int8 model
+    cannot resolve confidences above `exits.INT8_THRESHOLD_LIMIT`, so no threshold goes higher: a
+    target above what that threshold executes is met with less compute, and the choice says so."""
     ratios = exit_mac_ratios(model, x_nchw)
-    lo, hi = 0.0, 1.0   # confidence >= 0 leaves at the first exit; >= 1 (almost) never leaves
+    lo, hi = 0.0, X.INT8_THRESHOLD_LIMIT   # confidence >= 0 leaves at the first exit
     least = ratios(lo).mean().item()
     if least > target:
         raise ComputeTargetError(f"target {target:.3f} of plain MACs is below the least this model "
                                  f"executes ({least:.3f}, every image leaving at the first exit)")
     if ratios(hi).mean().item() <= target:
-        lo = hi  # no image need leave early
+        lo = hi  # as few images leave as int8 can tell apart
     for _ in range(_STEPS):
         if hi == lo:
             break

@@ -133,9 +133,31 @@ def test_target_macs_chooses_the_exit_threshold_on_training_images(exit_run, tmp
     target = 0.5 * (least + most)
     choice = compute_target.threshold_for_target(model, x, target)
     assert choice.mac_ratio <= target and model.exit_thresholds == [choice.threshold] * 2
-    assert ratios(min(1.0, choice.threshold + 0.02)).mean().item() > target or choice.threshold > 0.98
+    from cosinegate.train.exits import INT8_THRESHOLD_LIMIT
+    assert (ratios(min(1.0, choice.threshold + 0.02)).mean().item() > target
+            or choice.threshold == INT8_THRESHOLD_LIMIT)
     with pytest.raises(compute_target.ComputeTargetError, match="below the least"):
         compute_target.threshold_for_target(model, x, least * 0.9)
+
+
+def test_no_exit_threshold_goes_above_what_the_int8_softmax_resolves(exit_run, tmp_path, capsys):
+    from cosinegate.export import compute_target
+    from cosinegate.export.cli import main as export_main
+    from cosinegate.export.parity import float_inputs
+    from cosinegate.train import checkpoint
+    from cosinegate.train.data import dataset_info
+    from cosinegate.train.exits import INT8_THRESHOLD_LIMIT
+    # the int8 softmax holds k/256, k <= 255: the top two levels lie either side of the limit
+    assert 254 / 256 < INT8_THRESHOLD_LIMIT < 255 / 256
+    model = checkpoint.build_model(checkpoint.load(exit_run / "last.pt")).eval()
+    x = torch.from_numpy(float_inputs(compute_target.training_images("digits", None, 300), dataset_info("digits")))
+    choice = compute_target.threshold_for_target(model, x, 1.0)    # asks for every image to go on
+    assert choice.threshold == INT8_THRESHOLD_LIMIT and choice.mac_ratio <= 1.0
+    out = tmp_path / "e"
+    assert export_tiny(exit_run / "last.pt", out, "--exit-threshold", "0.999") != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "can tell apart" in err[0] and "Traceback" not in err[0]
+    assert not out.exists()
 
 
 def test_bench_counts_the_work_of_the_exit_each_image_took(exit_export, tmp_path):

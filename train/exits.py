@@ -17,6 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 EXIT_THRESHOLD = 0.9  # confidence an image needs to leave at an exit, unless an export moves it
+# The int8 model compares the exit's int8 softmax with the threshold. TFLite fixes that output's
+# scale at 1/256 (zero point -128), so it holds confidences k/256 up to 255/256: a threshold above
+# the top level lets no image leave, and the top level is as far as an int8 exit can be tightened.
+# Midway between the two top levels, the float rule and the int8 one agree on where it lies.
+INT8_THRESHOLD_LIMIT = 254.5 / 256
 
 
 def exit_grid(size: int) -> int:

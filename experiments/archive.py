@@ -1,7 +1,7 @@
 """Keep every run's small result files in the repository, so RESULTS.md regenerates on any clone.
 
     python -m cosinegate.experiments.archive runs/cifar10 results/cifar10      # after reproduce
-    python -m cosinegate.experiments.results results/cifar10 --out RESULTS.md
+    python -m cosinegate.experiments.results results/cifar10 --outside results/outside --out RESULTS.md
     python -m cosinegate.experiments.archive --restore models/X/model.pt runs/cifar10/NAME/run
 
 Run folders hold checkpoints and exports (megabytes each) and live outside git, on the machine that

@@ -1,6 +1,6 @@
 """Build RESULTS.md and the Pareto plot from the folders `experiments.reproduce` writes.
 
-    python -m cosinegate.experiments.results results/cifar10 --out RESULTS.md [--plots docs/results]
+    python -m cosinegate.experiments.results results/cifar10 [--outside results/outside] --out RESULTS.md [--plots docs/results]
 
 ROOT is a runs root or its archive (`experiments.archive`: the same layout with only the files read
 here). `experiments.rows` reads the runs, `experiments.findings` compares them, this module only
@@ -151,6 +151,60 @@ def _sweep_table(points: list[F.SweepPoint]) -> list[str]:
                              if p.reference else None} for p in points])]
 
 
+def _frontier_references(rows: list[dict]) -> list[dict]:
+    """The static networks the sweeps were drawn against (their --reference names), as rows."""
+    names = {name for r in rows if r["sweep"] for name in r["sweep"].get("references", {})}
+    return [r for r in rows if r["name"] in names and R.int8(r)]
+
+
+def _frontier_section(rows: list[dict], outside: list[dict], plot: Path | None) -> list[str]:
+    columns = [("network", ""), ("kind", ""), ("training", ""), ("int8 acc", ".2%"), ("executed MACs", ".3f"),
+               ("images", ",d")]
+    body = [{"network": r["name"], "kind": "static", "training": R.training_label(r, rows),
+             "int8 acc": R.deployed(r).accuracy, "executed MACs": R.deployed(r).macs,
+             "images": (r["bench"] or {}).get("images")} for r in _frontier_references(rows)]
+    body += [{"network": o["name"], "kind": "outside reference", "training": "trained elsewhere",
+              "int8 acc": o["accuracy"], "executed MACs": o["mac_ratio"], "images": o["images"]} for o in outside]
+    parts = ["## Accuracy against compute",
+             "Every threshold sweep above against the static networks it was drawn against and the int8 "
+             "classifiers trained elsewhere (`python -m cosinegate.bench.classifier`, all test images, "
+             "MACs over plain ResNet-20's); the paired tests are in the comparisons table.",
+             table(columns, sorted(body, key=lambda b: b["executed MACs"]))]
+    if plot:
+        parts.append(f"![Accuracy against compute]({plot.as_posix()})")
+    return parts
+
+
+def frontier_plot(rows: list[dict], outside: list[dict], path: Path) -> None:
+    """int8 accuracy against executed MACs: one line per swept model, the static networks and outside models."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r in (r for r in rows if r["sweep"]):
+        scale = R.vs_resnet20(r["config"])
+        points = sorted((p["mac_ratio"] * scale, p["accuracy"]) for p in r["sweep"]["points"].values())
+        ax.plot(*zip(*points), marker="o", ms=4, lw=1, label=f"{r['name']} (threshold sweep)")
+    labelled: dict[float, int] = {}   # networks at the same compute: labels one under another
+    for r in _frontier_references(rows):
+        d = R.deployed(r)
+        ax.scatter(d.macs, d.accuracy, marker="s", color="black", zorder=3)
+        below = labelled.get(round(d.macs, 2), 0)
+        labelled[round(d.macs, 2)] = below + 1
+        ax.annotate(r["name"], (d.macs, d.accuracy), fontsize=7, xytext=(-6, -10 - 9 * below),
+                    textcoords="offset points", ha="right" if d.macs > 0.9 else "left")
+    for o in outside:
+        ax.scatter(o["mac_ratio"], o["accuracy"], marker="*", s=90, color="C3", zorder=3)
+        ax.annotate(o["name"], (o["mac_ratio"], o["accuracy"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], marker="s", ls="", color="black", label="static network"),
+                Line2D([], [], marker="*", ls="", color="C3", ms=9, label="trained elsewhere")]
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    ax.set(xlabel="executed MACs / plain ResNet-20 (mean over test images)", ylabel="int8 accuracy, CIFAR-10 test",
+           title="Accuracy against compute, int8 TFLite")
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    plt.close(fig)
+
+
 def _static_tables(twins: list[F.StaticTwin], frontier: list[F.FrontierPoint]) -> list[str]:
     parts = ["## Dynamic routing against static pruning at equal executed MACs"]
     if twins:
@@ -264,9 +318,11 @@ def _firmware_table(rows: list[dict]) -> list[str]:
             table(columns, body)]
 
 
-def render(rows: list[dict], root: Path, plot_path: Path | None, earlier: Path | None = None) -> str:
+def render(rows: list[dict], root: Path, plot_path: Path | None, earlier: Path | None = None,
+           outside: list[dict] = (), outside_root: Path | None = None) -> str:
+    command = f"python -m cosinegate.experiments.results {root}" + (f" --outside {outside_root}" if outside_root else "")
     parts = ["# Results: CIFAR-10, the paper's table next to deployed int8 models",
-             f"Generated by `python -m cosinegate.experiments.results {root} --out RESULTS.md`; do not edit. "
+             f"Generated by `{command} --out RESULTS.md`; do not edit. "
              "What the numbers mean: [docs/experiments-log.md](docs/experiments-log.md).",
              "- paper: the paper's Table 2 at epoch 160; FLOPs is its mean relaxed gate\n"
              "- acc paper gate: the paper's eq. 16 rule on the measured CIR (needs F(x), not deployable)\n"
@@ -284,6 +340,8 @@ def render(rows: list[dict], root: Path, plot_path: Path | None, earlier: Path |
     comparisons = ([v.baseline for v in F.bar_verdicts(rows) if v.baseline]
                    + [c for v in F.deeper_verdicts(rows) for c in (v.baseline, v.control) if c]
                    + [p.reference for p in F.sweep_points(rows) if p.reference])
+    if any(r["sweep"] for r in rows):
+        parts += _frontier_section(rows, outside, plot_path and plot_path.parent / "frontier.png")
     if comparisons:
         parts += _comparison_table(comparisons)
     twins, frontier = F.static_twins(rows), F.static_frontier(rows)
@@ -355,13 +413,18 @@ def main(argv=None) -> int:
     parser.add_argument("root", type=Path, help="runs root or its archive (results/cifar10)")
     parser.add_argument("--out", type=Path, default=Path("RESULTS.md"))
     parser.add_argument("--plots", type=Path, default=Path("docs/results"))
+    parser.add_argument("--outside", type=Path, metavar="DIR",
+                        help="NAME/classifier.json folders of classifiers trained elsewhere, drawn beside the sweeps")
     args = parser.parse_args(argv)
     rows = collect(args.root)
     if not rows:
         print(f"results: error: no run folders with metrics.jsonl under {args.root}", file=sys.stderr)
         return 1
+    outside = R.collect_outside(args.outside) if args.outside else []
     plot = args.plots / "pareto.png"
     pareto_plot(rows, plot)
+    if any(r["sweep"] for r in rows):
+        frontier_plot(rows, outside, args.plots / "frontier.png")
     for r in rows:  # the runs' own curves, copied beside the table
         for kind in ("accuracy", "compute"):
             source = args.root / r["name"] / "run" / "plots" / f"{kind}.png"
@@ -370,7 +433,8 @@ def main(argv=None) -> int:
     for r, _, figures in _per_image_measurements(rows):
         per_image_plot(r, figures, args.plots / f"{r['name']}_m4_per_image.png")
     earlier = args.plots / "earlier" / "RESULTS.md"
-    atomic.write_text(args.out, render(rows, args.root, plot, earlier if earlier.is_file() else None))
+    atomic.write_text(args.out, render(rows, args.root, plot, earlier if earlier.is_file() else None,
+                                       outside, args.outside))
     print(f"results: wrote {args.out} and {plot}")
     return 0
 

@@ -63,6 +63,19 @@ def collect(root: Path) -> list[dict]:
     return rows
 
 
+def collect_outside(folder: Path) -> list[dict]:
+    """One row per FOLDER/NAME/classifier.json (`cosinegate.bench.classifier` on a model trained
+    elsewhere): name, int8 accuracy, images, MACs over plain ResNet-20 on CIFAR-10, per-image correctness."""
+    from cosinegate.train.model import ModelConfig, macs_breakdown
+    plain = macs_breakdown(ModelConfig(depth=20, gated=False))["plain_total"]
+    out = []
+    for path in sorted(folder.glob("*/classifier.json")):
+        c = json.loads(path.read_text())
+        out.append({"name": path.parent.name, "dataset": c["dataset"], "accuracy": c["accuracy"],
+                    "images": c["images"], "mac_ratio": c["macs"] / plain, "correct": c.get("correct")})
+    return out
+
+
 def test_acc(metrics: dict) -> float:
     """An epoch's test accuracy under the deploy gate (every block computed for a plain net)."""
     return metrics.get("test_acc_deploy", metrics["test_acc_full"])

@@ -50,9 +50,11 @@ def test_results_md_is_regenerated_from_the_archive(monkeypatch):
     """RESULTS.md is exactly what `experiments.results` makes of the committed results/cifar10 archive,
     so every number in it can be rebuilt on a fresh clone (and a stale table fails here)."""
     from cosinegate.experiments import results
+    from cosinegate.experiments import rows as R
     archive, plots = Path("results/cifar10"), Path("docs/results")
     earlier = plots / "earlier" / "RESULTS.md"
     monkeypatch.chdir(ROOT)  # the table links plots by paths relative to the repository
+    outside = Path("results/outside")
     text = results.render(results.collect(archive), archive, plots / "pareto.png",
-                          earlier if earlier.is_file() else None)
+                          earlier if earlier.is_file() else None, R.collect_outside(outside), outside)
     assert text == (ROOT / "RESULTS.md").read_text()

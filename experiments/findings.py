@@ -254,8 +254,8 @@ def sweep_points(rows: list[dict]) -> list[SweepPoint]:
     for r in (r for r in rows if r["sweep"]):
         sweep, scale = r["sweep"], R.vs_resnet20(r["config"])
         for point, p in sweep["points"].items():
-            nearest = min(sweep["references"].items(), key=lambda item: abs(item[1]["mac_ratio"] - p["mac_ratio"]),
-                          default=None)
+            nearest = min(R.static_references(r, rows).items(),
+                          key=lambda item: abs(item[1]["mac_ratio"] - p["mac_ratio"] * scale), default=None)
             reference = None
             if nearest:
                 name, ref = nearest

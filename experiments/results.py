@@ -152,8 +152,8 @@ def _sweep_table(points: list[F.SweepPoint]) -> list[str]:
 
 
 def _frontier_references(rows: list[dict]) -> list[dict]:
-    """The static networks the sweeps were drawn against (their --reference names), as rows."""
-    names = {name for r in rows if r["sweep"] for name in r["sweep"].get("references", {})}
+    """The static networks the sweeps are compared with (`rows.static_references`), as rows."""
+    names = {name for r in rows if r["sweep"] for name in R.static_references(r, rows)}
     return [r for r in rows if r["name"] in names and R.int8(r)]
 
 
@@ -166,7 +166,8 @@ def _frontier_section(rows: list[dict], outside: list[dict], plot: Path | None) 
     body += [{"network": o["name"], "kind": "outside reference", "training": "trained elsewhere",
               "int8 acc": o["accuracy"], "executed MACs": o["mac_ratio"], "images": o["images"]} for o in outside]
     parts = ["## Accuracy against compute",
-             "Every threshold sweep above against the static networks it was drawn against and the int8 "
+             "Every threshold sweep above against the static networks it is compared with (those trained with "
+             "the same recipe from the same start, and those its sweep was drawn against) and the int8 "
              "classifiers trained elsewhere (`python -m cosinegate.bench.classifier`, all test images, "
              "MACs over plain ResNet-20's); the paired tests are in the comparisons table.",
              table(columns, sorted(body, key=lambda b: b["executed MACs"]))]

@@ -97,6 +97,22 @@ def source_row(row: dict, rows: list[dict]) -> dict | None:
     return next((r for r in rows if r["name"] == name), None) if name else None
 
 
+def static_references(row: dict, rows: list[dict]) -> dict[str, dict]:
+    """{name: {"mac_ratio", "accuracy", "images"}} of the static networks a swept run is compared with:
+    those its sweep was drawn against (`bench.sweep --reference`) and every static network trained
+    with the same recipe from the same start (same init_from, epochs and lr) with an int8 bench."""
+    def recipe(config):
+        return config.get("init_from"), config["epochs"], config["lr"]
+
+    out = dict((row["sweep"] or {}).get("references", {}))
+    for r in rows:
+        if (not routed(r) and r["config"].get("init_from") and recipe(r["config"]) == recipe(row["config"])
+                and int8(r)):
+            out[r["name"]] = {"mac_ratio": macs(r), "accuracy": int8(r)["accuracy"],
+                              "images": (r["bench"] or {}).get("images")}
+    return out
+
+
 def schedule(config: dict, epochs_done: int) -> str:
     """'10/10 ep, warm-up 3 (shortened)', '24/24 ep, warm-up 6, lr 0.02, warm start from NAME'."""
     text = f"{epochs_done}/{config['epochs']} ep, warm-up {config['warmup_epochs']}"

@@ -16,7 +16,7 @@ plugin's per-block counts mapped to symbols with nm).
 On the Cortex-M4 it also prints estimated cycles and milliseconds at `--clock-mhz` (default
 120): the Cortex-M4 TRM's instruction timings at zero wait states applied to the executed
 blocks (cosinegate.bench.m4_timing), with the bounds of the TRM's ranges. That model is the
-M4's alone, so for the other cores the figure is instructions only: the M7 issues two
+M4's alone, so for the other cores the figure is instructions only: the M7 can issue two
 instructions per cycle, the M55 runs its vector instructions in beats, and QEMU times nothing.
 
 From Python:

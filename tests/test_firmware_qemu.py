@@ -20,7 +20,7 @@ Environment:
                       tiny digits model with three IF-gated blocks is made here with TF.
 
     CG_TFLM_ROOT=/work/tflm/tflite-micro .venv/bin/python -m pytest tests/test_firmware_qemu.py -q
-Needs arm-none-eabi-gcc + newlib, cmake, qemu-system-arm and cc; about two minutes.
+Needs arm-none-eabi-gcc + newlib, cmake, qemu-system-arm and cc; a few minutes.
 """
 import json
 import os

@@ -10,12 +10,13 @@ MACs are counted from the graph (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED), s
 another origin is measured the same way as ours. Writes DIR/classifier.json, with the per-image
 correctness string for paired tests.
 
-With `--tflm-root` (default $CG_TFLM_ROOT) the same model also runs in the QEMU Cortex-M4 firmware
-(CMSIS-NN kernels) on the first `--qemu-images` test images: instructions per inference and the
-Cortex-M4 cycle estimate of cosinegate.bench.m4_timing, in milliseconds at `--clock-mhz`:
+With `--tflm-root` (default $CG_TFLM_ROOT) the same model also runs in the QEMU firmware (CMSIS-NN
+kernels) on the first `--qemu-images` test images: instructions per inference and, on the Cortex-M4
+(`--core m4`, the default), the cycle estimate of cosinegate.bench.m4_timing in milliseconds at
+`--clock-mhz`; `--core m7|m33|m55` runs the Cortex-M7, M33 or M55 port instead (instructions only):
 
     python -m cosinegate.bench.classifier model.tflite --dataset cifar10 --preprocess raw --out DIR
-        --tflm-root $CG_TFLM_ROOT --qemu-images 3 [--flash-wait-states 5]     (one line)
+        --tflm-root $CG_TFLM_ROOT --qemu-images 3 [--flash-wait-states 5] [--core m4]     (one line)
 """
 import argparse
 import json
@@ -142,8 +143,10 @@ def firmware_report(tflite_bytes: bytes, dataset: str, model: BareClassifier) ->
 
 
 def qemu_run(tflite_bytes: bytes, dataset: str, data_dir, how: str, count: int, tflm_root,
-             clock_hz: int, flash_wait_states: int | None = None, kernels: str = "cmsis_nn") -> dict:
-    """Build the QEMU Cortex-M4 firmware for the model and `count` test images and run it."""
+             clock_hz: int, flash_wait_states: int | None = None, kernels: str = "cmsis_nn",
+             core: str = "m4") -> dict:
+    """Build the QEMU firmware for `core` (cosinegate.bench.qemu.CORES) for the model and `count`
+    test images and run it; the Cortex-M4 cycle estimate comes with the Cortex-M4 only."""
     from cosinegate.bench import m4_timing, qemu
     from cosinegate.export.carray import write_model_sources
     from cosinegate.export.test_images import write_test_images
@@ -161,22 +164,26 @@ def qemu_run(tflite_bytes: bytes, dataset: str, data_dir, how: str, count: int, 
         write_model_sources(work / "model_int8.tflite", report, work, generated_by="cosinegate.bench.classifier")
         write_test_images(model.quantize(preprocess(images, dataset, how)), labels, dataset, work,
                           generated_by="cosinegate.bench.classifier")
-        lib = qemu.find_tflm_library(tflm_root, kernels)
-        elf = qemu.build_firmware(work, tflm_root, lib, kernels, work / "build")
+        lib = qemu.find_tflm_library(tflm_root, kernels, qemu.CORES[core].tflm_target_arch)
+        elf = qemu.build_firmware(work, tflm_root, lib, kernels, work / "build", core=core)
         result = qemu.run_firmware(elf, qemu.build_plugin(work / "build"),
-                                   flash_loads=flash_wait_states is not None)
+                                   flash_loads=flash_wait_states is not None, core=core)
         size = qemu.firmware_size(elf)
     if result.log.errors or len(result.log.inferences) != count:
         raise ClassifierError(f"the firmware did not run every image: {result.output[-500:]}")
     costs = [i.cost for i in result.log.inferences]
-    return {"kernels": kernels, "images": count, "tflm_library": str(lib),
-            "predictions": [i.pred for i in result.log.inferences],
-            "instructions_mean": float(np.mean(costs)), "flash_bytes": size.flash, "ram_bytes": size.ram,
-            "arena_used": result.log.header.arena_used,
-            "m4_estimate": m4_timing.summarize(result.timing, clock_hz, flash_wait_states)}
+    measured = {"kernels": kernels, "images": count, "tflm_library": str(lib),
+                "core": qemu.CORES[core].name, "machine": qemu.CORES[core].machine,
+                "predictions": [i.pred for i in result.log.inferences],
+                "instructions_mean": float(np.mean(costs)), "flash_bytes": size.flash, "ram_bytes": size.ram,
+                "arena_used": result.log.header.arena_used}
+    if result.timing is not None:
+        measured["m4_estimate"] = m4_timing.summarize(result.timing, clock_hz, flash_wait_states)
+    return measured
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cosinegate.bench import qemu
     parser = argparse.ArgumentParser(prog="cg-classifier", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
@@ -189,20 +196,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="folder for classifier.json (created)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--tflm-root", type=Path, default=os.environ.get("CG_TFLM_ROOT"),
-                        help="TFLM tree with built libraries: also run the QEMU Cortex-M4 firmware")
+                        help="TFLM tree with built libraries: also run the QEMU firmware")
+    parser.add_argument("--core", choices=qemu.CORES, default=qemu.DEFAULT_CORE,
+                        help=f"QEMU core: {', '.join(qemu.CORES)} (default {qemu.DEFAULT_CORE}, the only one "
+                             "with a cycle estimate)")
     parser.add_argument("--qemu-images", type=int, default=3, metavar="N",
                         help="test images in the QEMU firmware (default 3)")
     parser.add_argument("--clock-mhz", type=float, default=120.0,
                         help="core clock for the estimated milliseconds (default 120)")
     parser.add_argument("--flash-wait-states", type=int, metavar="WS",
-                        help="also charge WS cycles per new 8-byte flash word the data loads read")
+                        help="Cortex-M4: also charge WS cycles per new 8-byte flash word the data loads read")
     return parser
 
 
 # RuntimeError: the DataError of a missing data set (imported lazily, with torch)
 @errors.command("cg-classifier", expected=(ClassifierError, RuntimeError, OSError))
 def main(argv=None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.flash_wait_states is not None and args.core != "m4":
+        parser.error("--flash-wait-states needs --core m4: the cycle model is the Cortex-M4's")
     if args.images < 1:
         raise ClassifierError("--images must be at least 1")
     data = args.model.read_bytes()
@@ -213,13 +226,19 @@ def main(argv=None) -> int:
                                                        args.images, not args.no_progress)}
         if args.tflm_root:
             result["qemu"] = qemu_run(data, args.dataset, args.data_dir, args.preprocess, args.qemu_images,
-                                      args.tflm_root, int(args.clock_mhz * 1e6), args.flash_wait_states)
+                                      args.tflm_root, int(args.clock_mhz * 1e6), args.flash_wait_states,
+                                      core=args.core)
     except ClassifierError as e:
         raise ClassifierError(f"{args.model}: {e}") from None
     atomic.write_text(args.out / "classifier.json", json.dumps(result, indent=1) + "\n")
     print(f"cg-classifier: {args.model}: int8 accuracy {result['accuracy']:.4f} on {result['images']} "
           f"{args.dataset} test images, {result['macs']:,} MACs -> {args.out / 'classifier.json'}")
-    if "qemu" in result:
+    if "qemu" in result and "m4_estimate" not in result["qemu"]:
+        q = result["qemu"]
+        print(f"cg-classifier: QEMU {q['core']} ({q['kernels']}, {q['images']} images): "
+              f"{q['instructions_mean']:,.0f} instructions (not cycles: the cycle model is the Cortex-M4's), "
+              f"flash {q['flash_bytes']:,} B, arena used {q['arena_used']:,} B")
+    elif "qemu" in result:
         q, m4 = result["qemu"], result["qemu"]["m4_estimate"]
         print(f"cg-classifier: QEMU Cortex-M4 ({q['kernels']}, {q['images']} images): "
               f"{q['instructions_mean']:,.0f} instructions, {m4['cycles']:,.0f} estimated cycles "

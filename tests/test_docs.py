@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "firmware" / "README.md",
+        *sorted((ROOT / "firmware" / "ports").glob("*/README.md"))]
 # Linked from the README, written on another branch; checked like any link once it exists.
 
 
@@ -106,3 +107,12 @@ def test_relative_links_point_at_files(page):
                if not re.match(r"[a-z]+:", link) and not link.startswith("#")]
     missing = [t for t in targets if not t.exists()]
     assert not missing, missing
+
+
+def test_firmware_readme_gives_each_qemu_core_its_tflm_arch_and_flags():
+    """The per-core build table in firmware/README.md is what cosinegate.bench.qemu.CORES builds."""
+    from cosinegate.bench import qemu
+    rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| `([\w-]+)` \| `([\w+-]+)` \| `([^`]+)` \|$",
+                      (ROOT / "firmware" / "README.md").read_text(), re.M)
+    assert {core: (machine, arch, flags) for core, machine, arch, flags in rows} == {
+        core: (spec.machine, spec.tflm_target_arch, spec.cpu_flags) for core, spec in qemu.CORES.items()}

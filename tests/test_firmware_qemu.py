@@ -4,19 +4,23 @@ Builds firmware/ports/qemu with CMake for an int8 export, runs it under qemu-sys
 with the instruction-count plugin, and checks every embedded test image's prediction and
 gate string against tflite_micro's Python interpreter on the same int8 input, for each
 kernel flavour whose library exists, plus the one-line failures for bad builds and the
-Cortex-M4 cycle estimate's accounting. The STM32F405 port (firmware/ports/stm32f4) is run
+Cortex-M4 cycle estimate's accounting. With CMSIS-NN kernels the same check runs on the
+Cortex-M7 (mps2-an500), M33 (mps2-an505) and M55 (mps3-an547), each against a TFLM library
+built for that core; a core whose library is missing is skipped with the make command. The STM32F405 port (firmware/ports/stm32f4) is run
 the same way under QEMU's netduinoplus2, its text read from the emulated USART.
 
 Environment:
   CG_TFLM_ROOT        (required) tflite-micro checkout in which TFLM's Makefile built
                       libtensorflow-microlite.a for TARGET=cortex_m_generic
                       TARGET_ARCH=cortex-m4+fp, with and/or without
-                      OPTIMIZED_KERNEL_DIR=cmsis_nn (firmware/README.md). Unset: skip.
+                      OPTIMIZED_KERNEL_DIR=cmsis_nn, and for the other cores
+                      cortex-m7+fp, cortex-m33, cortex-m55 with cmsis_nn
+                      (firmware/README.md). Unset: skip.
   CG_FIRMWARE_EXPORT  (optional) an export folder from `cg-export --int8`; by default a
                       tiny digits model with three IF-gated blocks is made here with TF.
 
     CG_TFLM_ROOT=/work/tflm/tflite-micro .venv/bin/python -m pytest tests/test_firmware_qemu.py -q
-Needs arm-none-eabi-gcc + newlib, cmake, qemu-system-arm and cc; about two minutes.
+Needs arm-none-eabi-gcc + newlib, cmake, qemu-system-arm and cc; a few minutes.
 """
 import json
 import os
@@ -45,9 +49,9 @@ NUM_TEST_IMAGES = 10
 TINY_MODEL_GATE_QUANTILES = (0.3, 0.5, 0.7)   # of the stem's mean activation: gates differ
 
 
-def _tflm_library(kernels: str) -> Path:
+def _tflm_library(kernels: str, core: str = qemu.DEFAULT_CORE) -> Path:
     try:
-        return qemu.find_tflm_library(TFLM_ROOT, kernels)
+        return qemu.find_tflm_library(TFLM_ROOT, kernels, qemu.CORES[core].tflm_target_arch)
     except FileNotFoundError as error:
         pytest.skip(str(error))
 
@@ -223,6 +227,29 @@ def test_qemu_matches_host_tflm(kernels, export_dir, report, test_set, host_resu
         assert 0 < timing.refills < timing.counts["branch"] + timing.counts["multiple"] + timing.counts["load"]
         assert sum(timing.counts.values()) == timing.instructions
         assert timing.counts["mul"] > 0 and timing.counts["load"] > 0
+
+
+@pytest.mark.parametrize("core", [core for core in qemu.CORES if core != qemu.DEFAULT_CORE])
+def test_other_cores_match_host_tflm(core, export_dir, report, test_set, host_results, plugin, tmp_path):
+    """The Cortex-M7, M33 and M55 ports with CMSIS-NN kernels (the M55's use MVE): host TFLM's
+    predictions and gates, the core's name in the header, instructions but no M4 cycle estimate."""
+    spec = qemu.CORES[core]
+    elf = qemu.build_firmware(export_dir, TFLM_ROOT, _tflm_library("cmsis_nn", core), "cmsis_nn",
+                              tmp_path / "build", images_dir=test_set[0], core=core)
+    assert qemu.marker_addresses(elf)["begin"] in range(*spec.flash)
+    result = qemu.run_firmware(elf, plugin, profile_path=tmp_path / "profile.txt", core=core)
+    log = result.log
+    assert result.returncode == 0 and log.errors == [] and log.skipped_lines == 0, result.output
+    assert (log.header.core, log.header.cost_unit) == (spec.name, "instructions")
+    assert log.header.gated_blocks == report["gated_blocks"]
+    assert [i.label for i in log.inferences] == test_set[2].tolist()
+    assert [(i.pred, i.gates) for i in log.inferences] == host_results
+    assert all(i.cost_unit == "instructions" and i.cost > 0 for i in log.inferences)
+    assert result.timing is None
+    profile = qemu.function_profile(elf, tmp_path / "profile.txt", len(log.inferences))
+    total = sum(i.cost for i in log.inferences) / len(log.inferences)
+    assert sum(c for _, c in profile) == pytest.approx(total, rel=1e-12)
+    assert any("arm_convolve" in name for name, _ in profile), profile[:5]
 
 
 def test_stm32f4_port_on_netduinoplus2(export_dir, report, test_set, host_results, tmp_path):

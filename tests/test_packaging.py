@@ -13,7 +13,9 @@ FOLDERS = {"cosinegate.train": "train", "cosinegate.export": "export", "cosinega
            "cosinegate.experiments": "experiments", "cosinegate.firmware": "firmware"}
 SUBPACKAGES = ["cosinegate", *FOLDERS]
 FIRMWARE_SOURCES = ("core/main_functions.cc", "core/main_functions.h", "cmake/arm-none-eabi.cmake",
-                    "cmake/cosinegate_core.cmake", "ports/qemu/CMakeLists.txt", "ports/qemu/mps2_an386.ld",
+                    "cmake/cosinegate_core.cmake", "ports/qemu/CMakeLists.txt", "ports/qemu/qemu_sections.ld",
+                    "ports/qemu/mps2_an386.ld", "ports/qemu/mps2_an500.ld", "ports/qemu/mps2_an505.ld",
+                    "ports/qemu/mps3_an547.ld",
                     "ports/qemu/plugin/cg_insn_count.c", "ports/esp32s3/sdkconfig.defaults",
                     "ports/esp32s3/main/idf_component.yml", "README.md")
 

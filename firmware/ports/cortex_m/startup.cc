@@ -1,13 +1,15 @@
-// Vector table and reset handler for ports that bring no vendor start-up file: QEMU's
-// mps2-an386 and the STM32F405/407 (ports/qemu, ports/stm32f4).
+// Vector table and reset handler for ports that bring no vendor start-up file: QEMU's MPS2/MPS3
+// boards (ports/qemu: Cortex-M4, M7, M33, M55) and the STM32F405/407 (ports/stm32f4).
 //
 // The core starts at the reset vector of the table the linker script puts first in
-// flash (0x0 on mps2-an386; 0x08000000, aliased at 0x0, on the STM32F4). The reset
-// handler enables the FPU (the TFLM library is built hard-float), copies .data, zeroes
-// .bss, runs static constructors and calls main(); a port's CgBoardInit() brings up
-// clocks and the UART later. The table is kept alive with `-u g_cg_vector_table`
-// because nothing references it. The linker script defines __stack_top and the
-// __data_* / __bss_* bounds.
+// flash: at 0x0 on mps2-an386/an500; on the STM32F4 at 0x08000000, aliased at 0x0; on the
+// TrustZone boards (mps2-an505 Cortex-M33, mps3-an547 Cortex-M55) at the Secure alias
+// 0x10000000 of the boot memory, since they reset into Secure state and Secure code must
+// run from Secure addresses. The reset handler enables the FPU (the TFLM library is built
+// hard-float), copies .data, zeroes .bss, runs static constructors and calls main(); a
+// port's CgBoardInit() brings up clocks and the UART later. The table is kept alive with
+// `-u g_cg_vector_table` because nothing references it. The linker script defines
+// __stack_top and the __data_* / __bss_* bounds.
 #include <cstdint>
 
 extern "C" {
@@ -20,7 +22,9 @@ int main();
 
 namespace {
 
-// Coprocessor Access Control Register; CP10/CP11 full access turns the FPU on.
+// Coprocessor Access Control Register; CP10/CP11 full access turns the FPU on, and on the
+// Cortex-M55 also its MVE (Helium) vector instructions, which use the same coprocessor
+// space. In Secure state this address is the Secure CPACR, the one Secure code obeys.
 volatile uint32_t* const kCpacr = reinterpret_cast<volatile uint32_t*>(0xE000ED88);
 constexpr uint32_t kCpacrFpuFullAccess = 0xFu << 20;
 constexpr int kNumCoreVectors = 16;

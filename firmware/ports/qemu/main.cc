@@ -1,4 +1,4 @@
-// QEMU (mps2-an386, Cortex-M4) entry point: setup() once, then loop() forever.
+// QEMU (MPS2/MPS3 boards) entry point: setup() once, then loop() forever.
 #include "core/main_functions.h"
 
 int main() {

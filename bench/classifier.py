@@ -37,16 +37,12 @@ class ClassifierError(ValueError):
     """A model or dataset that this evaluation cannot use: one line for the user."""
 
 
-def _schema():
-    from tensorflow.lite.python import schema_py_generated as schema
-    return schema
-
-
 def count_macs(tflite_bytes: bytes) -> int:
     """Multiply-accumulates of one inference over the main subgraph's CONV_2D, DEPTHWISE_CONV_2D
     and FULLY_CONNECTED ops, from their tensor shapes."""
     from cosinegate.export.restructure import builtin_code, read_model
-    ops = _schema().BuiltinOperator
+    from cosinegate.export.native import tflite_schema
+    ops = tflite_schema().BuiltinOperator
     model = read_model(tflite_bytes)
     sg = model.subgraphs[0]
     total = 0

@@ -58,8 +58,8 @@ def _tflm_library(kernels: str, core: str = qemu.DEFAULT_CORE) -> Path:
 
 def _all_builtin_ops(model: bytes) -> list[str]:
     """Builtin op names over every subgraph (IF branches included)."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+    from cosinegate.export.native import tflite_flatbuffer_utils, tflite_schema
+    schema, flatbuffer_utils = tflite_schema(), tflite_flatbuffer_utils()
     names = {code: name for name, code in vars(schema.BuiltinOperator).items()
              if not name.startswith("_")}
     parsed = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
@@ -90,7 +90,8 @@ def _tflm_arena_bytes(model: bytes, input_shape) -> int:
 def _make_tiny_gated_export(out_dir: Path) -> Path:
     """Digits model: stem conv, three residual blocks each behind tf.cond (-> TFLite IF,
     gate output gate_i), mean pool, dense; untrained, full int8 like cg-export --int8."""
-    import tensorflow as tf
+    from cosinegate.export.native import import_tensorflow
+    tf = import_tensorflow()  # in the order that lets this process export exits models later
 
     mean, std = [0.25], [0.35]
     images, _ = load_test_split("digits", None)

@@ -253,8 +253,9 @@ def sweep_points(rows: list[dict]) -> list[SweepPoint]:
     out = []
     for r in (r for r in rows if r["sweep"]):
         sweep, scale = r["sweep"], R.vs_resnet20(r["config"])
+        references = R.static_references(r, rows)
         for point, p in sweep["points"].items():
-            nearest = min(R.static_references(r, rows).items(),
+            nearest = min(references.items(),
                           key=lambda item: abs(item[1]["mac_ratio"] - p["mac_ratio"] * scale), default=None)
             reference = None
             if nearest:

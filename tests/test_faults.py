@@ -45,6 +45,7 @@ TOOLS = {
     "archive": ("cosinegate.experiments.archive", "archive"),
     "plots": ("cosinegate.train.plots", "python -m cosinegate.train.plots"),
     "static_baseline": ("cosinegate.train.static_baseline", "python -m cosinegate.train.static_baseline"),
+    "prune_search": ("cosinegate.train.prune_search", "python -m cosinegate.train.prune_search"),
     "publish": ("cosinegate.experiments.publish", "python -m cosinegate.experiments.publish"),
 }
 # Fast runs of the commands that have slow defaults.
@@ -423,6 +424,11 @@ FAULTS = [
     Fault("plots_garbled_metrics", "plots",
           lambda s: [s.run_with("r", {"metrics.jsonl": "{\"epoch\": 1,\n"})], "metrics.jsonl"),
     Fault("static_baseline_missing_run", "static_baseline", lambda s: [s.path("nowhere")], "nowhere"),
+    Fault("prune_search_gated_net", "prune_search", lambda s: [str(s.run / "last.pt"), "--delete", "1"],
+          "not a full plain ResNet"),
+    Fault("prune_search_pickle_runs_code", "prune_search",
+          lambda s: [s.checkpoint("evil.pt", lambda c: c.update(model=s.runs_code())), "--delete", "1"],
+          "not a readable checkpoint"),
     Fault("publish_missing_bench", "publish",
           lambda s: ["--name", "x", "--run", str(s.run), "--export", str(s.export), "--bench", s.path("b"),
                      "--command", "cg-train", "--models", s.path("models")], "bench.json"),

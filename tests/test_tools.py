@@ -84,3 +84,23 @@ def test_step_profile_times_plain_and_gated_steps(capsys):
         assert "eager" in line and float(line.split(":")[1].split("ms/step")[0]) > 0
     ratio = next(line for line in out.splitlines() if line.strip().startswith("ratio"))
     assert float(ratio.split(":")[1].split("x")[0]) > 0
+
+
+def test_prune_search_ranks_every_deletion_of_a_plain_net(tmp_path, capsys):
+    from cosinegate.train.cli import main as train_main
+    from cosinegate.train.prune_search import main, rank
+    run = tmp_path / "plain"
+    assert train_main(["--preset", "demo", "--no-gated", "--depth", "8", "--epochs", "1", "--warmup-epochs", "0",
+                       "--threads", "1", "--no-progress", "--out", str(run)]) == 0
+    # A ResNet-8 has one block a stage; only the first keeps an identity shortcut.
+    assert [r["removed"] for r in rank(run / "last.pt", 1, None, 100, 200, progress=False)] == [[0]]
+    ranked = rank(run / "last.pt", 1, None, 100, 200, include_downsampling=True, progress=False)
+    assert sorted(r["removed"] for r in ranked) == [[0], [1], [2]]
+    assert [r["accuracy"] for r in ranked] == sorted((r["accuracy"] for r in ranked), reverse=True)
+    assert all(0 < r["mac_ratio"] < 1 for r in ranked)
+    assert main([str(run / "last.pt"), "--delete", "2", "--include-downsampling", "--calibration", "100",
+                 "--images", "200", "--no-progress"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    table = out[next(i for i, line in enumerate(out) if line.startswith("| deleted blocks")):]
+    best = table[2].split("|")[1].strip()
+    assert table[-1].endswith(f"--removed-blocks {best}") and len(table) == 2 + 3 + 1

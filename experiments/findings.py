@@ -248,6 +248,21 @@ class SweepPoint:
     reference: Comparison | None
 
 
+# Static networks this close in MACs count as equally near (deleting different blocks of equal cost
+# leaves MAC ratios that differ in the fourth decimal).
+EQUAL_MACS = 0.005
+
+
+def nearest_reference(references: dict[str, dict], mac_ratio: float) -> tuple[str, dict] | None:
+    """The static network nearest in MACs; of those equally near, the most accurate."""
+    if not references:
+        return None
+    distance = {name: abs(ref["mac_ratio"] - mac_ratio) for name, ref in references.items()}
+    closest = min(distance.values())
+    near = [(name, ref) for name, ref in references.items() if distance[name] <= closest + EQUAL_MACS]
+    return max(near, key=lambda item: item[1]["accuracy"])
+
+
 def sweep_points(rows: list[dict]) -> list[SweepPoint]:
     by_name = {r["name"]: r for r in rows}
     out = []
@@ -255,8 +270,7 @@ def sweep_points(rows: list[dict]) -> list[SweepPoint]:
         sweep, scale = r["sweep"], R.vs_resnet20(r["config"])
         references = R.static_references(r, rows)
         for point, p in sweep["points"].items():
-            nearest = min(references.items(),
-                          key=lambda item: abs(item[1]["mac_ratio"] - p["mac_ratio"] * scale), default=None)
+            nearest = nearest_reference(references, p["mac_ratio"] * scale)
             reference = None
             if nearest:
                 name, ref = nearest

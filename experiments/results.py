@@ -183,6 +183,11 @@ def frontier_plot(rows: list[dict], outside: list[dict], path: Path) -> None:
         scale = R.vs_resnet20(r["config"])
         points = sorted((p["mac_ratio"] * scale, p["accuracy"]) for p in r["sweep"]["points"].values())
         ax.plot(*zip(*points), marker="o", ms=4, lw=1, label=f"{r['name']} (threshold sweep)")
+    statics = sorted(((R.deployed(r).macs, R.deployed(r).accuracy) for r in _frontier_references(rows)),
+                     key=lambda point: (point[0], -point[1]))
+    envelope = [point for i, point in enumerate(statics) if all(point[1] > a for _, a in statics[:i])]
+    if envelope:  # the best static network at each compute: what a routed model has to beat
+        ax.plot(*zip(*envelope), ls="--", lw=1, color="black", alpha=0.5, label="static frontier")
     labelled: dict[float, int] = {}   # networks at the same compute: labels one under another
     for r in _frontier_references(rows):
         d = R.deployed(r)

@@ -183,18 +183,17 @@ def frontier_plot(rows: list[dict], outside: list[dict], path: Path) -> None:
         scale = R.vs_resnet20(r["config"])
         points = sorted((p["mac_ratio"] * scale, p["accuracy"]) for p in r["sweep"]["points"].values())
         ax.plot(*zip(*points), marker="o", ms=4, lw=1, label=f"{r['name']} (threshold sweep)")
-    statics = sorted(((R.deployed(r).macs, R.deployed(r).accuracy) for r in _frontier_references(rows)),
-                     key=lambda point: (point[0], -point[1]))
+    references = [(r["name"], R.deployed(r)) for r in _frontier_references(rows)]
+    statics = sorted(((d.macs, d.accuracy) for _, d in references), key=lambda point: (point[0], -point[1]))
     envelope = [point for i, point in enumerate(statics) if all(point[1] > a for _, a in statics[:i])]
     if envelope:  # the best static network at each compute: what a routed model has to beat
         ax.plot(*zip(*envelope), ls="--", lw=1, color="black", alpha=0.5, label="static frontier")
     labelled: dict[float, int] = {}   # networks at the same compute: labels one under another
-    for r in _frontier_references(rows):
-        d = R.deployed(r)
+    for name, d in references:
         ax.scatter(d.macs, d.accuracy, marker="s", color="black", zorder=3)
         below = labelled.get(round(d.macs, 2), 0)
         labelled[round(d.macs, 2)] = below + 1
-        ax.annotate(r["name"], (d.macs, d.accuracy), fontsize=7, xytext=(-6, -10 - 9 * below),
+        ax.annotate(name, (d.macs, d.accuracy), fontsize=7, xytext=(-6, -10 - 9 * below),
                     textcoords="offset points", ha="right" if d.macs > 0.9 else "left")
     for o in outside:
         ax.scatter(o["mac_ratio"], o["accuracy"], marker="*", s=90, color="C3", zorder=3)

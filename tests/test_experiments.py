@@ -169,7 +169,6 @@ def test_sweep_points_face_the_nearest_reference():
     assert (p.reference.paired.only_a, p.reference.paired.only_b) == (1, 2)
 
 
-
 def test_equally_near_static_networks_are_faced_by_the_most_accurate():
     from cosinegate.experiments.findings import nearest_reference
     references = {"static258": {"accuracy": 0.90, "mac_ratio": 0.6509},
@@ -178,6 +177,7 @@ def test_equally_near_static_networks_are_faced_by_the_most_accurate():
     assert nearest_reference(references, 0.64)[0] == "static145"
     assert nearest_reference(references, 0.75)[0] == "static45"
     assert nearest_reference({}, 0.5) is None
+
 
 @pytest.mark.slow  # benches the tiny export
 def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):

@@ -34,8 +34,7 @@ class PruneSearchError(ValueError):
 
 
 def _plain_config(ckpt: dict, path) -> ModelConfig:
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    cfg = ModelConfig(**{k: v for k, v in ckpt["model_config"].items() if k in names})
+    cfg = checkpoint.build_model(ckpt, path).cfg
     if cfg.gated or cfg.exit_stages or cfg.removed_blocks:
         raise PruneSearchError(f"{path} is not a full plain ResNet (gates, exits or deleted blocks); "
                                "rank deletions of one trained with --preset resnet20")
@@ -78,7 +77,7 @@ def rank(path, delete: int, data_dir, calibration: int, images: int, include_dow
                                f"blocks ({','.join(map(str, blocks))}"
                                f"{'' if include_downsampling else '; --include-downsampling adds the stride-2 ones'})"
                                f", got {delete}")
-    dataset = ckpt.get("config", {}).get("dataset", "cifar10")
+    dataset = ckpt["config"]["dataset"]
     x, y = load_arrays(dataset, data_dir, "train")
     if calibration + images > len(x):
         raise PruneSearchError(f"--calibration {calibration} + --images {images} exceed the "

@@ -2,10 +2,11 @@
 RESULTS.md tabulates. Each function returns dataclasses; `experiments.results` renders them and
 docs/experiments-log.md interprets them.
 """
+import json
 from dataclasses import dataclass
 
 from cosinegate.experiments import rows as R
-from cosinegate.experiments.stats import McNemar, mcnemar, unpaired_noise
+from cosinegate.experiments.stats import McNemar, mcnemar, mcnemar_pooled, unpaired_noise
 
 BAR_ACCURACY = R.PAPER["balanced"]["acc"]  # the paper's Balanced ResNet-20: 91.3 %
 BAR_MACS = 0.70                           # at no more than 0.70 of plain ResNet-20's executed MACs
@@ -282,4 +283,67 @@ def sweep_points(rows: list[dict]) -> list[SweepPoint]:
             out.append(SweepPoint(r["name"], point, p["threshold"]["threshold"], p["accuracy"],
                                   p["mac_ratio"] * scale, p["mac_ratio_std"] * scale, p["adaptivity"],
                                   p["distinct_paths"], reference))
+    return out
+
+
+def seed_groups(rows: list[dict]) -> list[list[dict]]:
+    """Runs that differ only in their seed (and the machine they ran on), each group sorted by
+    seed; groups of two or more."""
+    from cosinegate.train.config import MACHINE_KEYS
+
+    def recipe(r):
+        kept = {k: v for k, v in r["config"].items() if k not in ("seed", *MACHINE_KEYS)}
+        return json.dumps([kept, r["epochs_done"]], sort_keys=True, default=str)
+
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(recipe(r), []).append(r)
+    return [sorted(g, key=lambda r: r["config"]["seed"]) for g in groups.values() if len(g) > 1]
+
+
+@dataclass(frozen=True)
+class SeedPoint:
+    """One sweep target of a routed recipe trained with several seeds, against the static recipe
+    nearest in mean executed MACs trained with the same seeds and the same recipe: each seed's
+    model faces the static network of its own seed, and the paired test pools the seeds."""
+    runs: tuple[str, ...]
+    point: str
+    seeds: tuple[int, ...]
+    accuracies: tuple[float, ...]
+    macs: tuple[float, ...]
+    references: tuple[str, ...]
+    reference_accuracies: tuple[float, ...]
+    reference_macs: tuple[float, ...]
+    paired: McNemar | None
+
+    @property
+    def gap(self) -> float:
+        return (sum(self.accuracies) - sum(self.reference_accuracies)) / len(self.seeds)
+
+
+def seed_points(rows: list[dict]) -> list[SeedPoint]:
+    groups = seed_groups(rows)
+    out = []
+    for group in (g for g in groups if R.routed(g[0]) and all(r["sweep"] for r in g)):
+        seeds = tuple(r["config"]["seed"] for r in group)
+        same_recipe = R.static_references(group[0], rows)
+        statics = {g[0]["name"]: g for g in groups if not R.routed(g[0]) and g[0]["name"] in same_recipe
+                   and tuple(r["config"]["seed"] for r in g) == seeds and all(R.int8(r) for r in g)}
+        if not statics:
+            continue
+        means = {name: {"mac_ratio": sum(R.deployed(r).macs for r in g) / len(g),
+                        "accuracy": sum(R.deployed(r).accuracy for r in g) / len(g)} for name, g in statics.items()}
+        scale = R.vs_resnet20(group[0]["config"])
+        common = [k for k in group[0]["sweep"]["points"] if all(k in r["sweep"]["points"] for r in group)]
+        for point in common:
+            ours = [r["sweep"]["points"][point] for r in group]
+            name, _ = nearest_reference(means, sum(p["mac_ratio"] for p in ours) * scale / len(ours))
+            theirs = statics[name]
+            pairs = [(p["correct"], R.deployed_correct(s)) for p, s in zip(ours, theirs)]
+            paired = (mcnemar_pooled([mcnemar(a, b) for a, b in pairs])
+                      if all(a and b and len(a) == len(b) for a, b in pairs) else None)
+            out.append(SeedPoint(tuple(r["name"] for r in group), point, seeds, tuple(p["accuracy"] for p in ours),
+                                 tuple(p["mac_ratio"] * scale for p in ours), tuple(r["name"] for r in theirs),
+                                 tuple(R.deployed(r).accuracy for r in theirs), tuple(R.deployed(r).macs for r in theirs),
+                                 paired))
     return out

@@ -151,6 +151,29 @@ def _sweep_table(points: list[F.SweepPoint]) -> list[str]:
                              if p.reference else None} for p in points])]
 
 
+def _seed_table(points: list[F.SeedPoint]) -> list[str]:
+    def each(values, fmt):
+        return " / ".join(format(v, fmt) for v in values)
+
+    columns = [("run", ""), ("point", ""), ("seeds", ""), ("int8 acc", ""), ("executed MACs", ""),
+               ("static", ""), ("static int8 acc", ""), ("static MACs", ""), ("mean gap, points", ""),
+               ("images", ",d"), ("only model right", "d"), ("only static right", "d"), ("pooled McNemar p", ".3g")]
+    return ["## Seeds",
+            "Recipes trained with several seeds (`cg-train --seed`), one value per seed: each threshold-sweep "
+            "point against the static recipe nearest in mean executed MACs, trained with the same seeds; "
+            "each seed's model is paired with the static network of its seed, and one exact McNemar test "
+            "pools the seeds' discordant images.",
+            table(columns, [{"run": p.runs[0], "point": p.point, "seeds": each(p.seeds, "d"),
+                             "int8 acc": each((a * 100 for a in p.accuracies), ".2f"),
+                             "executed MACs": each(p.macs, ".3f"), "static": p.references[0],
+                             "static int8 acc": each((a * 100 for a in p.reference_accuracies), ".2f"),
+                             "static MACs": each(p.reference_macs, ".3f"), "mean gap, points": _points(p.gap),
+                             "images": p.paired.images if p.paired else None,
+                             "only model right": p.paired.only_a if p.paired else None,
+                             "only static right": p.paired.only_b if p.paired else None,
+                             "pooled McNemar p": p.paired.p if p.paired else None} for p in points])]
+
+
 def _frontier_references(rows: list[dict]) -> list[dict]:
     """The static networks the sweeps are compared with (`rows.static_references`), as rows."""
     names = {name for r in rows if r["sweep"] for name in R.static_references(r, rows)}
@@ -349,6 +372,9 @@ def render(rows: list[dict], root: Path, plot_path: Path | None, earlier: Path |
         parts += _frontier_section(rows, outside, plot_path and plot_path.parent / "frontier.png")
     if comparisons:
         parts += _comparison_table(comparisons)
+    seeds = F.seed_points(rows)
+    if seeds:
+        parts += _seed_table(seeds)
     twins, frontier = F.static_twins(rows), F.static_frontier(rows)
     if twins or frontier:
         parts += _static_tables(twins, frontier)

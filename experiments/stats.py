@@ -28,9 +28,21 @@ def mcnemar(a: str, b: str) -> McNemar:
         raise ValueError(f"per-image results of different lengths: {len(a)} and {len(b)}")
     only_a = sum(x == "1" and y == "0" for x, y in zip(a, b))
     only_b = sum(x == "0" and y == "1" for x, y in zip(a, b))
+    return McNemar(len(a), only_a, only_b, _exact_p(only_a, only_b))
+
+
+def mcnemar_pooled(tests: list[McNemar]) -> McNemar:
+    """One exact McNemar test over several pairs of models (one pair per training seed): under the
+    null each discordant image, whichever pair it comes from, is as likely to favour either model,
+    so the discordant counts add."""
+    only_a, only_b = sum(t.only_a for t in tests), sum(t.only_b for t in tests)
+    return McNemar(sum(t.images for t in tests), only_a, only_b, _exact_p(only_a, only_b))
+
+
+def _exact_p(only_a: int, only_b: int) -> float:
     n = only_a + only_b
     tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1))
-    return McNemar(len(a), only_a, only_b, min(1.0, 2 * tail / 2 ** n) if n else 1.0)
+    return min(1.0, 2 * tail / 2 ** n) if n else 1.0
 
 
 def unpaired_noise(acc_a: float, images_a: int, acc_b: float, images_b: int) -> float:

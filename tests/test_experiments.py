@@ -179,6 +179,32 @@ def test_equally_near_static_networks_are_faced_by_the_most_accurate():
     assert nearest_reference({}, 0.5) is None
 
 
+def test_seed_points_pair_each_seed_with_the_static_network_of_its_seed():
+    from cosinegate.experiments import findings, stats
+
+    def warm(name, seed, exits, accuracy, mac_ratio, correct, lr=0.02):
+        row = _row(name, 20, False, accuracy, mac_ratio)
+        row["config"].update(seed=seed, exits=exits, lr=lr, init_from="models/plain/model.pt", threads=seed + 1)
+        row["bench"]["runtimes"]["tflite_int8"]["correct"] = correct
+        return row
+
+    statics = [warm("static", 0, "", 0.5, 0.53, "1100"), warm("static_seed1", 1, "", 0.25, 0.53, "1000"),
+               warm("static_other_lr", 1, "", 0.9, 0.53, "1111", lr=0.05)]
+    routed = []
+    for seed, correct in ((0, "1011"), (1, "0111")):
+        row = warm(f"exits_seed{seed}", seed, "2", 0.0, 0.6, "")
+        row["sweep"] = {"points": {"0.550": {"accuracy": 0.75, "mac_ratio": 0.55, "correct": correct}}}
+        routed.append(row)
+    assert [[r["name"] for r in g] for g in findings.seed_groups(statics + routed)] == [
+        ["static", "static_seed1"], ["exits_seed0", "exits_seed1"]]
+    p, = findings.seed_points(statics + routed)
+    assert (p.point, p.seeds, p.references) == ("0.550", (0, 1), ("static", "static_seed1"))
+    assert round(p.gap, 3) == 0.375
+    # seed 0: 1011 vs 1100 -> 2 only model, 1 only static; seed 1: 0111 vs 1000 -> 3 and 1
+    assert (p.paired.images, p.paired.only_a, p.paired.only_b) == (8, 5, 2)
+    assert p.paired.p == stats.mcnemar("1" * 5 + "0" * 2, "0" * 5 + "1" * 2).p
+
+
 @pytest.mark.slow  # benches the tiny export
 def test_results_table_and_publish(tiny_run, tiny_export, bench_dir, tmp_path):
     from cosinegate.experiments import findings, publish, results

@@ -180,7 +180,7 @@ def qemu_run(tflite_bytes: bytes, dataset: str, data_dir, how: str, count: int, 
 
 def build_parser() -> argparse.ArgumentParser:
     from cosinegate.bench import qemu
-    parser = argparse.ArgumentParser(prog="cg-classifier", description=__doc__.split("\n\n")[0],
+    parser = errors.ArgumentParser(prog="cg-classifier", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("model", type=Path, help="an int8 .tflite classifier")

@@ -30,7 +30,7 @@ COUNTS = (("--images", "images", 1), ("--latency-runs", "latency_runs", 1), ("--
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cg-bench", description=__doc__.split("\n\n")[0],
+    parser = errors.ArgumentParser(prog="cg-bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("export_dir", type=Path, help="a cg-export folder")

@@ -18,7 +18,7 @@ from cosinegate import errors
 
 @errors.command("cg-demo", expected=(OSError,))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="cg-demo", description=__doc__.split("\n\n")[0],
+    parser = errors.ArgumentParser(prog="cg-demo", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"),

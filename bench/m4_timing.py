@@ -30,7 +30,6 @@ compares both with a published board measurement.
 
     python -m cosinegate.bench.m4_timing FIRMWARE.elf BLOCKS.txt [--p 2] [--divide 7] [--clock-mhz 120]
 """
-import argparse
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -347,7 +346,7 @@ def format_summary(summary: dict) -> str:
 
 @errors.command("m4_timing", expected=(OSError, ValueError))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cosinegate.bench.m4_timing", description=__doc__.splitlines()[0])
+    parser = errors.ArgumentParser(prog="python -m cosinegate.bench.m4_timing", description=__doc__.splitlines()[0])
     parser.add_argument("elf", type=Path)
     parser.add_argument("blocks", type=Path, help="the plugin's blocks=PATH file")
     parser.add_argument("--clock-mhz", type=float, default=DEFAULT_CLOCK_HZ / 1e6)

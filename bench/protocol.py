@@ -12,7 +12,6 @@ Serial noise, boot messages and truncated lines are skipped and counted. Use:
     python -m cosinegate.bench.protocol LOGFILE     # prints a short summary
 """
 import re
-import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +97,8 @@ def _parse_header(text: str) -> Header:
                             "cost": str, "arena_bytes": int, "arena_used": int, "images": int,
                             "classes": int, "gated_blocks": int})
     values["cost_unit"] = values.pop("cost")
+    if values["clock_hz"] <= 0:  # latency in ms divides by it
+        raise ValueError(f"clock_hz must be positive, got {values['clock_hz']}")
     return Header(**values)
 
 
@@ -171,7 +172,7 @@ def parse_text(text: str) -> RunLog:
 
 @errors.command("python -m cosinegate.bench.protocol", expected=(OSError, ProtocolError))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cosinegate.bench.protocol",
+    parser = errors.ArgumentParser(prog="python -m cosinegate.bench.protocol",
                                      description="Summarise a firmware log: header, inferences, accuracy, errors.")
     parser.add_argument("logfile", type=Path, help="what the firmware printed (QEMU or a board)")
     args = parser.parse_args(argv)

@@ -24,7 +24,6 @@ From Python:
     elf = build_firmware(export_dir, tflm_root, lib, "cmsis_nn", build_dir, core="m7")
     result = run_firmware(elf, build_plugin(build_dir), core="m7")   # result.log is a RunLog
 """
-import argparse
 import bisect
 import importlib.resources
 import json
@@ -295,7 +294,7 @@ def firmware_size(elf) -> FirmwareSize:
 
 @errors.command("qemu", expected=(OSError, FirmwareBuildError, IntegrityError))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = errors.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export_dir", type=Path)
     parser.add_argument("--tflm-root", type=Path, required=True,
                         help="tflite-micro checkout where TFLM's Makefile built the libraries")

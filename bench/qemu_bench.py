@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from cosinegate.bench.errors import BenchError

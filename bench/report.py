@@ -3,6 +3,7 @@
 Tables are fixed-width, each driven by one column list.
 """
 import json
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cosinegate import atomic  # noqa: E402
+from cosinegate import atomic, errors  # noqa: E402
+from cosinegate.bench.errors import BenchError  # noqa: E402
 
 
 def table(columns: list[tuple[str, str]], rows: list[dict]) -> str:
@@ -89,20 +91,37 @@ def render_markdown(bench: dict) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def write_outputs(bench: dict, out_dir: Path, checkpoint_path: Path, mac_ratio: np.ndarray) -> None:
+def training_curves(checkpoint_path: Path) -> dict[str, bytes]:
+    """The run's training curves (Fig. 6-8) drawn from the metrics.jsonl beside the checkpoint, as
+    {file name: PNG}; none without one. A metrics.jsonl they cannot be drawn from is a BenchError,
+    found before the bench measures or writes anything."""
+    metrics = Path(checkpoint_path).parent / "metrics.jsonl"
+    if not metrics.is_file():
+        return {}
+    from cosinegate.train.plots import plot_run
+    try:
+        history = [json.loads(line) for line in metrics.read_text().splitlines() if line]
+        with tempfile.TemporaryDirectory() as drawn:
+            return {path.name: path.read_bytes() for path in plot_run(history, drawn)}
+    except (ValueError, KeyError, IndexError, TypeError) as e:  # ValueError: bad JSON or UTF-8
+        reason = f"a line without {e}" if isinstance(e, KeyError) else errors.one_line(e)
+        raise BenchError(f"{metrics} is not a run's metrics, one JSON object per epoch ({reason})") from None
+
+
+def write_outputs(bench: dict, out_dir: Path, curves: dict[str, bytes], mac_ratio: np.ndarray) -> None:
+    """bench.json, BENCH.md and the plots, with the run's training curves (`training_curves`)."""
     out_dir = Path(out_dir)
     plots = out_dir / "plots"
-    _plot_exec_rates(bench, plots / "exec_rates.png")
-    _plot_latency(bench, plots / "latency.png")
-    _plot_mac_hist(mac_ratio, plots / "mac_ratio_hist.png")
-    metrics = Path(checkpoint_path).parent / "metrics.jsonl"
-    if metrics.is_file():  # the run's training curves (Fig. 6-8) beside the bench
-        from cosinegate.train.plots import plot_run
-        plot_run([json.loads(line) for line in metrics.read_text().splitlines() if line], plots)
-    atomic.write_text(out_dir / "BENCH.md", render_markdown(bench))
+    markdown = render_markdown(bench)
     slim = json.loads(json.dumps(bench))
     for v in slim["latency"].values():
         v.pop("samples_ms", None)
+    _plot_exec_rates(bench, plots / "exec_rates.png")
+    _plot_latency(bench, plots / "latency.png")
+    _plot_mac_hist(mac_ratio, plots / "mac_ratio_hist.png")
+    for name, png in curves.items():
+        atomic.write_bytes(plots / name, png)
+    atomic.write_text(out_dir / "BENCH.md", markdown)
     atomic.write_text(out_dir / "bench.json", json.dumps(slim, indent=2) + "\n")  # last: marks completion
     print(f"cg-bench: wrote {out_dir / 'bench.json'}, {out_dir / 'BENCH.md'} and {plots}/")
 

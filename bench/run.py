@@ -140,10 +140,11 @@ class Subject:
 
 def run_bench(args, command: str) -> dict:
     """Every measurement in order; writes bench.json, BENCH.md and plots into args.out."""
-    from cosinegate.bench.report import write_outputs
+    from cosinegate.bench.report import training_curves, write_outputs
     started = time.perf_counter()
     progress = not args.no_progress
     subject = _load_subject(args)
+    curves = training_curves(subject.ckpt_path)  # a broken metrics.jsonl stops the bench before it measures
     runtimes, t_gates = _decisions(subject, progress)
     firmware = _firmware_logs(args, subject, t_gates)
     qemu = None
@@ -167,7 +168,7 @@ def run_bench(args, command: str) -> dict:
         "qemu_note": None if args.tflm_root else "no TFLM library configured (--tflm-root or CG_TFLM_ROOT): QEMU not run",
         "wall_time_s": time.perf_counter() - started,
     }
-    write_outputs(bench, args.out, subject.ckpt_path, ratio)
+    write_outputs(bench, args.out, curves, ratio)
     return bench
 
 

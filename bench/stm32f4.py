@@ -11,7 +11,6 @@ ST-LINK or J-Link probe pyOCD drives). The board prints the protocol lines with 
 and the DWT are not modelled: the firmware stays on the 16 MHz HSI and prints `cycles=0`, so
 the QEMU run checks the port (start-up, USART, predictions, gates), not its speed.
 """
-import argparse
 import shutil
 import subprocess
 import sys
@@ -97,7 +96,7 @@ def flash(elf, target: str = PYOCD_TARGET, probe: str | None = None) -> str:
 
 @errors.command("stm32f4", expected=(OSError, FirmwareBuildError, IntegrityError))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("export_dir", type=Path)
     parser.add_argument("--tflm-root", type=Path, required=True,
                         help="tflite-micro checkout where TFLM's Makefile built the Cortex-M4 library")

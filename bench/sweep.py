@@ -45,7 +45,7 @@ def _reference(text: str) -> tuple[str, Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cg-sweep", description=__doc__.split("\n\n")[0],
+    parser = errors.ArgumentParser(prog="cg-sweep", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("checkpoint", type=Path, help="a gated cg-train checkpoint")

@@ -4,6 +4,7 @@ Expected failures (bad input, missing files, a full disk) are typed errors that 
 catches and prints with `one_line`. `command` wraps a command's `main` so that anything else
 still ends in one line, marked as an internal error; CG_TRACEBACK=1 shows the traceback instead.
 """
+import argparse
 import errno
 import functools
 import os
@@ -19,7 +20,8 @@ def one_line(error: BaseException) -> str:
         text = ("disk full" if error.errno == errno.ENOSPC else error.strerror) + where
     else:
         text = str(error).strip() or type(error).__name__
-    first = text.splitlines()[0]
+    # Escape control characters: the text may quote a file or a device's log (ANSI escapes included).
+    first = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text.splitlines()[0])
     return first if len(first) <= MAX_CHARS else first[:MAX_CHARS - 3] + "..."
 
 
@@ -42,3 +44,11 @@ def command(prog: str, expected: tuple = ()):
                 return 1
         return guarded
     return wrap
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose rejections are one line too (`prog: error: ...`, exit 2), without the usage
+    block; `--help` still prints it."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

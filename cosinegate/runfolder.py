@@ -64,7 +64,7 @@ def _lock(folder: Path):
 def claim(folder: Path, resume: bool):
     """Hold `folder` for one run: lock it, check ownership, clear stale temporary files. If the
     run fails before its first checkpoint, the files it wrote go again and a new run may start there."""
-    created = not folder.exists()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
     folder.mkdir(parents=True, exist_ok=True)
     lock = _lock(folder)
     try:
@@ -85,6 +85,6 @@ def claim(folder: Path, resume: bool):
     finally:
         (folder / LOCK_NAME).unlink(missing_ok=True)
         lock.close()
-        if created:
+        for path in created:
             with contextlib.suppress(OSError):
-                folder.rmdir()  # only if the failed run left it empty
+                path.rmdir()  # only if the failed run left it empty

@@ -62,7 +62,7 @@ COLUMNS = [("reading", ""), ("epochs", "d"), ("deploy acc", ".4f"), ("paper-gate
 
 @errors.command("python -m cosinegate.experiments.ablations", expected=(OSError,))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--out", type=Path, required=True)

@@ -51,7 +51,7 @@ def publish(name: str, run: Path, export: Path, bench: Path, command: str, model
 
 @errors.command("python -m cosinegate.experiments.publish", expected=(OSError, ValueError, KeyError, RuntimeError))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cosinegate.experiments.publish",
+    parser = errors.ArgumentParser(prog="python -m cosinegate.experiments.publish",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])

@@ -108,7 +108,7 @@ def fold_one(folder: Path, args, log=None) -> int:
 
 @errors.command("python -m cosinegate.experiments.reproduce", expected=(OSError,))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("configs", nargs="+", help="preset names or name:preset --flags")

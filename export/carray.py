@@ -5,10 +5,10 @@
   model_settings.h               k-prefixed constants from export_report.json and the op
                                  list as the X-macro CG_MODEL_OPS, which the firmware's
                                  RegisterOps() expands to register exactly those ops
-To regenerate them for an existing export:
-    python -m cosinegate.export.carray EXPORT_DIR [--out DIR] [--no-int8-kernels]
+To write them for an existing export into another folder (a firmware port's, say):
+    python -m cosinegate.export.carray EXPORT_DIR --out DIR [--no-int8-kernels]
+The export's own copies stay as `cg-export` wrote them: its report vouches for their hashes.
 """
-import argparse
 import hashlib
 import math
 import re
@@ -174,18 +174,22 @@ def write_model_sources(tflite_path, report: dict, out_dir, *, int8_kernels: boo
 
 @errors.command("carray", expected=(OSError, ValueError, IntegrityError))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = errors.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export_dir", type=Path,
                         help="folder with model_int8.tflite and export_report.json")
-    parser.add_argument("--out", type=Path, help="output folder (default: export_dir)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder, not the export's own (its sources are vouched for by its report)")
     parser.add_argument("--no-int8-kernels", dest="int8_kernels", action="store_false",
                         help="register generic kernels (for models with float ops)")
     args = parser.parse_args(argv)
+    if args.out.resolve() == args.export_dir.resolve():
+        raise ValueError(f"--out {args.out} is the export itself, whose model sources its report vouches for: "
+                         "choose another folder")
     report = read_export(args.export_dir)
     if "model_int8.tflite" not in report["sha256"]:
         raise IntegrityError(f"{args.export_dir} is a float export without model_int8.tflite: export with --int8")
-    for path in write_model_sources(args.export_dir / "model_int8.tflite", report,
-                                    args.out or args.export_dir, int8_kernels=args.int8_kernels):
+    for path in write_model_sources(args.export_dir / "model_int8.tflite", report, args.out,
+                                    int8_kernels=args.int8_kernels):
         print(path)
     return 0
 

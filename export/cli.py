@@ -31,7 +31,7 @@ class ExportError(RuntimeError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cg-export", description=__doc__.split("\n\n")[0],
+    parser = errors.ArgumentParser(prog="cg-export", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("checkpoint", type=Path, help="a cg-train checkpoint (best.pt / last.pt)")
@@ -469,6 +469,9 @@ def _publish(stage_dir: Path, out_dir: Path) -> None:
     from cosinegate.atomic import fsync_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     new = {p.name for p in stage_dir.iterdir()}
+    blocked = sorted(name for name in new | set(EXPORT_FILES) if (out_dir / name).is_dir())
+    if blocked:  # refused before the old export loses anything
+        raise ExportError(f"{out_dir / blocked[0]} is a folder where the export writes a file: move it away")
     (out_dir / "export_report.json").unlink(missing_ok=True)
     for name in EXPORT_FILES:
         if name not in new:
@@ -514,6 +517,7 @@ def main(argv=None) -> int:
     expected = (CheckpointError, DataError, ExportError, TranslateError, RestructureError,
                 TflmError, ComputeTargetError, OSError)
     out_dir = args.out or default_out(args.checkpoint)
+    created = [p for p in out_dir.parents if not p.exists()]  # innermost first; removed if the export fails
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         atomic.remove_stale(out_dir.parent)  # staging folders of killed exports
@@ -530,6 +534,9 @@ def main(argv=None) -> int:
         return EXIT_ERROR
     finally:
         shutil.rmtree(stage_dir, ignore_errors=True)
+        for path in created if not out_dir.exists() else ():
+            with contextlib.suppress(OSError):
+                path.rmdir()
     print(f"cg-export: done, {len(report['files'])} files in {out_dir}", flush=True)
     return 0
 

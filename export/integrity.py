@@ -44,8 +44,8 @@ def load_report(folder: Path) -> dict:
         report = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise IntegrityError(f"{folder} is not a complete export: {REPORT} is missing (run cg-export first)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IntegrityError(f"{path} is not valid JSON ({str(e)[:80]})") from None
+    except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, a 5,000-digit number, nesting too deep
+        raise IntegrityError(f"{path} is not valid JSON ({str(e)[:80] or type(e).__name__})") from None
     if not isinstance(report, dict):
         raise IntegrityError(f"{path} is not an export report (not a JSON object)")
     return report

@@ -244,7 +244,6 @@ def _drop_block(model, index: int, x: int, s: int, y: int, pred: int) -> None:
 
 def _carve_block(model, index: int, x: int, s: int, y: int, pred: int) -> None:
     """Replace block `index`'s computed path in subgraph 0 by IF(pred, x[, s]) -> y."""
-    schema = tflite_schema()
     main = model.subgraphs[0]
     moved = _block_ops(model, index, x, s, y, pred)
     moved_set = set(moved)

@@ -7,7 +7,6 @@ exactly as the int8 model expects, and writes test_images.cc/.h with their label
     python -m cosinegate.export.test_images EXPORT_DIR --data-dir data --count 10 \
         [--out DIR]
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -102,7 +101,7 @@ def write_test_images(images: np.ndarray, labels: np.ndarray, dataset: str, out_
 # ValueError covers IntegrityError; RuntimeError the DataError of a missing data set (torch-free import)
 @errors.command("test_images", expected=(OSError, ValueError, RuntimeError))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = errors.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export_dir", type=Path, help="folder with export_report.json")
     parser.add_argument("--data-dir", help="dataset root (default: the training code's default)")
     parser.add_argument("--count", type=int, default=10, help="number of images to embed")
@@ -111,6 +110,8 @@ def main(argv=None) -> int:
     if args.count < 1:
         raise ValueError(f"--count must be at least 1, got {args.count}")
     report = read_export(args.export_dir)
+    if "model_int8.tflite" not in report["sha256"]:  # the images are quantized with the int8 input's scale
+        raise ValueError(f"{args.export_dir} is a float export without model_int8.tflite: export with --int8")
     images, labels = load_test_split(report["dataset"], args.data_dir)
     quantized, labels = make_test_set(report, images, labels, args.count)
     command = (f"python -m cosinegate.export.test_images {args.export_dir.name} "

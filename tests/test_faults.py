@@ -650,3 +650,126 @@ def test_fuzzed_firmware_log_is_refused_or_read_right(seed, tiny_export):
     # Every image kept is one the log holds intact: its own label, all its gates, once.
     assert len({r.idx for r in rows}) == len(rows)
     assert all(r.label == labels[r.idx] and len(r.gates) == GATED_BLOCKS for r in rows)
+
+
+# -- bad state found before anything is written: resume, archive --restore, bench ------------------
+
+@pytest.fixture(scope="module")
+def paused_run(tmp_path_factory):
+    """A tiny run paused after epoch 1 of 2: a resume of it trains, and writes, epoch 2."""
+    run = tmp_path_factory.mktemp("paused") / "run"
+    code = importlib.import_module(TOOLS["train"][0]).main(
+        ["--preset", "demo", "--depth", "8", "--epochs", "2", "--warmup-epochs", "1", "--stop-after", "1",
+         "--out", str(run), *QUICK_TRAIN])
+    assert code == 0
+    return run
+
+
+def _momentum_buffer_of_another_shape(ckpt: dict) -> None:
+    ckpt["optimizer"]["state"][0]["momentum_buffer"] = torch.zeros(3)
+
+
+BAD_RESUME_STATES = [
+    ("history_of_strings", lambda c: c.update(history=["x"]), "history entry 1 is a str"),
+    ("history_shorter_than_epoch", lambda c: c.update(history=[]), "history holds 0 epochs"),
+    ("history_with_a_tensor", lambda c: c["history"][-1].update(lr=torch.zeros(1)), "JSON cannot hold"),
+    ("history_with_nan", lambda c: c["history"][-1].update(lr=float("nan")), "JSON cannot hold"),
+    ("epoch_negative", lambda c: c.update(epoch=-2), "epoch -2"),
+    ("epoch_beyond_the_config", lambda c: c.update(epoch=7), "epoch 7"),
+    ("rng_empty", lambda c: c.update(rng={}), "rng state"),
+    ("rng_of_another_size", lambda c: c["rng"].update(torch=[torch.zeros(3, dtype=torch.uint8)]), "rng state"),
+    ("rng_not_bytes", lambda c: c["rng"].update(loader=torch.zeros(3)), "rng state"),
+    ("optimizer_empty", lambda c: c.update(optimizer={}), "optimizer state"),
+    ("optimizer_buffer_of_another_shape", _momentum_buffer_of_another_shape, "optimizer state"),
+    ("scheduler_of_another_epoch", lambda c: c.update(scheduler={"foo": 1}), "scheduler state"),
+    ("best_score_nan", lambda c: c.update(best_score=float("nan")), "best_score is NaN"),
+]
+
+
+@pytest.mark.parametrize("edit, says", [case[1:] for case in BAD_RESUME_STATES],
+                         ids=[case[0] for case in BAD_RESUME_STATES])
+def test_resume_refuses_bad_state_before_writing(edit, says, paused_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(paused_run, run)
+    state = checkpoint.load(run / "last.pt")
+    edit(state)
+    torch.save(state, run / "last.pt")
+    before = _tree(run)
+    code, _, err = _run("train", _resume(str(run)), capsys)
+    line = _assert_one_error_line("train", code, err, says)
+    assert str(run / "last.pt") in line
+    assert _tree(run) == before
+
+
+def test_paused_run_passes_the_resume_checks(paused_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(paused_run, run)
+    code, _, err = _run("train", _resume(str(run)), capsys)
+    assert code == 0, err
+    assert [m["epoch"] for m in checkpoint.load(run / "last.pt")["history"]] == [1, 2]
+
+
+def _strict_json(line: str):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(line, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda c: c["history"][-1].update(lr=torch.zeros(1)), "JSON cannot hold"),
+    (lambda c: c["history"][-1].update(lr=float("nan")), "JSON cannot hold"),
+    (_pop("history"), "history missing"),
+    (lambda c: c.update(history=["x"]), "history entry 1 is a str"),
+], ids=["tensor_in_history", "nan_in_history", "no_history", "history_of_strings"])
+def test_archive_restore_refuses_a_bad_history_and_a_retry_succeeds(edit, says, tiny_run, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    state = checkpoint.load(tiny_run / "last.pt")
+    edit(state)
+    torch.save(state, bad)
+    dest = tmp_path / "restored"
+    code, _, err = _run("archive", ["--restore", str(bad), str(dest)], capsys)
+    assert str(bad) in _assert_one_error_line("archive", code, err, says)
+    assert not dest.exists()
+    code, _, err = _run("archive", ["--restore", str(tiny_run / "last.pt"), str(dest)], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in dest.iterdir()) == ["config.yaml", "last.pt", "metrics.jsonl"]
+    restored = [_strict_json(line) for line in (dest / "metrics.jsonl").read_text().splitlines()]
+    assert restored == checkpoint.load(tiny_run / "last.pt")["history"]
+
+
+def test_archive_restore_failing_midway_takes_back_what_it_wrote(tiny_run, tmp_path, capsys, monkeypatch):
+    import errno
+    write_bytes = atomic.write_bytes
+
+    def disk_full_at_last_pt(path, data):
+        if Path(path).name == "last.pt":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return write_bytes(path, data)
+    monkeypatch.setattr(atomic, "write_bytes", disk_full_at_last_pt)
+    dest = tmp_path / "restored"
+    code, _, err = _run("archive", ["--restore", str(tiny_run / "last.pt"), str(dest)], capsys)
+    _assert_one_error_line("archive", code, err, "disk full")
+    assert not runfolder.run_files(dest) and not _tree(dest)
+    monkeypatch.undo()
+    code, _, err = _run("archive", ["--restore", str(tiny_run / "last.pt"), str(dest)], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("last_line, says", [('{"epoch": 1, broken', "metrics.jsonl is not"),
+                                             ('{"epoch": 3}', "without 'train_acc'")],
+                         ids=["not_json", "without_metrics"])
+def test_bench_refuses_broken_training_metrics_before_writing(last_line, says, tiny_run, tiny_export, tmp_path,
+                                                              capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    with (run / "metrics.jsonl").open("a") as metrics:
+        metrics.write(last_line + "\n")
+    bench = tmp_path / "bench"
+    for name in ("bench.json", "BENCH.md", "plots/exec_rates.png", "plots/latency.png", "plots/accuracy.png"):
+        (bench / name).parent.mkdir(parents=True, exist_ok=True)
+        (bench / name).write_text("an earlier bench's")
+    before = _tree(tmp_path)
+    code, _, err = _run("bench", [str(tiny_export), "--out", str(bench), "--checkpoint", str(run / "last.pt"),
+                                  *QUICK_BENCH], capsys)
+    assert str(run / "metrics.jsonl") in _assert_one_error_line("bench", code, err, says)
+    assert _tree(tmp_path) == before

@@ -6,6 +6,9 @@ dict), optimizer, scheduler, rng, history (the per-epoch metrics so far), best_s
 """
 import dataclasses
 import io
+import json
+import math
+import reprlib
 from pathlib import Path
 
 import torch
@@ -41,6 +44,37 @@ def require(ckpt: dict, keys: dict, path) -> None:
            if not isinstance(ckpt.get(k), kind if kind is not float else (int, float))]
     if bad:
         raise CheckpointError(f"{path} is incomplete: {', '.join(bad)} missing or of the wrong type")
+
+
+def check_history(ckpt: dict, path) -> None:
+    """Refuse a history that is not the metrics of epochs 1..epoch, one JSON object each: it is
+    what a run folder's metrics.jsonl is written from."""
+    require(ckpt, {"epoch": int, "history": list}, path)
+    history = ckpt["history"]
+    for number, metrics in enumerate(history, 1):
+        found = metrics.get("epoch") if isinstance(metrics, dict) else None
+        if type(found) is not int or found != number:
+            what = (f"a dict with epoch {reprlib.repr(found)}" if isinstance(metrics, dict)
+                    else f"a {type(metrics).__name__}")
+            raise CheckpointError(f"{path}: its history entry {number} is {what}, not the metrics of epoch {number}")
+    if len(history) != ckpt["epoch"]:
+        raise CheckpointError(f"{path}: its history holds {len(history)} epochs but its epoch is {ckpt['epoch']}")
+    try:
+        json.dumps(history, allow_nan=False)
+    except (TypeError, ValueError) as e:  # metrics.jsonl is JSON, which has no NaN, infinity or tensor
+        raise CheckpointError(f"{path}: its history holds a value JSON cannot hold, such as NaN or a "
+                              f"tensor ({e})") from None
+
+
+def check_resumable(ckpt: dict, path, epochs: int) -> None:
+    """Refuse resume state a run of `epochs` epochs cannot continue from, before it writes anything:
+    what resuming would otherwise overwrite (metrics.jsonl, last.pt, best.pt) stays as it is."""
+    require(ckpt, RESUME_KEYS, path)
+    if not 0 <= ckpt["epoch"] <= epochs:
+        raise CheckpointError(f"{path}: its epoch {ckpt['epoch']} is not one of the run's epochs 0..{epochs}")
+    check_history(ckpt, path)
+    if math.isnan(ckpt["best_score"]):  # no score compares above NaN: best.pt would never move again
+        raise CheckpointError(f"{path}: its best_score is NaN")
 
 
 def load_weights(model, weights: dict, path) -> None:

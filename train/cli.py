@@ -28,7 +28,7 @@ DEFAULT_PRESET = "demo"
 
 
 def build_parser(defaults: dict) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="cg-train", description=__doc__.split("\n\n")[0],
         epilog=f"presets: {', '.join(C.presets())}", formatter_class=argparse.RawDescriptionHelpFormatter)
     run = parser.add_argument_group("run")
@@ -46,7 +46,7 @@ def build_parser(defaults: dict) -> argparse.ArgumentParser:
 
 
 def parse(argv) -> tuple[C.TrainConfig, argparse.Namespace]:
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = errors.ArgumentParser(add_help=False)
     for flag in ("--preset", "--config", "--resume"):
         pre.add_argument(flag)
     known, _ = pre.parse_known_args(argv)
@@ -61,6 +61,7 @@ def parse(argv) -> tuple[C.TrainConfig, argparse.Namespace]:
     if args.stop_after is not None and args.stop_after < 1:
         raise C.ConfigError(f"--stop-after must be at least 1, got {args.stop_after}")
     cfg = C.resolve(args)
+    args.new_machine_keys = []  # machine keys a resume changes (on another machine)
     if args.resume:
         saved = C.from_dict(defaults)
         changed = sorted(k for k, v in C.to_dict(cfg).items() if C.to_dict(saved)[k] != v)
@@ -72,9 +73,7 @@ def parse(argv) -> tuple[C.TrainConfig, argparse.Namespace]:
         if not (Path(args.resume) / "last.pt").is_file():
             raise CheckpointError(f"--resume {args.resume}: no last.pt there to continue from")
         args.out = Path(args.resume)
-        if machine:
-            print(f"cg-train: resuming with new {', '.join(f'{k}={getattr(cfg, k)}' for k in machine)}")
-            atomic.write_text(args.out / "config.yaml", yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
+        args.new_machine_keys = machine
     elif args.out is None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would pick its own time
             raise C.ConfigError("--out DIR is required with several processes (torchrun)")
@@ -90,14 +89,20 @@ def parse(argv) -> tuple[C.TrainConfig, argparse.Namespace]:
 
 @errors.command("cg-train")
 def main(argv=None) -> int:
-    from cosinegate.train.trainer import TrainingDiverged, train
+    from cosinegate.train.trainer import TrainingDiverged, pick_device, train
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg, args = parse(argv)
         main_process = int(os.environ.get("RANK", "0")) == 0
         # Only the main process writes run files, so only it holds the folder.
         with runfolder.claim(args.out, resume=bool(args.resume)) if main_process else contextlib.nullcontext():
-            if not args.resume and main_process:
+            # A resume on another machine records its machine keys, once the folder is held and the
+            # device is known to exist: a refused resume leaves the run as it was.
+            machine = args.new_machine_keys
+            if main_process and (not args.resume or machine):
+                if machine:
+                    pick_device(cfg.device)
+                    print(f"cg-train: resuming with new {', '.join(f'{k}={getattr(cfg, k)}' for k in machine)}")
                 atomic.write_text(args.out / "config.yaml", yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
             history = train(cfg, args.out, resume=bool(args.resume), stop_after=args.stop_after,
                             progress_bar=not args.no_progress,

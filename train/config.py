@@ -18,6 +18,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 ROUTING_MODES = ("faithful", "adaptive", "target_rate", "batch_shape")
 STAGES = 3  # the CIFAR ResNet's stages (ModelConfig.widths)
+MAX_THREADS = 1024  # far above any CPU here; a larger count makes torch's thread pool fail to start
 
 
 class ConfigError(ValueError):
@@ -105,10 +106,14 @@ class TrainConfig:
             (self.lambda_exit >= 0, "lambda_exit must be >= 0"),
             (0.0 < self.exit_threshold <= 1.0, "exit_threshold must lie in (0, 1]"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (0.0 <= self.momentum < 1.0, f"momentum must lie in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.flops_delay_epochs >= 0, "flops_delay_epochs must be >= 0"),
             (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
             (self.controller_ratio >= 1, "controller_ratio must be >= 1"),
-            (self.threads is None or self.threads >= 1, "threads must be >= 1 (or null: torch's choice)"),
+            (self.threads is None or 1 <= self.threads <= MAX_THREADS,
+             f"threads must be 1..{MAX_THREADS} (or null: torch's choice)"),
             (0.0 < self.tau_target <= 1.0, "tau_target must lie in (0, 1]"),
             (self.tau_start > 0 and self.tau_end > 0, "Gumbel temperatures must be > 0"),
             (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),

@@ -140,6 +140,11 @@ def _load_idx_dataset(name: str, root: Path | None, split: str):
         img, lbl = _idx_path(folder, img_name), _idx_path(folder, lbl_name)
         if img and lbl:
             images, labels = _read_idx(img), _read_idx(lbl)
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise DataError(f"{name} {split} files do not match: images {images.shape} ({img}), "
+                                f"labels {labels.shape} ({lbl})")
+            if labels.size and labels.max() >= 10:
+                raise DataError(f"{name} labels must be 0..9: {lbl} holds {labels.max()}")
             return images[..., None], labels.astype(np.int64)
     where = ", ".join(str(c) for c in candidates) or "<no --data-dir given>"
     hint = " (Debian: apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
@@ -164,7 +169,7 @@ def _read_idx(path: Path) -> np.ndarray:
         ndim = raw[3]
         dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
         data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-        return data.reshape(dims)
+        return data.reshape(dims).copy()  # writable, as torch expects
     except Exception as e:
         raise DataError(f"IDX file {path} is malformed ({type(e).__name__}: {e})") from None
 

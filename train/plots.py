@@ -2,7 +2,6 @@
 
     python -m cosinegate.train.plots RUN_DIR      # redraw RUN_DIR/plots/*.png from metrics.jsonl
 """
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -71,7 +70,7 @@ def plot_run(history: list[dict], out_dir: str | Path) -> list[Path]:
 
 @errors.command("python -m cosinegate.train.plots", expected=(OSError, ValueError))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cosinegate.train.plots",
+    parser = errors.ArgumentParser(prog="python -m cosinegate.train.plots",
                                      description="Redraw a run's training curves from its metrics.jsonl.")
     parser.add_argument("run", type=Path, nargs="?", default=Path("."), help="run folder (default: .)")
     run = parser.parse_args(argv).run

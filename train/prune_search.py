@@ -103,7 +103,7 @@ def rank(path, delete: int, data_dir, calibration: int, images: int, include_dow
 @errors.command("python -m cosinegate.train.prune_search",
                 expected=(OSError, PruneSearchError, checkpoint.CheckpointError, DataError))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cosinegate.train.prune_search",
+    parser = errors.ArgumentParser(prog="python -m cosinegate.train.prune_search",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])

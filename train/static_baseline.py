@@ -44,7 +44,7 @@ def static_command(run_dir: Path, out: Path) -> list[str]:
 
 @errors.command("python -m cosinegate.train.static_baseline", expected=(OSError, ValueError, KeyError))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cosinegate.train.static_baseline",
+    parser = errors.ArgumentParser(prog="python -m cosinegate.train.static_baseline",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])

@@ -102,7 +102,7 @@ def random_batches(count: int, batch: int, device: torch.device) -> list:
 
 @errors.command("python -m cosinegate.train.step_profile", expected=(OSError,))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cosinegate.train.step_profile",
+    parser = errors.ArgumentParser(prog="python -m cosinegate.train.step_profile",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])

@@ -8,6 +8,7 @@ import functools
 import json
 import math
 import os
+import reprlib
 import time
 import warnings
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cosinegate import atomic
+from cosinegate import atomic, errors
 from cosinegate.train import checkpoint, gate as G
 from cosinegate.train import exits as X
 from cosinegate.train.config import CONFIG_DEFAULTS, MACHINE_KEYS, STAGES, TrainConfig, to_dict
@@ -33,7 +34,7 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the run stopped and kept its last good checkpoint."""
 
 
-def _pick_device(name: str) -> torch.device:
+def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -165,7 +166,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     out_dir = Path(out_dir)
     # -- distributed set-up (torchrun sets WORLD_SIZE / RANK / LOCAL_RANK) --------------------
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    device = _pick_device(cfg.device)
+    device = pick_device(cfg.device)
     if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -201,15 +202,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     history, start_epoch, best_score, best_epoch = [], 0, -math.inf, None
     if resume:
         state = checkpoint.load(out_dir / "last.pt")
-        checkpoint.require(state, checkpoint.RESUME_KEYS, out_dir / "last.pt")
+        checkpoint.check_resumable(state, out_dir / "last.pt", cfg.epochs)
         _check_trained_with(state, cfg, out_dir / "last.pt")
         checkpoint.load_weights(model, state["model"], out_dir / "last.pt")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"][rank])
-        train_loader.generator.set_state(state["rng"]["loader"])
-        if cuda and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"][rank])
+        _restore_training_state(state, out_dir / "last.pt", optimizer, scheduler, train_loader.generator,
+                                rank, cuda)
         history, start_epoch, best_score = state["history"], state["epoch"], state["best_score"]
         best_epoch = state.get("best_epoch")
         if main_process:
@@ -319,6 +316,38 @@ def _check_trained_with(state: dict, cfg: TrainConfig, path: Path) -> None:
 
 
 _MISSING = object()
+
+
+def _restore_training_state(state: dict, path: Path, optimizer, scheduler, loader_generator,
+                            rank: int, cuda: bool) -> None:
+    """Load the checkpoint's optimizer, schedule and RNG states. One that does not load, or that
+    training could not continue from (momentum buffers of other shapes, a schedule at another
+    epoch), is a CheckpointError raised before the run writes anything."""
+    def load_optimizer():
+        optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                buffer = optimizer.state.get(param, {}).get("momentum_buffer")
+                if buffer is not None and getattr(buffer, "shape", None) != param.shape:
+                    raise ValueError(f"a momentum buffer does not fit its parameter of shape {tuple(param.shape)}")
+
+    def load_scheduler():
+        scheduler.load_state_dict(state["scheduler"])
+        if scheduler.last_epoch != state["epoch"]:  # else the learning rate would follow another epoch's
+            raise ValueError(f"it is at epoch {reprlib.repr(scheduler.last_epoch)}, the checkpoint at {state['epoch']}")
+
+    def load_rng():
+        torch.set_rng_state(state["rng"]["torch"][rank])
+        loader_generator.set_state(state["rng"]["loader"])
+        if cuda and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"][rank])
+
+    for name, load in (("optimizer", load_optimizer), ("scheduler", load_scheduler), ("rng", load_rng)):
+        try:
+            load()
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            reason = f"no {e}" if isinstance(e, KeyError) else errors.one_line(e)
+            raise checkpoint.CheckpointError(f"{path}: its {name} state cannot be restored ({reason})") from None
 
 
 def _repair_best(out_dir: Path, state: dict) -> None:

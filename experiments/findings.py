@@ -303,9 +303,9 @@ def seed_groups(rows: list[dict]) -> list[list[dict]]:
 
 @dataclass(frozen=True)
 class SeedPoint:
-    """One sweep target of a routed recipe trained with several seeds, against the static recipe
-    nearest in mean executed MACs trained with the same seeds and the same recipe: each seed's
-    model faces the static network of its own seed, and the paired test pools the seeds."""
+    """One sweep target of a routed recipe trained with several seeds, where the static network
+    nearest in mean executed MACs (same recipe) was trained with the same seeds: each seed's model
+    faces the static network of its own seed, and the paired test pools the seeds."""
     runs: tuple[str, ...]
     point: str
     seeds: tuple[int, ...]
@@ -331,13 +331,19 @@ def seed_points(rows: list[dict]) -> list[SeedPoint]:
                    and tuple(r["config"]["seed"] for r in g) == seeds and all(R.int8(r) for r in g)}
         if not statics:
             continue
-        means = {name: {"mac_ratio": sum(R.deployed(r).macs for r in g) / len(g),
-                        "accuracy": sum(R.deployed(r).accuracy for r in g) / len(g)} for name, g in statics.items()}
+        # every same-recipe static network, those trained with these seeds as their mean
+        seeded = {r["name"] for g in statics.values() for r in g}
+        means = {name: ref for name, ref in same_recipe.items() if name not in seeded}
+        means.update({name: {"mac_ratio": sum(R.deployed(r).macs for r in g) / len(g),
+                             "accuracy": sum(R.deployed(r).accuracy for r in g) / len(g)}
+                      for name, g in statics.items()})
         scale = R.vs_resnet20(group[0]["config"])
         common = [k for k in group[0]["sweep"]["points"] if all(k in r["sweep"]["points"] for r in group)]
         for point in common:
             ours = [r["sweep"]["points"][point] for r in group]
             name, _ = nearest_reference(means, sum(p["mac_ratio"] for p in ours) * scale / len(ours))
+            if name not in statics:  # the nearest static network has one seed only
+                continue
             theirs = statics[name]
             pairs = [(p["correct"], R.deployed_correct(s)) for p, s in zip(ours, theirs)]
             paired = (mcnemar_pooled([mcnemar(a, b) for a, b in pairs])

@@ -6,7 +6,6 @@ ROOT is a runs root or its archive (`experiments.archive`: the same layout with 
 here). `experiments.rows` reads the runs, `experiments.findings` compares them, this module only
 renders tables and plots: no interpretation (that is written once, in docs/experiments-log.md).
 """
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -159,9 +158,9 @@ def _seed_table(points: list[F.SeedPoint]) -> list[str]:
                ("static", ""), ("static int8 acc", ""), ("static MACs", ""), ("mean gap, points", ""),
                ("images", ",d"), ("only model right", "d"), ("only static right", "d"), ("pooled McNemar p", ".3g")]
     return ["## Seeds",
-            "Recipes trained with several seeds (`cg-train --seed`), one value per seed: each threshold-sweep "
-            "point against the static recipe nearest in mean executed MACs, trained with the same seeds; "
-            "each seed's model is paired with the static network of its seed, and one exact McNemar test "
+            "Recipes trained with several seeds (`cg-train --seed`), one value per seed: the threshold-sweep "
+            "points whose nearest static network in mean executed MACs was trained with the same seeds. "
+            "Each seed's model is paired with the static network of its seed, and one exact McNemar test "
             "pools the seeds' discordant images.",
             table(columns, [{"run": p.runs[0], "point": p.point, "seeds": each(p.seeds, "d"),
                              "int8 acc": each((a * 100 for a in p.accuracies), ".2f"),
@@ -440,7 +439,7 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
 
 @errors.command("python -m cosinegate.experiments.results", expected=(OSError,))
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path, help="runs root or its archive (results/cifar10)")
     parser.add_argument("--out", type=Path, default=Path("RESULTS.md"))
     parser.add_argument("--plots", type=Path, default=Path("docs/results"))

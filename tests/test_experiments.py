@@ -198,6 +198,8 @@ def test_seed_points_pair_each_seed_with_the_static_network_of_its_seed():
     assert [[r["name"] for r in g] for g in findings.seed_groups(statics + routed)] == [
         ["static", "static_seed1"], ["exits_seed0", "exits_seed1"]]
     p, = findings.seed_points(statics + routed)
+    nearer = warm("static_one_seed", 0, "", 0.6, 0.56, "1111")
+    assert findings.seed_points(statics + routed + [nearer]) == []  # its nearest has one seed
     assert (p.point, p.seeds, p.references) == ("0.550", (0, 1), ("static", "static_seed1"))
     assert round(p.gap, 3) == 0.375
     # seed 0: 1011 vs 1100 -> 2 only model, 1 only static; seed 1: 0111 vs 1000 -> 3 and 1

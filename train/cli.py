@@ -89,21 +89,18 @@ def parse(argv) -> tuple[C.TrainConfig, argparse.Namespace]:
 
 @errors.command("cg-train")
 def main(argv=None) -> int:
-    from cosinegate.train.trainer import TrainingDiverged, pick_device, train
+    from cosinegate.train.trainer import TrainingDiverged, train
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg, args = parse(argv)
         main_process = int(os.environ.get("RANK", "0")) == 0
         # Only the main process writes run files, so only it holds the folder.
         with runfolder.claim(args.out, resume=bool(args.resume)) if main_process else contextlib.nullcontext():
-            # A resume on another machine records its machine keys, once the folder is held and the
-            # device is known to exist: a refused resume leaves the run as it was.
-            machine = args.new_machine_keys
-            if main_process and (not args.resume or machine):
-                if machine:
-                    pick_device(cfg.device)
-                    print(f"cg-train: resuming with new {', '.join(f'{k}={getattr(cfg, k)}' for k in machine)}")
+            if main_process and not args.resume:
                 atomic.write_text(args.out / "config.yaml", yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
+            elif main_process and args.new_machine_keys:  # train() records them once last.pt is checked
+                print(f"cg-train: resuming with new "
+                      f"{', '.join(f'{k}={getattr(cfg, k)}' for k in args.new_machine_keys)}")
             history = train(cfg, args.out, resume=bool(args.resume), stop_after=args.stop_after,
                             progress_bar=not args.no_progress,
                             cuda_graph=not args.no_cuda_graph)

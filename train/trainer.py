@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import yaml
 from tqdm import tqdm
 
 from cosinegate import atomic, errors
@@ -34,7 +35,7 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the run stopped and kept its last good checkpoint."""
 
 
-def pick_device(name: str) -> torch.device:
+def _pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -166,7 +167,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     out_dir = Path(out_dir)
     # -- distributed set-up (torchrun sets WORLD_SIZE / RANK / LOCAL_RANK) --------------------
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    device = pick_device(cfg.device)
+    device = _pick_device(cfg.device)
     if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -211,6 +212,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         best_epoch = state.get("best_epoch")
         if main_process:
             _repair_best(out_dir, state)
+            # The machine keys of this resume (another machine's data_dir, threads, ...), written
+            # only now that the device exists and last.pt can be continued from.
+            atomic.write_text(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     elif cfg.init_from:
         copied, grown = checkpoint.load_backbone(model, cfg.init_from)
         if main_process:

@@ -185,10 +185,12 @@ def _load_subject(args) -> Subject:
     if report.get("gated_indices") != model.gated_indices:
         raise BenchError(f"{ckpt_path} is not the model of {args.export_dir} (gated blocks "
                          f"{model.gated_indices} vs the report's {report.get('gated_indices')})")
+    threshold = report.get("deploy_threshold", {})
     if model.gated_indices:  # the rule the export folded into its If conditions
-        model.set_deploy_threshold(report.get("deploy_threshold", {}).get("threshold", THRESHOLD))
+        gate_key = "gate_threshold" if model.exits else "threshold"
+        model.set_deploy_threshold(threshold.get(gate_key, THRESHOLD))
     if model.exits:
-        model.set_exit_thresholds(report["deploy_threshold"]["threshold"])
+        model.set_exit_thresholds(threshold["threshold"])
     data_dir = args.data_dir or ckpt["config"].get("data_dir")
     images, labels = load_arrays(report["dataset"], data_dir, "test")
     images, labels = images[: args.images], labels[: args.images]

@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     knob.add_argument("--target-macs", type=float, metavar="R",
                       help="set the deploy threshold so that the mean executed MACs, over plain ResNet's, "
                            "are at most R on training images (never the test set); recorded in the report")
-    knob.add_argument("--gate-threshold", type=float, metavar="P",
-                      help="deploy rule sigmoid(logit) > P for every gate (default: the paper's 0.45)")
+    parser.add_argument("--gate-threshold", type=float, metavar="P",
+                        help="deploy rule sigmoid(logit) > P for every gate (default: the paper's 0.45); "
+                             "with early exits too, --target-macs then moves the exit threshold only")
     knob.add_argument("--exit-threshold", type=float, metavar="P",
                       help="early exits: an image leaves at the first exit whose softmax confidence is "
                            ">= P (default: the checkpoint's exit_threshold)")
@@ -248,7 +249,10 @@ def _int8(args, source: Source, images: Images, stage_dir: Path) -> Int8Model:
             recalibrated = never
             shifts = {i: shifts.get(i, 0) + more.get(i, 0) for i in {**shifts, **more}}
             proven = _proven(bounds)
-    static = {i: decision == "always" for i, decision in proven.items()} if args.fold_static_gates else {}
+    # An always-open gate behind an exit keeps its IF: its output must read false for an image that left.
+    first_exit = source.exit_blocks[0] if source.exit_blocks else len(source.frozen.blocks)
+    static = {i: decision == "always" for i, decision in proven.items()
+              if args.fold_static_gates and not (decision == "always" and i > first_exit)}
     return _restructure(all_compute, source.gated, static, stage_dir, source.exit_blocks,
                         bounds=bounds, proven=proven, shifts=shifts, recalibrated=recalibrated,
                         calibration_images=len(images.calibration))
@@ -310,13 +314,14 @@ def _restructure(all_compute: bytes, gated: list[int], static: dict, stage_dir: 
     from cosinegate.export import restructure, tflm
     with _stage("restructure") as note:
         tflite = restructure.restructure(all_compute, gated, static=static, exit_blocks=exit_blocks)
-        restructure.validate_int8(tflite, len(gated), len(exit_blocks))
+        behind = [i for i in gated if exit_blocks and i > exit_blocks[0] and i not in static]
+        restructure.validate_int8(tflite, len(gated), len(exit_blocks), len(behind))
         tflm.check_tflm_ops(tflite)
         arena = tflm.measure_arena(tflite)
         # What the offline memory plan saves: the same model planned by TFLM alone.
         arena_online = tflm.measure_arena(restructure.restructure(all_compute, gated, memory_plan=False,
                                                                   static=static, exit_blocks=exit_blocks))
-        unfolded = restructure.restructure(all_compute, gated) if static else None
+        unfolded = restructure.restructure(all_compute, gated, exit_blocks=exit_blocks) if static else None
         atomic.write_bytes(stage_dir / "model_int8.tflite", tflite)
         ops = restructure.op_names(tflite)
         scale, zero_point = restructure.input_quantization(tflite)
@@ -384,17 +389,31 @@ def _write_c_sources(stage_dir: Path, report: dict) -> None:
 
 
 def _deploy_threshold(args, model, ckpt) -> dict:
-    """Set the model's deploy threshold from --gate-threshold or --target-macs; the report's entry."""
+    """Set the model's deploy thresholds from --gate-threshold, --exit-threshold or --target-macs;
+    the report's entry. The knob is the exit threshold where the model has exits (its gates, if
+    any, keep --gate-threshold or the paper's), else the gate threshold."""
     from cosinegate.export import compute_target
     from cosinegate.train.gate import THRESHOLD
     if args.exit_threshold is not None and not model.exits:
         raise ExportError("--exit-threshold needs a model with early exits; this one has none")
     if args.gate_threshold is not None and not model.gated_indices:
         raise ExportError("--gate-threshold needs a gated model; this one has no gates")
+    if args.gate_threshold is not None and args.target_macs is not None and not model.exits:
+        raise ExportError("--target-macs chooses the gate threshold of a model without exits: "
+                          "drop --gate-threshold")
     if not model.gated_indices and not model.exits:
         if args.target_macs is not None:
             raise ExportError("--target-macs needs gates or early exits; this model has neither")
         return {}
+    gates = {}
+    if model.gated_indices and (model.exits or args.target_macs is None):
+        threshold = THRESHOLD if args.gate_threshold is None else args.gate_threshold
+        model.set_deploy_threshold(threshold)
+        gates = {"threshold": threshold, "source": "paper" if args.gate_threshold is None else "--gate-threshold"}
+        if not model.exits:
+            return gates
+    # the gates' entry rides along under its own keys where the exits hold the knob
+    gates = {"gate_threshold": gates["threshold"], "gate_threshold_source": gates["source"]} if gates else {}
     if model.exits and args.target_macs is None:
         from cosinegate.train.exits import INT8_THRESHOLD_LIMIT
         threshold = ckpt["config"].get("exit_threshold") if args.exit_threshold is None else args.exit_threshold
@@ -405,11 +424,7 @@ def _deploy_threshold(args, model, ckpt) -> dict:
                               "Pass --exit-threshold at most that, or --target-macs")
         model.set_exit_thresholds(threshold)
         return {"threshold": threshold, "rule": "exit confidence",
-                "source": "checkpoint" if args.exit_threshold is None else "--exit-threshold"}
-    if args.target_macs is None:
-        threshold = THRESHOLD if args.gate_threshold is None else args.gate_threshold
-        model.set_deploy_threshold(threshold)
-        return {"threshold": threshold, "source": "paper" if args.gate_threshold is None else "--gate-threshold"}
+                "source": "checkpoint" if args.exit_threshold is None else "--exit-threshold", **gates}
     from cosinegate.export.parity import float_inputs
     from cosinegate.train.data import dataset_info
     import torch
@@ -419,7 +434,7 @@ def _deploy_threshold(args, model, ckpt) -> dict:
     x = torch.from_numpy(float_inputs(images, dataset_info(dataset)))
     choice = compute_target.threshold_for_target(model, x, args.target_macs)
     rule = "exit confidence" if model.exits else "gate"
-    return {**choice.report(), "rule": rule, "source": "--target-macs"}
+    return {**choice.report(), "rule": rule, "source": "--target-macs", **gates}
 
 
 def _threshold_line(threshold: dict) -> str:
@@ -431,6 +446,8 @@ def _threshold_line(threshold: dict) -> str:
         from cosinegate.train.exits import INT8_THRESHOLD_LIMIT
         if kind == "exit" and threshold["threshold"] >= INT8_THRESHOLD_LIMIT:
             line += "; the highest threshold an int8 exit can tell apart, so fewer MACs than asked"
+    if "gate_threshold" in threshold:
+        line += f", gate threshold {threshold['gate_threshold']:.4g}"
     return line
 
 

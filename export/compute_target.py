@@ -69,7 +69,7 @@ def threshold_for_target(model, x_nchw: torch.Tensor, target: float) -> Threshol
     `target`. The model keeps that threshold. Refuses a target outside what the model can reach."""
     if not 0.0 < target <= 1.0:
         raise ComputeTargetError(f"the compute target is a fraction of plain ResNet's MACs in (0, 1], got {target}")
-    if model.exits and not model.gated_indices:
+    if model.exits:  # the exit threshold is the knob; gates keep theirs
         return exit_threshold_for_target(model, x_nchw, target)
     if not model.gated_indices:
         raise ComputeTargetError("a compute target needs gates or early exits; this model has neither")
@@ -97,20 +97,23 @@ def threshold_for_target(model, x_nchw: torch.Tensor, target: float) -> Threshol
 
 @torch.no_grad()
 def exit_mac_ratios(model, x_nchw: torch.Tensor, batch: int = 500):
-    """A function threshold -> per-image executed-MAC ratio (N,) of an early-exit model: the
-    network runs once, every threshold is then one comparison per image and exit."""
+    """A function threshold -> per-image executed-MAC ratio (N,) of an early-exit model, its gates
+    (if any) deciding under their deploy threshold: the network runs once, every threshold is then
+    one comparison per image and exit."""
     macs = macs_breakdown(model.cfg)
-    finals, exits = [], []
+    finals, exits, gates = [], [], []
     for start in range(0, len(x_nchw), batch):
-        logits, _, exit_logits = model(x_nchw[start:start + batch], "full", with_exits=True)
+        chunk = x_nchw[start:start + batch]
+        logits, stats, exit_logits = model(chunk, "deploy", with_exits=True)
         finals.append(logits)
         exits.append(exit_logits)
+        gates.append(torch.stack([s["g"] for s in stats], 1) if stats else torch.zeros(len(chunk), 0))
     final, exit_logits = torch.cat(finals), [torch.cat(z) for z in zip(*exits)]
-    no_gates = torch.zeros(len(final), 0)
+    gates = torch.cat(gates)
 
     def ratios(threshold: float) -> torch.Tensor:
         _, passed = X.select_logits(exit_logits, final, [threshold] * len(exit_logits))
-        return executed_mac_ratio(macs, no_gates, [], passed)
+        return executed_mac_ratio(macs, gates, model.gated_indices, passed)
     return ratios
 
 

@@ -239,11 +239,27 @@ class DeployNet(_FrozenModule):
         logits, decisions = self.run_from(0, x)
         if decisions is None:
             return logits
+        # run_from lists decisions in network order; the outputs hold the gates, then the exits
+        order = self.network_order()
+        ranked = sorted(range(len(order)), key=lambda n: (order[n][0] == "exit", order[n][1]))
+        if ranked != list(range(len(order))):
+            decisions = decisions[torch.tensor(ranked)]
         return logits, decisions.reshape(1, -1)                                  # (1, n_decisions)
 
+    def network_order(self, start: int = 0) -> list[tuple[str, int]]:
+        """The decisions of blocks `start`.. in the order an image meets them: ("gate", block
+        index) and ("exit", exit number)."""
+        order = []
+        for block in self.frozen.blocks[start:]:
+            if block.gate is not None:
+                order.append(("gate", block.index))
+            if block.index in self.exit_after:
+                order.append(("exit", self.exit_after[block.index]))
+        return order
+
     def run_from(self, start: int, x: torch.Tensor):
-        """Blocks `start`.. and the head: (logits, decisions (n,) float or None). At an exit the
-        rest of the network is one `torch.cond` (exported as a nested `If`)."""
+        """Blocks `start`.. and the head: (logits, decisions (n,) float in network order, or
+        None). At an exit the rest of the network is one `torch.cond` (exported as a nested `If`)."""
         gates = []
         for block in self.frozen.blocks[start:]:
             s = self.shortcut(block, x)
@@ -257,10 +273,10 @@ class DeployNet(_FrozenModule):
                 k = self.exit_after[block.index]
                 z = self.exit_logits(k, x)
                 went_on = self.exit_continues(k, z)                             # (1,) bool
-                deeper = len(self.frozen.exits) - k - 1
-                logits, later = torch.cond(went_on.reshape(()), _Rest(self, block.index + 1, k),
-                                           _ExitAnswer(k, deeper), (x, z))
-                return logits, torch.cat([*gates, went_on.to(torch.float32), *([later] if deeper else [])])
+                later = len(self.network_order(block.index + 1))  # decisions an exiting image never meets
+                logits, taken = torch.cond(went_on.reshape(()), _Rest(self, block.index + 1, k),
+                                           _ExitAnswer(k, later), (x, z))
+                return logits, torch.cat([*gates, went_on.to(torch.float32), *([taken] if later else [])])
         return self.head(x), (torch.cat(gates) if gates else None)
 
 
@@ -294,15 +310,16 @@ class _Rest(nn.Module):
 
 
 class _ExitAnswer(nn.Module):
-    """Else-branch of exit k's `If`: the exit's logits; no deeper exit was reached."""
+    """Else-branch of exit k's `If`: the exit's logits; no later gate or exit was reached, so
+    each of the `later` decisions is 0."""
 
-    def __init__(self, k: int, deeper: int):
+    def __init__(self, k: int, later: int):
         super().__init__()
-        self.deeper = deeper
+        self.later = later
         self.__name__ = f"exit{k}_else"
 
     def forward(self, x: torch.Tensor, z: torch.Tensor):
-        return z.clone(), torch.zeros(self.deeper)
+        return z.clone(), torch.zeros(self.later)
 
 
 class AllComputeNet(_FrozenModule):

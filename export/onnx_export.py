@@ -1,10 +1,10 @@
 """ONNX export of the frozen networks (opset 18, batch 1) through `torch.onnx.export(dynamo=True)`.
 
 `export_deploy` gives `model.onnx`: input `input` (1, C, H, W) float, outputs `logits`
-(1, classes) and `gates` (1, n_gated) float 0/1 (absent for a plain ResNet), one `If` per gated
-block whose subgraphs are
-renamed `block{i}_then` / `block{i}_else` (`torch.cond` lowers to real `If` nodes at opset 18;
-lower opsets fail). `export_all_compute` gives the control-flow-free graph the int8 path starts
+(1, classes) and the decisions (1, n) float 0/1 (absent for a plain ResNet): `gates`, `exits`, or
+`decisions` for a net with both (its gates, then its exits). One `If` per gated block and per exit,
+whose subgraphs are renamed `block{i}_then` / `block{i}_else` (`exit{k}_then` / `exit{k}_else`;
+`torch.cond` lowers to real `If` nodes at opset 18, lower opsets fail). `export_all_compute` gives the control-flow-free graph the int8 path starts
 from. `force_onnx_gates` is the ONNX counterpart of `restructure.force_gates`.
 
     deploy = export_deploy(frozen, (1, 3, 32, 32))
@@ -53,11 +53,12 @@ def export_deploy(frozen: FrozenModel, input_shape) -> onnx.ModelProto:
     """The deploy network with one `If` per gated block (and per early exit, each deeper exit's
     inside the then-branch of the one before); checked with `onnx.checker`. The second output
     holds the decisions (`FrozenModel.decision_names`)."""
-    routed = frozen.gated_indices or frozen.exits
-    outputs = ["logits", "gates" if frozen.gated_indices else "exits"] if routed else ["logits"]
-    model = _export(DeployNet(frozen), input_shape, outputs)
-    branches = _if_nodes(model.graph)
-    names = [f"block{i}" for i in frozen.gated_indices] + [f"exit{k}" for k in range(len(frozen.exits))]
+    deploy = DeployNet(frozen)
+    kinds = {kind for kind, _ in deploy.network_order()}
+    decisions = {frozenset({"gate"}): "gates", frozenset({"exit"}): "exits"}.get(frozenset(kinds), "decisions")
+    model = _export(deploy, input_shape, ["logits", decisions] if kinds else ["logits"])
+    branches = _if_nodes(model.graph)  # network order, as `DeployNet.network_order` lists them
+    names = [f"block{i}" if kind == "gate" else f"exit{i}" for kind, i in deploy.network_order()]
     if len(branches) != len(names):
         raise RuntimeError(f"expected {len(names)} If nodes, the exporter produced {len(branches)}")
     for node, name in zip(branches, names):

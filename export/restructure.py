@@ -63,15 +63,17 @@ def op_names(tflite_bytes: bytes) -> list[str]:
 
 
 def branch_weight_bytes(tflite_bytes: bytes) -> list[int]:
-    """Bytes of constant data (weights, biases) each IF's then-subgraph holds, in graph order:
-    the flash a block occupies whether or not it ever runs."""
+    """Bytes of constant data (weights, biases) the then-subgraph of each gated block's IF holds
+    (`block{i}_then`, nested in an exit's branch or not), in block order: the flash a block
+    occupies whether or not it ever runs."""
     model = read_model(tflite_bytes)
-    sizes = []
-    for op in if_ops(model):
-        branch = model.subgraphs[op.builtinOptions.thenSubgraphIndex]
-        buffers = {t.buffer for t in branch.tensors if _is_constant(model, t)}
-        sizes.append(sum(len(model.buffers[b].data) for b in buffers))
-    return sizes
+    sizes = {}
+    for branch in model.subgraphs[1:]:
+        name = branch.name.decode()
+        if name.startswith("block") and name.endswith("_then"):
+            buffers = {t.buffer for t in branch.tensors if _is_constant(model, t)}
+            sizes[int(name[len("block"):-len("_then")])] = sum(len(model.buffers[b].data) for b in buffers)
+    return [sizes[i] for i in sorted(sizes)]
 
 
 def input_quantization(tflite_bytes: bytes) -> tuple[float, int]:
@@ -82,12 +84,13 @@ def input_quantization(tflite_bytes: bytes) -> tuple[float, int]:
     return float(q.scale[0]), int(q.zeroPoint[0])
 
 
-def validate_int8(tflite_bytes: bytes, num_gated: int, num_exits: int = 0) -> None:
+def validate_int8(tflite_bytes: bytes, num_gated: int, num_exits: int = 0, gates_behind_exit: int = 0) -> None:
     """Raise RestructureError unless the model is the deployable contract: int8 NHWC input,
     int8 logits then `num_gated` bool [1] gates and `num_exits` bool [1] exit decisions, one IF
     per gate that is not a folded constant (predicate = that gate output) and one per exit (the
     first in the main graph, each deeper one inside the one before), every then-subgraph holding
-    int8 convolutions, and no FLOAT32 tensor in any subgraph."""
+    int8 convolutions, and no FLOAT32 tensor in any subgraph. The last `gates_behind_exit` gates
+    not folded sit after the first exit: their IFs are nested in its then-branch."""
     schema = tflite_schema()
     model = read_model(tflite_bytes)
     main, types = model.subgraphs[0], schema.TensorType
@@ -108,18 +111,27 @@ def validate_int8(tflite_bytes: bytes, num_gated: int, num_exits: int = 0) -> No
         return builtin_code(model.operatorCodes[op.opcodeIndex])
 
     computed = [t for t in outputs[1:1 + num_gated] if not _is_constant(model, main.tensors[t])]
+    computed = computed[:len(computed) - gates_behind_exit]
     computed += outputs[1 + num_gated:2 + num_gated] if num_exits else []  # deeper exits are nested
     branches = if_ops(model)
     if [op.inputs[0] for op in branches] != computed:
         raise RestructureError(f"expected {len(computed)} IF ops whose predicates are the computed decision outputs")
     nested = [op for sg in model.subgraphs[1:] for op in sg.operators
               if code(op) == schema.BuiltinOperator.IF]
-    if len(nested) != max(num_exits - 1, 0):
-        raise RestructureError(f"expected {max(num_exits - 1, 0)} nested IF ops for the deeper exits")
+    if len(nested) != max(num_exits - 1, 0) + gates_behind_exit:
+        raise RestructureError(f"expected {max(num_exits - 1, 0) + gates_behind_exit} nested IF ops "
+                               "for the deeper exits and the gates behind the first exit")
+    def int8_convolutions(sg) -> bool:
+        """`sg` runs int8 convolutions, itself or in the then-branch of an IF it holds."""
+        convs = [o for o in sg.operators if code(o) == schema.BuiltinOperator.CONV_2D]
+        inner = [model.subgraphs[o.builtinOptions.thenSubgraphIndex] for o in sg.operators
+                 if code(o) == schema.BuiltinOperator.IF]
+        return (all(sg.tensors[o.inputs[1]].type == types.INT8 for o in convs)
+                and (bool(convs) or any(int8_convolutions(b) for b in inner)))
+
     for op in branches + nested:
         then_sg = model.subgraphs[op.builtinOptions.thenSubgraphIndex]
-        convs = [o for o in then_sg.operators if code(o) == schema.BuiltinOperator.CONV_2D]
-        if not convs or any(then_sg.tensors[o.inputs[1]].type != types.INT8 for o in convs):
+        if not int8_convolutions(then_sg):
             raise RestructureError(f"then-subgraph {then_sg.name.decode()} has no int8 convolution")
 
 
@@ -297,11 +309,13 @@ def _carve_exit(model, k: int, x: int, z: int, went_on: int, y: int, deeper: lis
     """Replace the rest of the network after early exit `k` by IF(went_on, x, z) -> [y, *deeper].
 
     x is the stage output the exit reads, z its logits, went_on its decision (true: go on), y the
-    network's logits, `deeper` the decisions of the exits after this one (carved already, so the
-    rest of the network holds their IFs). then-subgraph `exit{k}_then`: every op between x and
-    y / `deeper` that neither z nor went_on needs. else-subgraph `exit{k}_else`: z requantised (or
-    copied) to y's scale, and each deeper decision a constant false (the image never got there)."""
+    network's logits, `deeper` the decisions taken after this exit: the later exits' and the gates'
+    of the blocks after it (carved already, so the rest of the network holds their IFs).
+    then-subgraph `exit{k}_then`: every op between x and y / `deeper` that neither z nor went_on
+    needs. else-subgraph `exit{k}_else`: z requantised (or copied) to y's scale, and each deeper
+    decision a constant false (the image never got there)."""
     main = model.subgraphs[0]
+    _toposort(main)  # the gates' IFs were appended at the end: the moved ops keep this order
     producers = _producers(main)
     keep = _ancestors(main, [x, z, went_on], producers)
     moved = sorted(_ancestors(main, [y, *deeper], producers) - keep)
@@ -444,7 +458,10 @@ def restructure(tflite_bytes: bytes, gated_indices: list[int], memory_plan: bool
                 static: dict[int, bool] | None = None, exit_blocks: list[int] = ()) -> bytes:
     """The deployable int8 model: one IF per gated block, outputs `logits`, `gate_{i}`...
     `exit_blocks`: the blocks after which early exits read (`AllComputeNet`'s `exit{k}`,
-    `cont{k}`): one nested IF per exit, outputs `exit_{k}` after the gates. With `memory_plan`, the offline plan of `memory_plan.py` lets each IF skip its copies.
+    `cont{k}`): one nested IF per exit, outputs `exit_{k}` after the gates; the IFs of the gates
+    after an exit sit in its then-branch, and their outputs are false for an image that left.
+    With `memory_plan` (a net without exits), the offline plan of `memory_plan.py` lets each IF
+    skip its copies.
 
     `static` maps gated blocks to a decision proven for every input (`gate_bounds.py`): True
     leaves the block inline with no IF and no controller, False deletes the block and its
@@ -468,8 +485,10 @@ def restructure(tflite_bytes: bytes, gated_indices: list[int], memory_plan: bool
     exits = len(exit_blocks)
     went_on = [named[f"cont{k}"] for k in range(exits)]
     for k in reversed(range(exits)):  # deepest first: each exit's IF holds the deeper ones
+        # the decisions an image that leaves here never reaches: surfaced from the then-branch
+        later = [gates[i] for i in gated_indices if i > exit_blocks[k] and i not in static]
         _carve_exit(model, k, block_input(named, exit_blocks[k] + 1), named[f"exit{k}"], went_on[k],
-                    named["logits"], went_on[k + 1:])
+                    named["logits"], went_on[k + 1:] + later)
     _set_outputs(model, [("logits", named["logits"])] + [(f"gate_{i}", gates[i]) for i in gated_indices]
                  + [(f"exit_{k}", went_on[k]) for k in range(exits)])
     main = model.subgraphs[0]

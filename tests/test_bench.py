@@ -4,7 +4,6 @@ import os
 import shutil
 
 import pytest
-import yaml
 
 from cosinegate.bench.cli import main as bench_main
 from conftest import firmware_log

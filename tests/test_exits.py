@@ -53,7 +53,6 @@ def test_executed_macs_stop_where_the_image_leaves():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--exits", "1"], "ungated net"),                       # gated by the preset
     (["--no-gated", "--exits", "3"], "stage boundaries 1..2"),
     (["--no-gated", "--exits", "1,1"], "each once"),
     (["--no-gated", "--exits", "a"], "comma-separated stage numbers"),
@@ -142,7 +141,6 @@ def test_target_macs_chooses_the_exit_threshold_on_training_images(exit_run, tmp
 
 def test_no_exit_threshold_goes_above_what_the_int8_softmax_resolves(exit_run, tmp_path, capsys):
     from cosinegate.export import compute_target
-    from cosinegate.export.cli import main as export_main
     from cosinegate.export.parity import float_inputs
     from cosinegate.train import checkpoint
     from cosinegate.train.data import dataset_info

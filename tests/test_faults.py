@@ -28,7 +28,7 @@ import torch
 from cosinegate import atomic, errors, runfolder
 from cosinegate.export import integrity
 from cosinegate.train import checkpoint
-from conftest import export_tiny, firmware_log
+from conftest import firmware_log
 
 pytestmark = pytest.mark.slow  # uses the session's trained run and int8 export
 

@@ -101,8 +101,6 @@ class TrainConfig:
              len(set(self.exit_stage_list)) == len(self.exit_stage_list),
              f"exits go at stage boundaries 1..{STAGES - 1} (stage {STAGES} ends in the classifier "
              f"itself), each once; got {self.exits!r}"),
-            (not (self.gated and self.exit_stage_list),
-             "early exits go on an ungated net (--no-gated): gates and exits together do not export"),
             (self.lambda_exit >= 0, "lambda_exit must be >= 0"),
             (0.0 < self.exit_threshold <= 1.0, "exit_threshold must lie in (0, 1]"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),

@@ -42,17 +42,18 @@ def routing_stats(gates: torch.Tensor, macs: dict, gated_indices: list[int],
     decisions are summarised by this one function. A net without gates or exits runs one fixed path.
 
     An exit is a decision too: `continue_rate[k]` is the share of images that go on past exit k.
-    Adaptivity and paths count gates and exits alike; a path is the set of blocks an image runs."""
+    Adaptivity and paths count gates and exits alike; a path is the set of blocks an image runs.
+    A gate behind the exit an image left at never runs its block: it counts as closed."""
+    out = {}
+    if exits_passed is not None and macs["exits"]:
+        gates = gates * gates_reached(macs, gated_indices, exits_passed).to(gates.dtype)
     rates = gates.mean(0)                                      # (n_gated,)
     ratio = executed_mac_ratio(macs, gates, gated_indices, exits_passed)     # (N,)
     decisions = gates.bool()
-    out = {}
     if exits_passed is not None and macs["exits"]:
         went_on = exits_passed.view(-1, 1) > torch.arange(len(macs["exits"]), device=gates.device).view(1, -1)
         out["continue_rate"] = went_on.float().mean(0).tolist()
-        # a gate behind the exit an image left at decides nothing: mask it so it makes no path
-        gates_seen = gates.bool() & _gates_reached(macs, gated_indices, exits_passed)
-        decisions = torch.cat([gates_seen, went_on], 1)
+        decisions = torch.cat([decisions, went_on], 1)
     lo, hi = ADAPTIVE_BAND
     decision_rates = decisions.float().mean(0)
     any_decision = decision_rates.numel() > 0
@@ -80,7 +81,7 @@ def split_decisions(decisions: torch.Tensor, macs: dict) -> tuple[torch.Tensor, 
     return decisions[:, :-n_exits], decisions[:, -n_exits:].sum(1).long()
 
 
-def _gates_reached(macs: dict, gated_indices: list[int], exits_passed: torch.Tensor) -> torch.Tensor:
+def gates_reached(macs: dict, gated_indices: list[int], exits_passed: torch.Tensor) -> torch.Tensor:
     """(N, n_gated) bool: the image got as far as gated block i (passed every exit before it)."""
     before = torch.tensor([sum(e < i for e in macs["exit_blocks"]) for i in gated_indices],
                           device=exits_passed.device)

@@ -1,0 +1,114 @@
+"""Gates and early exits in one network: the decisions each image meets in network order, the
+IFs of the gates behind an exit nested in its then-branch, and the same decisions in every runtime.
+
+One gated ResNet-8 with exits after stages 1 and 2, trained 2 epochs on digits, serves the module.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import export_tiny
+
+# a gate opens for sigmoid(logit) > 1e-4: every gate an image reaches runs, so each gate's output
+# must equal "the image reached this block"
+OPEN = "0.0001"
+
+
+@pytest.fixture(scope="module")
+def routed_run(tmp_path_factory):
+    from cosinegate.train.cli import main as train_main
+    run = tmp_path_factory.mktemp("routed_run")
+    assert train_main(["--preset", "demo", "--gate-init", "open", "--exits", "1,2", "--depth", "8",
+                       "--epochs", "2", "--threads", "1", "--no-progress", "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def routed_export(routed_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("routed_export") / "e"
+    assert export_tiny(routed_run / "last.pt", out, "--exit-threshold", "0.5", "--gate-threshold", OPEN) == 0
+    return out
+
+
+def test_training_reports_gates_and_exits_as_one_deployed_rule(routed_run):
+    last = json.loads((routed_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert len(last["exec_rate_deploy"]) == 3 and len(last["continue_rate_deploy"]) == 2
+    # a block behind an exit runs only for images that went on past it
+    assert last["exec_rate_deploy"][2] <= last["continue_rate_deploy"][1] + 1e-6
+
+
+def test_export_nests_the_gates_behind_each_exit_and_every_runtime_agrees(routed_export):
+    import onnx
+    from cosinegate.export import restructure
+    report = json.loads((routed_export / "export_report.json").read_text())
+    assert report["decision_outputs"] == ["gate_0", "gate_1", "gate_2", "exit_0", "exit_1"]
+    assert report["deploy_threshold"] == {"threshold": 0.5, "rule": "exit confidence", "source": "--exit-threshold",
+                                          "gate_threshold": float(OPEN), "gate_threshold_source": "--gate-threshold"}
+    graph = onnx.load(routed_export / "model.onnx").graph
+    assert [o.name for o in graph.output] == ["logits", "decisions"]
+
+    def ifs(g):
+        return [n for n in g.node if n.op_type == "If"]
+
+    def then_of(node):
+        return next(a.g for a in node.attribute if a.name == "then_branch")
+    top = ifs(graph)
+    assert [n.name for n in top] == ["block0_if", "exit0_if"]
+    assert [n.name for n in ifs(then_of(top[1]))] == ["block1_if", "exit1_if"]
+    assert [n.name for n in ifs(then_of(ifs(then_of(top[1]))[1]))] == ["block2_if"]
+
+    tflite = (routed_export / "model_int8.tflite").read_bytes()
+    restructure.validate_int8(tflite, 3, 2, gates_behind_exit=2)
+    with pytest.raises(restructure.RestructureError):
+        restructure.validate_int8(tflite, 3, 2)  # the nested gates are not where a flat model has them
+    assert len(report["branch_weight_bytes"]) == 3 and min(report["branch_weight_bytes"]) > 0
+
+    parity = report["parity"]
+    assert parity["onnx_vs_pytorch"]["gates_identical"]
+    assert parity["tflm_vs_tflite_ref"]["bit_exact_fraction"] == 1.0
+    assert parity["tflm_vs_tflite_ref"]["gate_agreement"] == 1.0
+    assert parity["forced_on_vs_all_compute"]["bit_exact_fraction"] == 1.0
+    assert parity["forced_on_vs_all_compute"]["gates_match_all_compute"]
+
+
+def test_a_gate_behind_the_exit_an_image_left_at_reports_false(routed_export):
+    from cosinegate.export import parity, restructure
+    from cosinegate.train.data import dataset_info, load_arrays
+    tflite = (routed_export / "model_int8.tflite").read_bytes()
+    images, _ = load_arrays("digits", None, "test")
+    scale, zero_point = restructure.input_quantization(tflite)
+    xq = parity.quantize_inputs(parity.float_inputs(images[:100], dataset_info("digits")), scale, zero_point)
+    names = ["gate_0", "gate_1", "gate_2", "exit_0", "exit_1"]
+    _, d = parity.run_all(parity.TfliteRunner(tflite, names), xq, "", False)
+    assert d[:, 3].any() and not d[:, 3].all()      # exit 0 splits the images
+    assert d[:, 0].all()                             # every image reaches block 0, whose gate is open
+    assert np.array_equal(d[:, 1], d[:, 3])          # block 1 runs exactly for the images past exit 0
+    assert np.array_equal(d[:, 2], d[:, 4])          # block 2 exactly for those past exit 1
+
+
+def test_target_macs_moves_the_exit_threshold_and_keeps_the_gates(routed_run):
+    from cosinegate.export import compute_target
+    from cosinegate.export.parity import float_inputs
+    from cosinegate.train import checkpoint
+    from cosinegate.train.data import dataset_info
+    model = checkpoint.build_model(checkpoint.load(routed_run / "last.pt")).eval()
+    model.set_deploy_threshold(0.3)
+    x = torch.from_numpy(float_inputs(compute_target.training_images("digits", None, 300), dataset_info("digits")))
+    ratios = compute_target.exit_mac_ratios(model, x)
+    target = 0.5 * (ratios(0.0).mean().item() + ratios(1.0).mean().item())
+    choice = compute_target.threshold_for_target(model, x, target)
+    assert choice.mac_ratio <= target and model.exit_thresholds == [choice.threshold] * 2
+    assert all(model.blocks[i].deploy_threshold == 0.3 for i in model.gated_indices)
+
+
+def test_bench_counts_the_blocks_each_image_ran(routed_export, tmp_path):
+    from cosinegate.bench.cli import main as bench_main
+    out = tmp_path / "bench"
+    assert bench_main([str(routed_export), "--out", str(out), "--images", "60", "--latency-runs", "2",
+                       "--latency-warmup", "1", "--no-plain", "--no-progress"]) == 0
+    bench = json.loads((out / "bench.json").read_text())
+    tflm, torch_run = bench["runtimes"]["tflm"], bench["runtimes"]["torch"]
+    assert tflm["distinct_paths"] >= 2 and tflm["mac_ratio_std"] > 0.0
+    assert abs(tflm["mac_ratio"] - torch_run["mac_ratio"]) < 0.05

@@ -339,3 +339,29 @@ def test_early_exit_model_on_qemu_takes_the_host_decisions_and_stops_early(plugi
     depths = sorted(cost, key=lambda gates: gates.count("1"))                # "00", "10", "11"
     assert len(depths) >= 2, cost.keys()
     assert all(max(cost[a]) < min(cost[b]) for a, b in zip(depths, depths[1:]))
+
+
+def test_gates_behind_an_exit_on_qemu_take_the_host_decisions(plugin, tmp_path):
+    """Gate IFs nested in an exit's then-branch on the device: the same predictions, gates and
+    exits as host TFLM, and a block behind an exit runs only for images that went on past it."""
+    from cosinegate.export import cli as export_cli
+    from cosinegate.train.cli import main as train_main
+    run, export = tmp_path / "run", tmp_path / "export"
+    assert train_main(["--preset", "demo", "--gate-init", "open", "--exits", "1,2", "--depth", "8",
+                       "--epochs", "2", "--threads", "1", "--no-progress", "--out", str(run)]) == 0
+    assert export_cli.main([str(run / "last.pt"), "--int8", "--out", str(export), "--exit-threshold", "0.5",
+                            "--gate-threshold", "0.0001", "--parity-images", "60", "--calibration-images", "60",
+                            "--no-progress"]) == 0
+    report = json.loads((export / "export_report.json").read_text())
+    images, labels = load_test_split(report["dataset"], None)
+    quantized, labels = make_test_set(report, images, labels, 40)
+    write_test_images(quantized, labels, report["dataset"], tmp_path / "images")
+    host = _host_decisions((export / "model_int8.tflite").read_bytes(), quantized, 5)
+    elf = qemu.build_firmware(export, TFLM_ROOT, _tflm_library("cmsis_nn"), "cmsis_nn", tmp_path / "build",
+                              images_dir=tmp_path / "images")
+    log = qemu.run_firmware(elf, plugin).log
+    assert log.errors == [] and log.header.gated_blocks == 5   # gate_0..2, exit_0, exit_1
+    assert [(i.pred, i.gates) for i in log.inferences] == host
+    # every gate open: block 1 runs exactly when the image passed exit 0, block 2 when it passed exit 1
+    assert all(g[1] == g[3] and g[2] == g[4] for _, g in host)
+    assert len({g for _, g in host}) >= 2

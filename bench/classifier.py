@@ -66,13 +66,13 @@ class BareClassifier:
     """tf.lite.Interpreter over a single-input, single-output int8 model, one image at a time."""
 
     def __init__(self, tflite_bytes: bytes):
-        from cosinegate.export.native import import_tensorflow
+        from cosinegate.export.native import captured_stderr, import_tensorflow
         tf = import_tensorflow()
-        try:
-            with warnings.catch_warnings():
+        try:  # the XNNPACK delegate announces itself on fd 2 ("INFO: Created ...")
+            with warnings.catch_warnings(), captured_stderr():
                 warnings.simplefilter("ignore")
                 self.interpreter = tf.lite.Interpreter(model_content=tflite_bytes, num_threads=1)
-            self.interpreter.allocate_tensors()
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ClassifierError(f"not a usable TFLite model ({str(e).strip().splitlines()[0][:200]})") from None
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()

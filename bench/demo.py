@@ -30,6 +30,8 @@ def main(argv=None) -> int:
                         help="torch CPU threads for training (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
     from cosinegate.bench.cli import main as bench_main
     from cosinegate.export.cli import main as export_main
     from cosinegate.train.cli import main as train_main
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     steps = [
         ("train", lambda: train_main(["--preset", "demo", "--out", str(run), *quiet]
-                                     + (["--threads", str(args.threads)] if args.threads else []))
+                                     + (["--threads", str(args.threads)] if args.threads is not None else []))
          if not (run / "last.pt").exists() else train_main(["--resume", str(run), *quiet])),
         ("export", lambda: export_main([str(run / "best.pt"), "--int8", "--out", str(export), *quiet])),
         ("bench", lambda: bench_main([str(export), "--out", str(bench), *quiet]
@@ -50,8 +52,8 @@ def main(argv=None) -> int:
               "step is skipped; see firmware/README.md", flush=True)
     for name, step in steps:
         print(f"cg-demo: == {name} ==", flush=True)
-        if step() != 0:
-            print(f"cg-demo: error: the {name} step failed; earlier results are kept in {args.out}",
+        if step() != 0:  # the step printed its own error line: this one only says where it stopped
+            print(f"cg-demo: stopped at the {name} step; earlier results are kept in {args.out}",
                   file=sys.stderr)
             return 1
     print(f"cg-demo: done in {time.perf_counter() - t0:.0f} s -> {bench / 'BENCH.md'}")

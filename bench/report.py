@@ -3,6 +3,7 @@
 Tables are fixed-width, each driven by one column list.
 """
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np  # noqa: E402
 
 from cosinegate import atomic, errors  # noqa: E402
 from cosinegate.bench.errors import BenchError  # noqa: E402
+from cosinegate.train.plots import CURVES  # noqa: E402
 
 
 def table(columns: list[tuple[str, str]], rows: list[dict]) -> str:
@@ -108,6 +110,12 @@ def training_curves(checkpoint_path: Path) -> dict[str, bytes]:
         raise BenchError(f"{metrics} is not a run's metrics, one JSON object per epoch ({reason})") from None
 
 
+# The bench's own charts, and every file a bench may write: a new bench replaces all of these in
+# --out as a whole (plots/ also holds the run's training curves) and leaves any other file alone.
+CHARTS = ("exec_rates_by_runtime.png", "latency.png", "mac_ratio_hist.png")
+BENCH_FILES = ("bench.json", "BENCH.md", *(f"plots/{name}" for name in (*CHARTS, *CURVES)))
+
+
 def write_outputs(bench: dict, out_dir: Path, curves: dict[str, bytes], mac_ratio: np.ndarray) -> None:
     """bench.json, BENCH.md and the plots, with the run's training curves (`training_curves`)."""
     out_dir = Path(out_dir)
@@ -116,14 +124,33 @@ def write_outputs(bench: dict, out_dir: Path, curves: dict[str, bytes], mac_rati
     slim = json.loads(json.dumps(bench))
     for v in slim["latency"].values():
         v.pop("samples_ms", None)
-    _plot_exec_rates(bench, plots / "exec_rates.png")
+    _plot_exec_rates(bench, plots / "exec_rates_by_runtime.png")
     _plot_latency(bench, plots / "latency.png")
     _plot_mac_hist(mac_ratio, plots / "mac_ratio_hist.png")
     for name, png in curves.items():
         atomic.write_bytes(plots / name, png)
     atomic.write_text(out_dir / "BENCH.md", markdown)
     atomic.write_text(out_dir / "bench.json", json.dumps(slim, indent=2) + "\n")  # last: marks completion
-    print(f"cg-bench: wrote {out_dir / 'bench.json'}, {out_dir / 'BENCH.md'} and {plots}/")
+
+
+def publish(stage_dir: Path, out_dir: Path) -> None:
+    """Replace the bench in `out_dir` by the finished one in `stage_dir`, as cg-export does: the old
+    bench.json (which marks a finished bench) goes first, with every file of the old bench the new
+    one does not write, and the new bench.json comes last; no earlier bench's file stays behind."""
+    new = {p.relative_to(stage_dir).as_posix() for p in stage_dir.rglob("*") if p.is_file()}
+    blocked = sorted(name for name in new | set(BENCH_FILES) if (out_dir / name).is_dir())
+    blocked += ["plots"] if (out_dir / "plots").exists() and not (out_dir / "plots").is_dir() else []
+    if blocked:  # refused before the old bench loses anything
+        raise BenchError(f"{out_dir / blocked[0]} is in the way of what the bench writes: move it away")
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").unlink(missing_ok=True)
+    for name in BENCH_FILES:
+        if name not in new:
+            (out_dir / name).unlink(missing_ok=True)
+    for name in sorted(new - {"bench.json"}) + ["bench.json"]:
+        os.replace(stage_dir / name, out_dir / name)
+    atomic.fsync_dir(out_dir / "plots")
+    atomic.fsync_dir(out_dir)
 
 
 def _save(fig, path: Path) -> None:

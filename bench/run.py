@@ -140,7 +140,7 @@ class Subject:
 
 def run_bench(args, command: str) -> dict:
     """Every measurement in order; writes bench.json, BENCH.md and plots into args.out."""
-    from cosinegate.bench.report import training_curves, write_outputs
+    from cosinegate.bench.report import publish, training_curves, write_outputs
     started = time.perf_counter()
     progress = not args.no_progress
     subject = _load_subject(args)
@@ -168,7 +168,10 @@ def run_bench(args, command: str) -> dict:
         "qemu_note": None if args.tflm_root else "no TFLM library configured (--tflm-root or CG_TFLM_ROOT): QEMU not run",
         "wall_time_s": time.perf_counter() - started,
     }
-    write_outputs(bench, args.out, curves, ratio)
+    with atomic.staging(args.out) as stage_dir:  # built beside --out, then replaces the bench there
+        write_outputs(bench, stage_dir, curves, ratio)
+        publish(stage_dir, args.out)
+    print(f"cg-bench: wrote {args.out / 'bench.json'}, {args.out / 'BENCH.md'} and {args.out / 'plots'}/")
     return bench
 
 
@@ -185,6 +188,10 @@ def _load_subject(args) -> Subject:
     if report.get("gated_indices") != model.gated_indices:
         raise BenchError(f"{ckpt_path} is not the model of {args.export_dir} (gated blocks "
                          f"{model.gated_indices} vs the report's {report.get('gated_indices')})")
+    recorded = (report.get("checkpoint") or {}).get("weights_sha256")  # exports before it record none
+    if recorded is not None and recorded != checkpoint.weights_sha256(ckpt["model"]):
+        raise BenchError(f"{ckpt_path} is not the checkpoint {args.export_dir} was exported from (its "
+                         "weights differ from those the export report records)")
     threshold = report.get("deploy_threshold", {})
     if model.gated_indices:  # the rule the export folded into its If conditions
         gate_key = "gate_threshold" if model.exits else "threshold"

@@ -18,9 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from cosinegate import atomic, errors
+from cosinegate import atomic, errors, jsonfile
+from cosinegate.export.integrity import IntegrityError, read_export
 
 PAPER_POINT = "paper"
+
+# What a continued sweep and `experiments.results` read back from sweep.json (cosinegate.jsonfile).
+SWEEP = {"checkpoint": str, "images": int,
+         "points": {str: {"threshold": {"threshold": float}, "accuracy": float, "images": int, "mac_ratio": float,
+                          "mac_ratio_std": float, "adaptivity": float, "distinct_paths": int, "correct": str}},
+         "references?": {str: {"accuracy": float, "mac_ratio": float, "images": int}}}
+# What a point reads from its export's report.
+_REPORT = {"gated_indices": [int], "decision_outputs?": [str], "deploy_threshold": {"threshold": float},
+           "input": {"scale": float, "zero_point": int}}
 
 
 class SweepError(RuntimeError):
@@ -73,7 +83,7 @@ def _export(args, target: float | None, folder: Path) -> dict:
         if done.returncode != 0:
             lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
             raise SweepError(f"export at target {target} failed: {lines[-1]}")
-    return json.loads(report_path.read_text())
+    return jsonfile.check(read_export(folder), _REPORT, report_path)  # an earlier sweep's export is checked too
 
 
 def _int8_point(folder: Path, report: dict, x: np.ndarray, labels: np.ndarray, macs: dict) -> dict:
@@ -108,7 +118,7 @@ def sweep(args) -> dict:
     x = float_inputs(images, dataset_info(dataset))
     macs = macs_breakdown(model_cfg)
     out_path = args.out / "sweep.json"
-    result = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    result = jsonfile.read(out_path, SWEEP) if out_path.is_file() else {}
     if result and result.get("checkpoint") != str(args.checkpoint):
         raise SweepError(f"{out_path} belongs to a sweep of {result.get('checkpoint')}; choose another --out")
     result.update(checkpoint=str(args.checkpoint), dataset=dataset, images=int(len(labels)))
@@ -169,7 +179,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 # RuntimeError: CheckpointError and DataError (imported lazily, with torch)
-@errors.command("cg-sweep", expected=(SweepError, RuntimeError, OSError))
+@errors.command("cg-sweep", expected=(SweepError, RuntimeError, OSError, jsonfile.FileFormatError, IntegrityError))
 def main(argv=None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.images < 1 or args.parity_images < 1:

@@ -6,6 +6,7 @@ the folder is fsynced so the rename itself survives a power cut. Temporary names
 writer's pid (`.NAME.PID-XXXX.cgtmp[.SUFFIX]`): a failed write removes its own, and
 `remove_stale(folder)` removes those a killed process left behind.
 """
+import contextlib
 import os
 import re
 import shutil
@@ -96,3 +97,26 @@ def remove_stale(folder: str | os.PathLike) -> list[Path]:
                 entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+@contextlib.contextmanager
+def staging(out_dir: Path):
+    """A fresh staging folder beside `out_dir` for a command that builds its output there and then
+    publishes it into `out_dir`. Staging folders of killed writers are removed first; this one is
+    removed on the way out, and so are the parent folders created for it if `out_dir` does not
+    exist by then (a failed command leaves no new folder)."""
+    out_dir = Path(out_dir)
+    created = [p for p in out_dir.parents if not p.exists()]  # innermost first
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage_dir = None
+    try:
+        remove_stale(out_dir.parent)
+        stage_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=temp_prefix(out_dir),
+                                          suffix=TMP_MARK + ".staging"))
+        yield stage_dir
+    finally:
+        if stage_dir is not None:
+            shutil.rmtree(stage_dir, ignore_errors=True)
+        for path in created if not out_dir.exists() else ():
+            with contextlib.suppress(OSError):
+                path.rmdir()

@@ -437,7 +437,8 @@ def pareto_plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-@errors.command("python -m cosinegate.experiments.results", expected=(OSError,))
+# ValueError: a run file of another shape (jsonfile.FileFormatError, config.ConfigError)
+@errors.command("python -m cosinegate.experiments.results", expected=(OSError, ValueError))
 def main(argv=None) -> int:
     parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path, help="runs root or its archive (results/cifar10)")
@@ -448,8 +449,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rows = collect(args.root)
     if not rows:
-        print(f"results: error: no run folders with metrics.jsonl under {args.root}", file=sys.stderr)
-        return 1
+        raise FileNotFoundError(f"no run folders with run/metrics.jsonl under {args.root}")
     outside = R.collect_outside(args.outside) if args.outside else []
     plot = args.plots / "pareto.png"
     pareto_plot(rows, plot)

@@ -5,11 +5,12 @@ bench, QEMU and sweep JSON that sit beside the run. The helpers below read the v
 tables need from a row; nothing here formats text.
 """
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from cosinegate import jsonfile
+from cosinegate.bench import sweep
+from cosinegate.train.config import read_run
 
 # Paper Table 2 at epoch 160 (accuracy, "FLOPs" = mean relaxed gate) and peak accuracy.
 PAPER = {
@@ -27,8 +28,27 @@ OBJECTIVE_KEYS = ("lambda_flops", "lambda_cons", "tau_target", "gamma0", "gate_i
 LOSS_KEYS = ("lambda_flops", "lambda_cons", "tau_target", "routing", "lambda_adapt")
 
 
-def _read_json(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
+# The fields the tables read from each file, checked as each file is read (cosinegate.jsonfile):
+# a file of another shape is refused in one line naming it, before any table is built.
+METRICS = {"epoch": int, "test_acc_full": float, "test_acc_deploy?": float, "test_acc_paper?": float,
+           "gbar?": float, "mac_ratio_deploy?": float, "skip_rate_deploy?": float, "adaptivity_deploy?": float,
+           "distinct_paths_deploy?": int}
+GATED_METRICS = ("gbar", "test_acc_deploy", "mac_ratio_deploy", "adaptivity_deploy", "distinct_paths_deploy")
+_RUNTIME = {"images": int, "accuracy": float, "mac_ratio?": float, "mac_ratio_std?": float, "skip_rate?": float,
+            "adaptivity?": float, "distinct_paths?": int, "exec_rate_per_block?": [float], "correct?": str}
+BENCH = {"images": int, "machine": {"cpu": str, "cores": int, "torch": str}, "runtimes": {str: _RUNTIME},
+         "qemu?": {"rows": [{"variant": str, "kernels": str, "vs all-on": float, "instructions / inference": float}],
+                   "firmware": {str: {"flash_bytes": int, "ram_bytes": int, "arena_used": int, "gates": [str]}}}}
+REPORT = {"checkpoint?": {"path": str, "epoch": int}, "gated_blocks?": int, "gated_indices": [int],
+          "exit_blocks?": [int], "macs_full": int, "macs_plain": int, "macs_per_block": [int],
+          "branch_weight_bytes?": [int], "folded_gates?": {str: [int]}}
+QEMU = {str: {"flash_bytes": int, "ram_bytes": int, "arena_used": int, "instructions_mean": float, "images": int,
+              "gates?": [str], "instructions_per_image?": [float]}}
+CLASSIFIER = {"dataset": str, "accuracy": float, "images": int, "macs": int, "correct?": str}
+
+
+def _read_json(path: Path, shape):
+    return jsonfile.read(path, shape) if path.is_file() else None
 
 
 def _firmware_from_bench(bench: dict | None) -> dict | None:
@@ -47,19 +67,21 @@ def collect(root: Path) -> list[dict]:
     """One row per ROOT/NAME folder with a run/metrics.jsonl, sorted by name."""
     rows = []
     for folder in sorted(p for p in root.iterdir() if (p / "run" / "metrics.jsonl").is_file()):
-        history = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines() if line]
-        config = yaml.safe_load((folder / "run" / "config.yaml").read_text())
-        bench = _read_json(folder / "bench" / "bench.json")
+        config, history = read_run(folder / "run", METRICS)
+        if config["gated"]:
+            jsonfile.check(history[-1], dict.fromkeys(GATED_METRICS, float),
+                           f"{folder / 'run' / 'metrics.jsonl'} last line")
+        bench = _read_json(folder / "bench" / "bench.json", BENCH)
         # `reproduce --fold-static-gates`: the same model with its proven-constant gates folded
-        folded = (_read_json(folder / "export_folded" / "export_report.json"),
-                  _read_json(folder / "qemu_folded.json"))
+        folded = (_read_json(folder / "export_folded" / "export_report.json", REPORT),
+                  _read_json(folder / "qemu_folded.json", QEMU))
         rows.append({"name": folder.name, "preset": config["preset"], "config": config,
                      "last": history[-1], "peak": max(history, key=test_acc), "epochs_done": len(history),
-                     "report": _read_json(folder / "export" / "export_report.json"), "bench": bench,
-                     "bench_folded": _read_json(folder / "bench_folded" / "bench.json"),
-                     "qemu": _read_json(folder / "qemu.json") or _firmware_from_bench(bench),
+                     "report": _read_json(folder / "export" / "export_report.json", REPORT), "bench": bench,
+                     "bench_folded": _read_json(folder / "bench_folded" / "bench.json", BENCH),
+                     "qemu": _read_json(folder / "qemu.json", QEMU) or _firmware_from_bench(bench),
                      "qemu_folded": folded if all(folded) else None,
-                     "sweep": _read_json(folder / "sweep" / "sweep.json")})
+                     "sweep": _read_json(folder / "sweep" / "sweep.json", sweep.SWEEP)})
     return rows
 
 
@@ -70,7 +92,7 @@ def collect_outside(folder: Path) -> list[dict]:
     plain = macs_breakdown(ModelConfig(depth=20, gated=False))["plain_total"]
     out = []
     for path in sorted(folder.glob("*/classifier.json")):
-        c = json.loads(path.read_text())
+        c = jsonfile.read(path, CLASSIFIER)
         out.append({"name": path.parent.name, "dataset": c["dataset"], "accuracy": c["accuracy"],
                     "images": c["images"], "mac_ratio": c["macs"] / plain, "correct": c.get("correct")})
     return out

@@ -14,9 +14,7 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -353,6 +351,7 @@ def _parity(args, source: Source, images: Images, onnx_bytes: bytes, int8: Int8M
 
 def _report(args, source: Source, int8: Int8Model | None, checks: dict) -> dict:
     from cosinegate.export import onnx_export
+    from cosinegate.train.checkpoint import weights_sha256
     from cosinegate.train.model import macs_breakdown
     from cosinegate.version import EXPORT_FORMAT, __version__
     cfg, gated, info = source.model.cfg, source.gated, source.info
@@ -360,7 +359,9 @@ def _report(args, source: Source, int8: Int8Model | None, checks: dict) -> dict:
     return {
         "format": EXPORT_FORMAT, "version": __version__,
         "checkpoint": {"path": str(args.checkpoint), "epoch": source.ckpt.get("epoch"),
-                       "version": source.ckpt.get("version")},
+                       "version": source.ckpt.get("version"),
+                       # what cg-bench --checkpoint compares: the model, whichever file holds it
+                       "weights_sha256": weights_sha256(source.ckpt["model"])},
         "dataset": source.dataset, "num_classes": cfg.num_classes,
         "gated_blocks": len(gated), "gated_indices": gated, "plain": not source.routed,
         # the bool outputs after the logits, in order: gate_{i} true = block i ran, exit_{k} true =
@@ -534,26 +535,13 @@ def main(argv=None) -> int:
     expected = (CheckpointError, DataError, ExportError, TranslateError, RestructureError,
                 TflmError, ComputeTargetError, OSError)
     out_dir = args.out or default_out(args.checkpoint)
-    created = [p for p in out_dir.parents if not p.exists()]  # innermost first; removed if the export fails
     try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        atomic.remove_stale(out_dir.parent)  # staging folders of killed exports
-        stage_dir = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=atomic.temp_prefix(out_dir),
-                                          suffix=atomic.TMP_MARK + ".staging"))
-    except OSError as e:
-        print(f"cg-export: error: {errors.one_line(e)}", file=sys.stderr)
-        return EXIT_ERROR
-    try:
-        report = export_checkpoint(args, stage_dir)
-        _publish(stage_dir, out_dir)
+        with atomic.staging(out_dir) as stage_dir:
+            report = export_checkpoint(args, stage_dir)
+            _publish(stage_dir, out_dir)
     except expected as e:
         print(f"cg-export: error: {errors.one_line(e)}", file=sys.stderr)
         return EXIT_ERROR
-    finally:
-        shutil.rmtree(stage_dir, ignore_errors=True)
-        for path in created if not out_dir.exists() else ():
-            with contextlib.suppress(OSError):
-                path.rmdir()
     print(f"cg-export: done, {len(report['files'])} files in {out_dir}", flush=True)
     return 0
 

@@ -24,6 +24,7 @@ from typing import Callable
 
 import pytest
 import torch
+import yaml
 
 from cosinegate import atomic, errors, runfolder
 from cosinegate.export import integrity
@@ -47,6 +48,9 @@ TOOLS = {
     "static_baseline": ("cosinegate.train.static_baseline", "python -m cosinegate.train.static_baseline"),
     "prune_search": ("cosinegate.train.prune_search", "python -m cosinegate.train.prune_search"),
     "publish": ("cosinegate.experiments.publish", "python -m cosinegate.experiments.publish"),
+    "results": ("cosinegate.experiments.results", "python -m cosinegate.experiments.results"),
+    "step_profile": ("cosinegate.train.step_profile", "python -m cosinegate.train.step_profile"),
+    "demo": ("cosinegate.bench.demo", "cg-demo"),
 }
 # Fast runs of the commands that have slow defaults.
 QUICK_TRAIN = ["--threads", "1", "--no-progress"]
@@ -238,7 +242,12 @@ class Fault:
 
 FAULTS = [
     # -- cg-train: config values of the wrong type or range ---------------------------------------
-    Fault("yaml_int_word", "train", lambda s: _with_config(s, "controller_ratio: eight\n"), "controller-ratio"),
+    Fault("yaml_int_word", "train", lambda s: _with_config(s, "controller_ratio: eight\n"),
+          "c.yaml: controller_ratio must be int"),
+    Fault("yaml_epochs_string", "train", lambda s: _with_config(s, 'epochs: "1"\n'), "c.yaml: epochs must be int"),
+    Fault("yaml_int_key", "train", lambda s: _with_config(s, "1: 2\n"), "config keys are names"),
+    Fault("yaml_null_key", "train", lambda s: _with_config(s, "~: 2\n"), "config keys are names"),
+    Fault("yaml_unknown_preset", "train", lambda s: _with_config(s, "preset: nonexistent\n"), "unknown preset"),
     Fault("yaml_lr_list", "train", lambda s: _with_config(s, "lr: [0.1]\n"), "lr must be float"),
     Fault("yaml_gated_string", "train", lambda s: _with_config(s, "gated: 'yes'\n"), "gated must be bool"),
     Fault("yaml_int_bool", "train", lambda s: _with_config(s, "warmup_epochs: true\n"), "warmup_epochs must be int"),
@@ -287,6 +296,16 @@ FAULTS = [
           "not a readable checkpoint"),
     Fault("init_from_nan_weights", "train", lambda s: _new_run(s, "--init-from", s.checkpoint("nan.pt", _nan_weights)),
           "non-finite"),
+    Fault("init_from_model_config_wrong_type", "train",
+          lambda s: _new_run(s, "--init-from", s.checkpoint("c.pt", lambda d: d["model_config"].update(depth="eight"))),
+          "model_config"),
+    Fault("init_from_config_wrong_type", "train",
+          lambda s: _new_run(s, "--init-from", s.checkpoint("c.pt", lambda d: d["config"].update(lr="fast"))),
+          "lr must be float"),
+    Fault("distill_from_other_classes", "train",
+          lambda s: _new_run(s, "--distill-from", _other_model(s, num_classes=5)), "num_classes 5 vs the data's 10"),
+    Fault("distill_from_other_channels", "train",
+          lambda s: _new_run(s, "--distill-from", _other_model(s, in_channels=3)), "in_channels 3 vs the data's 1"),
     # -- cg-export ------------------------------------------------------------------------------------
     Fault("export_pickled_object", "export",
           lambda s: _export_of(s, s.checkpoint("evil.pt", lambda d: d.update(note=s.runs_code()))),
@@ -306,6 +325,13 @@ FAULTS = [
     Fault("export_unknown_dataset", "export",
           lambda s: _export_of(s, s.checkpoint("c.pt", lambda d: d["config"].update(dataset="svhn"))),
           "unknown dataset"),
+    Fault("export_config_missing_dataset", "export",
+          lambda s: _export_of(s, s.checkpoint("c.pt", lambda d: d["config"].pop("dataset"))), "missing key(s) dataset"),
+    Fault("export_config_data_dir_int", "export",
+          lambda s: _export_of(s, s.checkpoint("c.pt", lambda d: d["config"].update(data_dir=5))),
+          "its config: data_dir must be str"),
+    Fault("export_config_a_list", "export",
+          lambda s: _export_of(s, s.checkpoint("c.pt", lambda d: d.update(config=["dataset"]))), "config"),
     Fault("export_truncated_checkpoint", "export",
           lambda s: _export_of(s, s.write("c.pt", (s.run / "last.pt").read_bytes()[:999])), "not a readable"),
     Fault("export_list_checkpoint", "export",
@@ -356,6 +382,15 @@ FAULTS = [
           lambda s: _bench_of(s, str(s.export), "--checkpoint",
                               s.checkpoint("evil.pt", lambda d: d.update(note=s.runs_code()))),
           "not a readable checkpoint"),
+    Fault("bench_checkpoint_of_another_model", "bench",
+          lambda s: _bench_of(s, str(s.export), "--checkpoint",
+                              s.checkpoint("other.pt", lambda d: d["model"]["fc.bias"].add_(1.0))),
+          "not the checkpoint"),
+    Fault("bench_checkpoint_config_wrong_type", "bench",
+          lambda s: _bench_of(s, str(s.export), "--checkpoint",
+                              s.checkpoint("c.pt", lambda d: d["config"].update(epochs="two"))), "epochs must be int"),
+    Fault("bench_out_plots_a_file", "bench", lambda s: _bench_of(s, str(s.export), "--out", s.holding("b", "plots")),
+          "in the way"),
     Fault("bench_checkpoint_nan_weights", "bench",
           lambda s: _bench_of(s, str(s.export), "--checkpoint", s.checkpoint("nan.pt", _nan_weights)), "non-finite"),
     # -- cg-bench: firmware logs -----------------------------------------------------------------------
@@ -424,6 +459,41 @@ FAULTS = [
     Fault("plots_garbled_metrics", "plots",
           lambda s: [s.run_with("r", {"metrics.jsonl": "{\"epoch\": 1,\n"})], "metrics.jsonl"),
     Fault("static_baseline_missing_run", "static_baseline", lambda s: [s.path("nowhere")], "nowhere"),
+    Fault("static_baseline_config_missing_key", "static_baseline",
+          lambda s: [s.run_with("r", {"config.yaml": _saved_config(s, lambda c: c.pop("gate_downsample"))})],
+          "missing key(s) gate_downsample"),
+    Fault("static_baseline_metrics_wrong_type", "static_baseline",
+          lambda s: [s.run_with("r", {"metrics.jsonl": '{"epoch": 1, "exec_rate_deploy": [0.5, "high"]}\n'})],
+          "metrics.jsonl line 1: exec_rate_deploy[1] must be a number"),
+    Fault("static_baseline_ungated_with_exits", "static_baseline",
+          lambda s: [s.run_with("r", {"config.yaml": _saved_config(s, lambda c: c.update(gated=False, exits="1"))})],
+          "not a gated run"),
+    Fault("results_metrics_wrong_type", "results",
+          lambda s: _results_of(s, {"run/metrics.jsonl": '{"epoch": "one", "test_acc_full": 0.5}\n'}),
+          "metrics.jsonl line 1: epoch must be an integer"),
+    Fault("results_config_missing_key", "results",
+          lambda s: _results_of(s, {"run/config.yaml": _saved_config(s, lambda c: c.pop("depth"))}),
+          "config.yaml: missing key(s) depth"),
+    Fault("results_bench_runtimes_a_list", "results",
+          lambda s: _results_of(s, {"bench/bench.json": json.dumps(
+              {"images": 5, "machine": {"cpu": "x", "cores": 1, "torch": "2"}, "runtimes": []})}),
+          "bench.json: runtimes must be an object"),
+    Fault("results_sweep_without_points", "results",
+          lambda s: _results_of(s, {"sweep/sweep.json": '{"checkpoint": "x", "images": 3}'}),
+          "sweep.json: points is missing"),
+    Fault("results_report_not_json", "results",
+          lambda s: _results_of(s, {"export/export_report.json": "{"}), "export_report.json is not valid JSON"),
+    Fault("sweep_json_wrong_type", "sweep",
+          lambda s: [str(s.run / "last.pt"), "--targets", "0.8", "--out",
+                     _sweep_json(s, '{"checkpoint": "x", "images": 1, "points": {"paper": 3}}')],
+          "points.paper must be an object"),
+    Fault("sweep_export_report_without_threshold", "sweep",
+          lambda s: [str(s.run / "last.pt"), "--targets", "0.8", "--out",
+                     str(Path(s.export_with("w/exports/paper", _pop("deploy_threshold"))).parent.parent)],
+          "deploy_threshold is missing"),
+    *[Fault(f"step_profile_{flag.strip('-')}_{value}", "step_profile", lambda s, flag=flag, value=value: [flag, value],
+            flag) for flag, value in (("--depth", "7"), ("--batch", "0"), ("--threads", "0"), ("--device", "tpu"))],
+    Fault("demo_threads_zero", "demo", lambda s: ["--threads", "0", "--out", s.path("d")], "--threads"),
     Fault("prune_search_gated_net", "prune_search", lambda s: [str(s.run / "last.pt"), "--delete", "1"],
           "not a full plain ResNet"),
     Fault("prune_search_pickle_runs_code", "prune_search",
@@ -445,6 +515,37 @@ def _truncated_last(s: Scene) -> str:
     folder = s.copy(s.run, "run")
     (folder / "last.pt").write_bytes((s.run / "last.pt").read_bytes()[:5000])
     return str(folder)
+
+
+def _other_model(s: Scene, **changes) -> str:
+    """The session's checkpoint with another model (random weights): `changes` to its model_config."""
+    from cosinegate.train.model import CosineGateResNet, ModelConfig
+
+    def edit(ckpt):
+        ckpt["model_config"].update(changes)
+        ckpt["model"] = CosineGateResNet(ModelConfig(**ckpt["model_config"])).state_dict()
+    return s.checkpoint("other.pt", edit)
+
+
+def _saved_config(s: Scene, edit: Callable[[dict], object]) -> str:
+    """The session's config.yaml with `edit` applied, as YAML text."""
+    config = yaml.safe_load((s.run / "config.yaml").read_text())
+    edit(config)
+    return yaml.safe_dump(config)
+
+
+def _results_of(s: Scene, files: dict) -> list[str]:
+    """`experiments.results` over a root holding a copy of the session's run with files added or replaced."""
+    run = s.copy(s.run, "root/x/run")
+    for name, text in files.items():
+        (run.parent / name).parent.mkdir(parents=True, exist_ok=True)
+        (run.parent / name).write_text(text)
+    return [s.path("root"), "--out", s.path("R.md"), "--plots", s.path("plots")]
+
+
+def _sweep_json(s: Scene, text: str) -> str:
+    s.write("w/sweep.json", text)
+    return s.path("w")
 
 
 def _saved(s: Scene, value) -> str:
@@ -773,3 +874,42 @@ def test_bench_refuses_broken_training_metrics_before_writing(last_line, says, t
                                   *QUICK_BENCH], capsys)
     assert str(run / "metrics.jsonl") in _assert_one_error_line("bench", code, err, says)
     assert _tree(tmp_path) == before
+
+
+def test_bench_over_an_earlier_bench_replaces_it_as_a_whole(tiny_run, tiny_export, tmp_path, capsys):
+    """An earlier bench's files the new one does not write go (here the training curves: the
+    checkpoint, a copy of the export's, has no metrics.jsonl beside it); other files stay."""
+    ckpt = tmp_path / "copy" / "last.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(tiny_run / "last.pt", ckpt)  # the same weights in another file: accepted
+    bench = tmp_path / "bench"
+    for name in ("bench.json", "BENCH.md", "plots/accuracy.png", "plots/exec_rates.png", "notes.txt"):
+        (bench / name).parent.mkdir(parents=True, exist_ok=True)
+        (bench / name).write_text("an earlier bench's")
+    code, _, err = _run("bench", [str(tiny_export), "--out", str(bench), "--checkpoint", str(ckpt), *QUICK_BENCH],
+                        capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (bench / "plots").iterdir()) == [
+        "exec_rates_by_runtime.png", "latency.png", "mac_ratio_hist.png"]
+    assert (bench / "notes.txt").read_text() == "an earlier bench's"
+    assert json.loads((bench / "bench.json").read_text())["checkpoint"] == str(ckpt)
+    assert not list(tmp_path.glob(f"*{atomic.TMP_MARK}*"))
+
+
+def test_classifier_prints_only_its_error_line(tiny_export, tmp_path, capfd):
+    """TFLite's XNNPACK delegate announces itself on fd 2; the classifier keeps that off stderr."""
+    code = importlib.import_module(TOOLS["classifier"][0]).main(
+        [str(tiny_export / "model_int8.tflite"), "--dataset", "digits", "--preprocess", "raw",
+         "--out", str(tmp_path / "k"), "--no-progress"])
+    err = capfd.readouterr().err
+    assert code == 1 and err.splitlines() == [line for line in err.splitlines() if "cg-classifier: error:" in line]
+    _assert_one_error_line("classifier", code, err, "model_int8.tflite")  # a gated model: not a bare classifier
+
+
+def test_demo_failing_step_ends_in_that_steps_one_error_line(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "run").write_text("kept")  # the run folder is a file: cg-train refuses it
+    code, _, err = _run("demo", ["--out", str(tmp_path / "d"), "--threads", "1", "--no-progress"], capsys)
+    lines = [line for line in err.splitlines() if ": error:" in line]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("cg-train: error:"), err
+    assert (tmp_path / "d" / "run").read_text() == "kept"

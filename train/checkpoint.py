@@ -5,6 +5,7 @@ Keys: kind, format, version, epoch, config (TrainConfig as dict), model_config, 
 dict), optimizer, scheduler, rng, history (the per-epoch metrics so far), best_score.
 """
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from cosinegate import atomic
+from cosinegate.train.config import ConfigError, check_saved
 from cosinegate.version import CHECKPOINT_FORMAT, __version__
 
 KIND = "cosinegate-checkpoint"
@@ -106,6 +108,10 @@ def load(path: str | Path) -> dict:
         raise CheckpointError(f"{path} has checkpoint format {ckpt.get('format')!r}, this is "
                               f"version {__version__} which reads format {CHECKPOINT_FORMAT}")
     require(ckpt, MODEL_KEYS, path)
+    try:  # every reader takes the dataset, data folder and settings from it
+        check_saved(ckpt["config"], f"{path}: its config")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
     return ckpt
 
 
@@ -121,6 +127,30 @@ def build_model(ckpt: dict, path="checkpoint"):
     load_weights(model, ckpt["model"], path)
     refuse_nonfinite(model.state_dict(), path)
     return model.eval()
+
+
+def weights_sha256(weights: dict) -> str:
+    """A digest of a state dict's names, dtypes, shapes and values: it identifies a trained model
+    whichever file holds it (an export records it, `cg-bench --checkpoint` compares it)."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        tensor = weights[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_fits_data(path, info, flag: str) -> None:
+    """Refuse a checkpoint to start from or learn from (`flag`: --init-from, --distill-from) whose
+    model takes other images or predicts other classes than `info` (a DatasetInfo) describes:
+    checked before the run folder exists."""
+    cfg = build_model(load(path), path).cfg
+    h, _, c = info.shape
+    differ = [f"{name} {theirs} vs the data's {ours}" for name, theirs, ours in
+              (("in_channels", cfg.in_channels, c), ("input_size", cfg.input_size, h),
+               ("num_classes", cfg.num_classes, info.num_classes)) if theirs != ours]
+    if differ:
+        raise CheckpointError(f"{flag} {path}: its model does not fit the run's dataset ({'; '.join(differ)})")
 
 
 def refuse_nonfinite(weights: dict, path) -> None:
@@ -192,7 +222,9 @@ def load_backbone(model, path: str | Path) -> tuple[int, list[int]]:
     deletes, or be shallower than `model` (see `_grown_weights`); any other mismatch is refused with one line. Returns the number of
     tensors copied and the indices of the blocks that were grown (empty at equal depth)."""
     ckpt = load(path)
-    theirs, ours = ckpt["model_config"], vars(model.cfg)
+    # Its model built first: a model_config of the wrong types, or weights that do not fit it,
+    # are refused in one line; what is compared below is then typed.
+    theirs, ours = vars(build_model(ckpt, path).cfg), vars(model.cfg)
     differ = [f"{k} {theirs.get(k)!r} vs {ours[k]!r}" for k in _SHAPE_KEYS
               if _as_tuple(theirs.get(k)) != _as_tuple(ours[k])]
     if theirs.get("depth", 0) > ours["depth"]:

@@ -22,7 +22,7 @@ from cosinegate import atomic, errors, runfolder
 from cosinegate.train import config as C
 from cosinegate.train import checkpoint
 from cosinegate.train.checkpoint import CheckpointError
-from cosinegate.train.data import DataError
+from cosinegate.train.data import DataError, dataset_info
 
 DEFAULT_PRESET = "demo"
 
@@ -56,7 +56,10 @@ def parse(argv) -> tuple[C.TrainConfig, argparse.Namespace]:
     else:
         defaults = C.preset_values(known.preset or DEFAULT_PRESET)
         if known.config:
-            defaults.update(C.read_yaml(Path(known.config), "config file"))
+            values = C.read_yaml(Path(known.config), "config file")
+            if "preset" in values:  # only a name here (the preset's values come from --preset): one that exists
+                C.check_preset(values["preset"], f"config file {known.config}: ")
+            defaults.update(values)
     args = build_parser(defaults).parse_args(argv)
     if args.stop_after is not None and args.stop_after < 1:
         raise C.ConfigError(f"--stop-after must be at least 1, got {args.stop_after}")
@@ -81,9 +84,9 @@ def parse(argv) -> tuple[C.TrainConfig, argparse.Namespace]:
         print(f"cg-train: no --out given: the run goes to {args.out}", flush=True)
     elif int(os.environ.get("RANK", "0")) == 0:  # other processes would see the main one's files
         runfolder.check_new(args.out)
-    for source in (cfg.init_from, cfg.distill_from):
-        if source and not args.resume:
-            checkpoint.load(source)  # refuse a missing or foreign checkpoint before the run folder exists
+    for flag, source in (("--init-from", cfg.init_from), ("--distill-from", cfg.distill_from)):
+        if source and not args.resume:  # refused before the run folder exists
+            checkpoint.check_fits_data(source, dataset_info(cfg.dataset), flag)
     return cfg, args
 
 

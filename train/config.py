@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from cosinegate import errors, jsonfile
+
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
@@ -160,20 +162,32 @@ _ACCEPTED = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,
 
 def _check_types(cfg: TrainConfig) -> None:
     for f in fields(cfg):
-        value, kind = getattr(cfg, f.name), getattr(f.type, "__name__", str(f.type))
-        # bool is an int subclass: `depth: true` is no depth
-        if not isinstance(value, _ACCEPTED[kind]) or (isinstance(value, bool) and kind != "bool"):
-            if f.name in ("removed_blocks", "exits") and value is not True and (
-                    isinstance(value, int) or isinstance(value, (list, tuple)) and all(type(i) is int for i in value)):
-                continue  # one index or a YAML list of them, read by removed_block_list
-            # reprlib: a YAML alias bomb is small as a file, and astronomically long as text
-            raise ConfigError(f"{f.name} must be {kind.replace(' | None', ' or null')}, "
-                              f"got {type(value).__name__} {reprlib.repr(value)[:60]}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{f.name} must be finite, got {value}")
+        check_value(f.name, getattr(cfg, f.name))
+
+
+def check_value(name: str, value) -> None:
+    """Refuse a value of another type than field `name`'s (no coercion: `epochs: "1"` is no count)."""
+    kind = _KINDS[name]
+    # bool is an int subclass: `depth: true` is no depth
+    if not isinstance(value, _ACCEPTED[kind]) or (isinstance(value, bool) and kind != "bool"):
+        if name in ("removed_blocks", "exits") and value is not True and (
+                isinstance(value, int) or isinstance(value, (list, tuple)) and all(type(i) is int for i in value)):
+            return  # one index or a YAML list of them, read by removed_block_list
+        # reprlib: a YAML alias bomb is small as a file, and astronomically long as text
+        raise ConfigError(f"{name} must be {kind.replace(' | None', ' or null')}, "
+                          f"got {type(value).__name__} {reprlib.repr(value)[:60]}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be finite, got {value}")
 
 
 CONFIG_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+_KINDS = {f.name: getattr(f.type, "__name__", str(f.type)) for f in fields(TrainConfig)}
+
+# Fields added after the first release: a config saved before them lacks them, and their defaults
+# are what it was trained with. Every other field must be in a saved config.
+LATER_FIELDS = ("distill_from", "distill_temperature", "exit_threshold", "exits", "flops_delay_epochs",
+                "init_from", "lambda_distill", "lambda_exit", "lambda_routing", "shape_concentration",
+                "target_rate")
 
 
 # One help line per TrainConfig field: the flag's help and the only description of the field. A new
@@ -250,11 +264,22 @@ def read_yaml(path: Path, what: str) -> dict:
         raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {path} must be a mapping of config keys")
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) in {path}: {', '.join(unknown)}")
+    _refuse_unknown_keys(data, f" in {path}")
+    for key, value in data.items():  # checked here: argparse would convert a string, or blame a flag
+        try:
+            check_value(key, value)
+        except ConfigError as e:
+            raise ConfigError(f"{what} {path}: {e}") from None
     return data
+
+
+def _refuse_unknown_keys(values: dict, where: str) -> None:
+    names = [k for k in values if not isinstance(k, str)]
+    if names:  # YAML reads `1:` or `~:` as a number or null
+        raise ConfigError(f"config keys are names, got {reprlib.repr(names[0])[:40]}{where}")
+    unknown = sorted(set(values) - set(CONFIG_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown config key(s){where}: {', '.join(unknown)}")
 
 
 # Where and how fast a run executes, not what it trains: `--resume` may change these (a run
@@ -262,9 +287,13 @@ def read_yaml(path: Path, what: str) -> dict:
 MACHINE_KEYS = ("data_dir", "download", "device", "threads")
 
 
-def preset_values(name: str) -> dict:
+def check_preset(name, where: str = "") -> None:
     if name not in presets():
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(presets())}")
+        raise ConfigError(f"{where}unknown preset {reprlib.repr(name)[:60]}; choose one of {', '.join(presets())}")
+
+
+def preset_values(name: str) -> dict:
+    check_preset(name)
     return {"preset": name, **read_yaml(PRESET_DIR / f"{name}.yaml", "preset")}
 
 
@@ -302,8 +331,33 @@ def to_dict(cfg: TrainConfig) -> dict:
 
 
 def from_dict(values: dict) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    _refuse_unknown_keys(values, "")
     return TrainConfig(**values)
+
+
+def check_saved(values, where) -> dict:
+    """`values` if they are a config a run saved (config.yaml, a checkpoint's), else a ConfigError
+    naming `where` and the field: every field but LATER_FIELDS present, each of its type and range."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: the config is a {type(values).__name__}, not a mapping of config keys")
+    missing = sorted(set(CONFIG_DEFAULTS) - set(values) - set(LATER_FIELDS)) if all(
+        isinstance(k, str) for k in values) else []
+    try:
+        if missing:
+            raise ConfigError(f"missing key(s) {', '.join(missing[:4])}"
+                              + (f" and {len(missing) - 4} more" if len(missing) > 4 else ""))
+        from_dict({**CONFIG_DEFAULTS, **values})
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return values
+
+
+def read_run(run: Path, metrics_shape) -> tuple[dict, list[dict]]:
+    """A run folder's config.yaml and metrics.jsonl, checked (each epoch's metrics against
+    `metrics_shape`, a `cosinegate.jsonfile` shape): (config, one dict per epoch)."""
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise jsonfile.FileFormatError(f"{run / 'config.yaml'} is not valid YAML ({errors.one_line(e)})") from None
+    check_saved(config, run / "config.yaml")
+    return config, jsonfile.read_lines(run / "metrics.jsonl", metrics_shape)

@@ -14,6 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from cosinegate import atomic, errors  # noqa: E402
 
 
+CURVES = ("accuracy.png", "compute.png", "exec_rates.png")  # every file plot_run may write
+
+
 def _save(fig, path: Path) -> None:
     atomic.save_with(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
     plt.close(fig)

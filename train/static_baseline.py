@@ -9,26 +9,31 @@ with the lowest execution rates: with frozen routing these are exactly the alway
 blocks; with input-adaptive routing the static network spends about the same mean MACs.
 """
 import argparse
-import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from cosinegate import errors, jsonfile
+from cosinegate.train.config import read_run
 
-from cosinegate import errors
+
+class BaselineError(ValueError):
+    """A run this tool cannot derive a static baseline from."""
 
 
 def static_command(run_dir: Path, out: Path) -> list[str]:
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    if "exec_rate_deploy" not in last:
-        raise SystemExit(f"static_baseline: error: {run_dir} is not a gated run")
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    cfg, history = read_run(run_dir, {"exec_rate_deploy?": [float]})
+    if not cfg["gated"]:  # early exits alone skip no block: a static twin would delete nothing
+        raise BaselineError(f"{run_dir} is not a gated run: it has no gates whose skipped blocks a static "
+                            "network could delete")
     # exec_rate_deploy lists gated blocks only; with every block gated they are blocks 0..n-1.
     if not cfg["gate_downsample"]:
-        raise SystemExit("static_baseline: error: runs with --no-gate-downsample are not supported")
-    rates = last["exec_rate_deploy"]
+        raise BaselineError(f"{run_dir} was trained with --no-gate-downsample, which is not supported")
+    rates = jsonfile.check(history[-1], {"exec_rate_deploy": [float]},
+                           f"{run_dir / 'metrics.jsonl'} last line")["exec_rate_deploy"]
     k = round(sum(1.0 - r for r in rates))
     removed = sorted(sorted(range(len(rates)), key=lambda i: rates[i])[:k])
     command = ["cg-train", "--preset", cfg["preset"], "--dataset", cfg["dataset"], "--depth", str(cfg["depth"]),
@@ -42,7 +47,7 @@ def static_command(run_dir: Path, out: Path) -> list[str]:
     return command
 
 
-@errors.command("python -m cosinegate.train.static_baseline", expected=(OSError, ValueError, KeyError))
+@errors.command("python -m cosinegate.train.static_baseline", expected=(OSError, ValueError))
 def main(argv=None) -> int:
     parser = errors.ArgumentParser(prog="python -m cosinegate.train.static_baseline",
                                      description=__doc__.split("\n\n")[0],

@@ -112,11 +112,20 @@ def main(argv=None) -> int:
     parser.add_argument("--burn-in", type=int, default=10, metavar="N",
                         help="steps run and discarded before measuring (default 10)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="(default auto)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile variants")
     args = parser.parse_args(argv)
+    # Checked here: a bad value would otherwise surface as a FAILED variant, or a torch error.
     if args.steps < 2 or args.burn_in < 0:
         parser.error("--steps must be at least 2 (for a std) and --burn-in at least 0")
+    if (args.depth - 2) % 6 != 0 or args.depth < 8:
+        parser.error(f"--depth must be 6n+2 with n >= 1 (20, 32, 56, 110), got {args.depth}")
+    if args.batch < 1:
+        parser.error(f"--batch must be at least 1, got {args.batch}")
+    if args.threads is not None and not 1 <= args.threads <= C.MAX_THREADS:
+        parser.error(f"--threads must be 1..{C.MAX_THREADS}, got {args.threads}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device if args.device != "auto" else

@@ -112,3 +112,17 @@ def test_bench_counts_the_blocks_each_image_ran(routed_export, tmp_path):
     tflm, torch_run = bench["runtimes"]["tflm"], bench["runtimes"]["torch"]
     assert tflm["distinct_paths"] >= 2 and tflm["mac_ratio_std"] > 0.0
     assert abs(tflm["mac_ratio"] - torch_run["mac_ratio"]) < 0.05
+
+
+def test_a_gate_that_opens_for_every_image_reaching_it_is_not_adaptive():
+    """Behind an exit, a gate's block runs on some images only because the others left: the gate
+    itself decided nothing, so it is no input-adaptive decision and makes no extra path."""
+    from cosinegate.train.evaluate import routing_stats
+    from cosinegate.train.model import ModelConfig, macs_breakdown
+    cfg = ModelConfig(depth=8, exit_stages=(2,))        # blocks 0, 1, 2; the exit reads block 1
+    macs = macs_breakdown(cfg)
+    passed = torch.tensor([0, 1, 0, 1])                 # half the images leave at the exit
+    stats = routing_stats(torch.ones(4, 3), macs, [0, 1, 2], passed)
+    assert stats["exec_rate"] == [1.0, 1.0, 0.5]        # block 2 ran on half of the images
+    assert stats["adaptivity"] == 0.25                  # of 4 decisions only the exit's varies
+    assert stats["distinct_paths"] == 2

@@ -43,19 +43,25 @@ def routing_stats(gates: torch.Tensor, macs: dict, gated_indices: list[int],
 
     An exit is a decision too: `continue_rate[k]` is the share of images that go on past exit k.
     Adaptivity and paths count gates and exits alike; a path is the set of blocks an image runs.
-    A gate behind the exit an image left at never runs its block: it counts as closed."""
+    A gate behind the exit an image left at never runs its block: it counts as closed. A decision
+    is input-adaptive when its outcome varies among the images that reach it."""
     out = {}
+    reached = torch.ones_like(gates, dtype=torch.bool)
     if exits_passed is not None and macs["exits"]:
-        gates = gates * gates_reached(macs, gated_indices, exits_passed).to(gates.dtype)
+        reached = gates_reached(macs, gated_indices, exits_passed)
+        gates = gates * reached.to(gates.dtype)
     rates = gates.mean(0)                                      # (n_gated,)
     ratio = executed_mac_ratio(macs, gates, gated_indices, exits_passed)     # (N,)
     decisions = gates.bool()
     if exits_passed is not None and macs["exits"]:
-        went_on = exits_passed.view(-1, 1) > torch.arange(len(macs["exits"]), device=gates.device).view(1, -1)
+        steps = torch.arange(len(macs["exits"]), device=gates.device).view(1, -1)
+        went_on = exits_passed.view(-1, 1) > steps
         out["continue_rate"] = went_on.float().mean(0).tolist()
         decisions = torch.cat([decisions, went_on], 1)
+        reached = torch.cat([reached, exits_passed.view(-1, 1) >= steps], 1)
     lo, hi = ADAPTIVE_BAND
-    decision_rates = decisions.float().mean(0)
+    # each decision's outcome rate among the images that reach it (0 where none does)
+    decision_rates = (decisions & reached).sum(0).double() / reached.sum(0).clamp(min=1).double()
     any_decision = decision_rates.numel() > 0
     any_gate = rates.numel() > 0
     out.update({

@@ -126,3 +126,21 @@ def test_a_gate_that_opens_for_every_image_reaching_it_is_not_adaptive():
     assert stats["exec_rate"] == [1.0, 1.0, 0.5]        # block 2 ran on half of the images
     assert stats["adaptivity"] == 0.25                  # of 4 decisions only the exit's varies
     assert stats["distinct_paths"] == 2
+
+
+def test_folding_keeps_the_if_of_an_always_open_gate_behind_an_exit(routed_run, tmp_path):
+    """Folded, such a gate would report its block ran for images that left before it."""
+    out = tmp_path / "folded"
+    assert export_tiny(routed_run / "last.pt", out, "--exit-threshold", "0.5", "--fold-static-gates") == 0
+    report = json.loads((out / "export_report.json").read_text())
+    proven = {b["block"]: b["decision"] for b in report["gate_bounds"]}
+    folded = report["folded_gates"]
+    first_exit = report["exit_blocks"][0]
+    assert all(proven[i] == "always" and i <= first_exit for i in folded["always"])
+    assert all(proven[i] == "never" for i in folded["never"])
+    kept = [i for i, d in proven.items() if d == "always" and i > first_exit]
+    assert kept, "the tiny run proves no gate behind an exit always open: nothing to check"
+    assert not set(kept) & set(folded["always"])
+    parity = report["parity"]
+    assert parity["folded_vs_gated"]["gates_identical"] and parity["folded_vs_gated"]["bit_exact_fraction"] == 1.0
+    assert parity["tflm_vs_tflite_ref"]["bit_exact_fraction"] == 1.0

@@ -89,6 +89,17 @@ def test_straight_through_deploy_gate_is_the_deploy_decision_with_a_sigmoid_grad
     assert torch.allclose(logit.grad, soft * (1 - soft))
 
 
+def test_a_routing_temperature_keeps_the_decision_and_reaches_saturated_gates():
+    logit = torch.tensor([G.THRESHOLD_LOGIT - 7.0, G.THRESHOLD_LOGIT + 7.0], requires_grad=True)
+    cold = torch.autograd.grad(G.deploy_gate_straight_through(logit).sum(), logit)[0]
+    warm_gate = G.deploy_gate_straight_through(logit, temperature=4.0)
+    warm = torch.autograd.grad(warm_gate.sum(), logit)[0]
+    assert warm_gate.detach().tolist() == [0.0, 1.0]
+    assert (cold < 1e-3).all() and (warm > 10 * cold).all()
+    soft = torch.sigmoid(torch.tensor(7.0 / 4.0))
+    assert torch.allclose(warm, soft * (1 - soft) / 4.0)
+
+
 def test_target_rate_loss_charges_blocks_that_are_always_on_or_off():
     half = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).repeat(8, 1)  # each block on for half the batch
     assert G.target_rate_loss(half, 0.5).item() == 0.0

@@ -53,6 +53,7 @@ class TrainConfig:
     routing: str = "faithful"
     target_rate: float = 0.6
     lambda_routing: float = 2.0
+    routing_temperature: float = 1.0
     shape_concentration: float = 1.0
     adaptive_spread: float = 0.4
     lambda_adapt: float = 0.0
@@ -99,6 +100,7 @@ class TrainConfig:
             (self.distill_temperature > 0, "distill_temperature must be > 0"),
             (self.lambda_distill >= 0, "lambda_distill must be >= 0"),
             (self.shape_concentration > 0, "shape_concentration must be > 0"),
+            (self.routing_temperature > 0, "routing_temperature must be > 0"),
             (all(1 <= k < STAGES for k in self.exit_stage_list) and
              len(set(self.exit_stage_list)) == len(self.exit_stage_list),
              f"exits go at stage boundaries 1..{STAGES - 1} (stage {STAGES} ends in the classifier "
@@ -186,8 +188,8 @@ _KINDS = {f.name: getattr(f.type, "__name__", str(f.type)) for f in fields(Train
 # Fields added after the first release: a config saved before them lacks them, and their defaults
 # are what it was trained with. Every other field must be in a saved config.
 LATER_FIELDS = ("distill_from", "distill_temperature", "exit_threshold", "exits", "flops_delay_epochs",
-                "init_from", "lambda_distill", "lambda_exit", "lambda_routing", "shape_concentration",
-                "target_rate")
+                "init_from", "lambda_distill", "lambda_exit", "lambda_routing", "routing_temperature",
+                "shape_concentration", "target_rate")
 
 
 # One help line per TrainConfig field: the flag's help and the only description of the field. A new
@@ -217,6 +219,8 @@ FIELD_HELP = {
                "--target-rate; batch_shape: + each block's deploy probabilities shaped to a Beta prior",
     "target_rate": "target_rate: per-block execution rate; batch_shape: the prior's mean",
     "lambda_routing": "weight of the target_rate / batch_shape term (ramped like eq. 19)",
+    "routing_temperature": "target_rate: the straight-through gradient of the deploy gate is "
+                           "sigmoid'((l_d - logit 0.45) / T) / T; T > 1 reaches saturated gates",
     "shape_concentration": "batch_shape: prior Beta(k t, k (1 - t)); k <= 1 is U-shaped",
     "adaptive_spread": "adaptive: budgets span tau_target +- spread/2 over a batch",
     "lambda_adapt": "weight of the routing-information term (0 = paper)",

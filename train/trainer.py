@@ -108,7 +108,7 @@ def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str, t
     logit_deploy = torch.stack([s["logit_deploy"] for s in stats], 1)
     terms["adapt"] = G.routing_information_loss(logit_deploy)
     if cfg.routing == "target_rate":
-        gates = G.deploy_gate_straight_through(logit_deploy)
+        gates = G.deploy_gate_straight_through(logit_deploy, cfg.routing_temperature)
         terms["routing"] = progress * G.target_rate_loss(gates, cfg.target_rate)
     elif cfg.routing == "batch_shape":
         terms["routing"] = progress * G.batch_shaping_loss(logit_deploy, _prior_quantiles(

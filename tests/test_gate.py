@@ -122,3 +122,13 @@ def test_batch_shaping_is_zero_on_the_prior_and_penalises_a_constant_gate():
     assert G.batch_shaping_loss(shuffled, q).item() < 1e-8
     constant = torch.full((64, 1), 5.0)
     assert G.batch_shaping_loss(constant, q).item() > 0.1
+
+
+def test_batch_shaping_with_a_temperature_reaches_a_saturated_gate():
+    q = G.beta_quantiles(64, 0.8, 0.2)
+    saturated = torch.full((64, 1), G.THRESHOLD_LOGIT + 7.0, requires_grad=True)
+    cold = torch.autograd.grad(G.batch_shaping_loss(saturated, q), saturated)[0].abs().sum()
+    warm = torch.autograd.grad(G.batch_shaping_loss(saturated, q, temperature=4.0), saturated)[0].abs().sum()
+    assert warm > 10 * cold
+    on_prior = (4.0 * torch.logit(q.clamp(1e-6, 1 - 1e-6)) + G.THRESHOLD_LOGIT).float().unsqueeze(1)
+    assert G.batch_shaping_loss(on_prior, q, temperature=4.0).item() < 1e-8

@@ -219,8 +219,9 @@ FIELD_HELP = {
                "--target-rate; batch_shape: + each block's deploy probabilities shaped to a Beta prior",
     "target_rate": "target_rate: per-block execution rate; batch_shape: the prior's mean",
     "lambda_routing": "weight of the target_rate / batch_shape term (ramped like eq. 19)",
-    "routing_temperature": "target_rate: the straight-through gradient of the deploy gate is "
-                           "sigmoid'((l_d - logit 0.45) / T) / T; T > 1 reaches saturated gates",
+    "routing_temperature": "T of the routing term: target_rate's straight-through gradient is "
+                           "sigmoid'((l_d - logit 0.45) / T) / T, batch_shape's probabilities "
+                           "sigmoid((l_d - logit 0.45) / T); T > 1 reaches saturated gates",
     "shape_concentration": "batch_shape: prior Beta(k t, k (1 - t)); k <= 1 is U-shaped",
     "adaptive_spread": "adaptive: budgets span tau_target +- spread/2 over a batch",
     "lambda_adapt": "weight of the routing-information term (0 = paper)",

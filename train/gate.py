@@ -185,11 +185,12 @@ def beta_quantiles(n: int, alpha: float, beta: float, grid: int = 20001) -> torc
     return t[torch.searchsorted(cdf, levels).clamp_max(grid - 1)]
 
 
-def batch_shaping_loss(logit: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+def batch_shaping_loss(logit: torch.Tensor, quantiles: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Batch-shaping (Ehteshami Bejnordi et al. 2020) in its quantile form: each block's deploy
     probabilities p = sigmoid(logit - threshold) over the batch, sorted, are pulled onto the
     quantiles of a Beta prior (`beta_quantiles`), i.e. the batch's distribution of p towards the
     prior in the 2-Wasserstein distance. A U-shaped prior of mean t asks each block to be surely on
-    for a fraction t of the inputs and surely off for the rest."""
-    p = torch.sigmoid(logit.float() - THRESHOLD_LOGIT)
+    for a fraction t of the inputs and surely off for the rest. A temperature T > 1 measures p as
+    sigmoid((logit - threshold) / T), which saturates only far from the threshold."""
+    p = torch.sigmoid((logit.float() - THRESHOLD_LOGIT) / temperature)
     return (p.sort(0).values - quantiles.to(p).unsqueeze(1)).pow(2).mean()

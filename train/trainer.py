@@ -112,7 +112,7 @@ def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str, t
         terms["routing"] = progress * G.target_rate_loss(gates, cfg.target_rate)
     elif cfg.routing == "batch_shape":
         terms["routing"] = progress * G.batch_shaping_loss(logit_deploy, _prior_quantiles(
-            len(y), cfg.target_rate, cfg.shape_concentration, logit_deploy.device))
+            len(y), cfg.target_rate, cfg.shape_concentration, logit_deploy.device), cfg.routing_temperature)
     terms["margin"] = (G.margin_penalty(torch.stack([s["logit_deploy"] for s in stats], 1), cfg.margin)
                        if mode == "relaxed_deploy" else torch.zeros((), device=z.device))
     return terms

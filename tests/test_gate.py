@@ -58,6 +58,36 @@ def test_folded_gate_agrees_with_unfolded_rule_on_every_sample(gamma):
     assert torch.equal(folded, unfolded)
 
 
+@pytest.mark.parametrize("gamma", [-2.5, 0.7])
+def test_folded_gate_with_a_logit_norm_agrees_with_the_unfolded_rule(gamma):
+    torch.manual_seed(2)
+    ctrl = G.Controller(channels=16, hidden=4, logit_norm=True).double()
+    with torch.no_grad():
+        for p in ctrl.parameters():
+            p.normal_()
+        ctrl.logit_norm.running_mean.fill_(0.8)
+        ctrl.logit_norm.running_var.fill_(2.5)
+    ctrl.eval()
+    gamma = torch.tensor(gamma, dtype=torch.float64)
+    x = torch.randn(4096, 16, 6, 6, dtype=torch.float64)
+    w, b = G.fold_deploy_gate(ctrl, gamma, threshold=0.3)
+    h, _, _ = ctrl(x)
+    folded = (h @ w + b) > 0
+    unfolded = G.deploy_decision_unfolded(ctrl, gamma, x, threshold=0.3)
+    assert 0 < folded.sum() < len(folded), "test must exercise both decisions"
+    assert torch.equal(folded, unfolded)
+
+
+def test_a_logit_norm_takes_the_batch_common_shift_out_of_the_deploy_logit():
+    torch.manual_seed(3)
+    ctrl = G.Controller(channels=8, hidden=2, logit_norm=True)
+    c, cir_hat = torch.randn(64), torch.randn(64)
+    gamma = torch.tensor(-2.5)
+    shifted = G.deploy_logit(ctrl, gamma, cir_hat, c + 5.0)   # every input's logit moved by -12.5
+    assert torch.allclose(shifted, G.deploy_logit(ctrl, gamma, cir_hat, c), atol=1e-4)
+    assert shifted.std().item() == pytest.approx(1.0, abs=0.02)  # spread set by the norm's scale
+
+
 def test_flops_penalty_is_a_hinge_scaled_by_progress():
     assert G.flops_penalty(torch.tensor(0.5), 0.7, 1.0).item() == 0.0
     assert math.isclose(G.flops_penalty(torch.tensor(0.9), 0.7, 0.5).item(), 0.5 * 0.04, rel_tol=1e-5)

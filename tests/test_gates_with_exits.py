@@ -144,3 +144,20 @@ def test_folding_keeps_the_if_of_an_always_open_gate_behind_an_exit(routed_run, 
     parity = report["parity"]
     assert parity["folded_vs_gated"]["gates_identical"] and parity["folded_vs_gated"]["bit_exact_fraction"] == 1.0
     assert parity["tflm_vs_tflite_ref"]["bit_exact_fraction"] == 1.0
+
+
+def test_a_logit_normed_gate_routes_from_the_start_and_exports_with_parity(tmp_path):
+    """--gate-logit-norm: with the controllers' random start kept, the deploy gates differ among
+    images after one epoch, and the folded norm keeps every runtime on the host's decisions."""
+    from cosinegate.train.cli import main as train_main
+    run = tmp_path / "run"
+    assert train_main(["--preset", "demo", "--gate-init", "open", "--open-logit", "0.5", "--gate-logit-norm", "--routing",
+                       "target_rate", "--target-rate", "0.7", "--depth", "8", "--epochs", "1",
+                       "--warmup-epochs", "0", "--threads", "1", "--no-progress", "--out", str(run)]) == 0
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert any(0.0 < rate < 1.0 for rate in last["exec_rate_deploy"]), last["exec_rate_deploy"]
+    out = tmp_path / "export"
+    assert export_tiny(run / "last.pt", out) == 0
+    checks = json.loads((out / "export_report.json").read_text())["parity"]
+    assert checks["onnx_vs_pytorch"]["gates_identical"]
+    assert checks["tflm_vs_tflite_ref"]["gate_agreement"] == 1.0

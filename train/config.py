@@ -44,6 +44,7 @@ class TrainConfig:
     gamma0: float = -2.5
     gate_init: str = "faithful"
     open_logit: float = 3.0
+    gate_logit_norm: bool = False
     # paper objective (eq. 18-21) and Table 1
     lambda_flops: float = 3.0
     lambda_cons: float = 0.01
@@ -94,6 +95,8 @@ class TrainConfig:
             (self.gate_init in ("faithful", "open"), "gate_init must be 'faithful' or 'open'"),
             (self.gate_train in ("deploy", "paper"), "gate_train must be 'deploy' or 'paper'"),
             (self.routing in ROUTING_MODES, f"routing must be one of {', '.join(ROUTING_MODES)}"),
+            (self.gated or not self.gate_logit_norm,
+             "gate_logit_norm normalises gate logits, but the net is not gated (--gated)"),
             (self.gated or self.routing in ("faithful",),
              f"routing {self.routing!r} shapes gate decisions, but the net is not gated (--gated)"),
             (0.0 < self.target_rate < 1.0, "target_rate must lie strictly between 0 and 1"),
@@ -145,7 +148,8 @@ class TrainConfig:
             gated=self.gated, gate_downsample=self.gate_downsample,
             controller_ratio=self.controller_ratio, gamma0=self.gamma0,
             removed_blocks=self.removed_block_list, exit_stages=self.exit_stage_list,
-            open_logit=self.open_logit if self.gate_init == "open" else None)
+            open_logit=self.open_logit if self.gate_init == "open" else None,
+            gate_logit_norm=self.gate_logit_norm)
 
 
 def _index_list(value, name: str, what: str) -> tuple:
@@ -188,7 +192,7 @@ _KINDS = {f.name: getattr(f.type, "__name__", str(f.type)) for f in fields(Train
 # Fields added after the first release: a config saved before them lacks them, and their defaults
 # are what it was trained with. Every other field must be in a saved config.
 LATER_FIELDS = ("distill_from", "distill_temperature", "exit_threshold", "exits", "flops_delay_epochs",
-                "init_from", "lambda_distill", "lambda_exit", "lambda_routing", "routing_temperature",
+                "gate_logit_norm", "init_from", "lambda_distill", "lambda_exit", "lambda_routing", "routing_temperature",
                 "shape_concentration", "target_rate")
 
 
@@ -208,6 +212,9 @@ FIELD_HELP = {
     "gate_init": "faithful: initial logit ~ gamma0 (gates near closed); "
                  "open: controller bias set so the initial logit is --open-logit",
     "open_logit": "initial gate logit with --gate-init open",
+    "gate_logit_norm": "batch-norm each deploy logit (running statistics at inference, folded into "
+                       "the IF): a rate term then moves only the norm's shift, and the controller "
+                       "learns which inputs run the block; --gate-init open sets the shift to --open-logit",
     "lambda_flops": "weight of the FLOPs penalty (paper eq. 18, Table 1)",
     "lambda_cons": "weight of the consistency term (paper eq. 20, Table 1)",
     "tau_target": "target mean execution rate of the gates (paper eq. 18, Table 1)",

@@ -7,9 +7,11 @@ Two gate logits per block (paper eq. 11 and our deployable variant):
     paper:  l_p = gamma * (CIR(s, r) + c(x))        needs r = F(x): decides only after F ran
     deploy: l_d = gamma * (CIR_hat(x) + c(x))       decided from x alone, before F runs
 with c(x) = w_c . h + b_c and CIR_hat(x) = w_cir . h + b_cir two linear heads on the controller's
-hidden layer h = ReLU(W1 GAP(x) + b1). The deploy rule sigmoid(l_d) > 0.45 is therefore one affine
-function of h compared with zero (`fold_deploy_gate`), which the exporter turns into the `If`
-condition.
+hidden layer h = ReLU(W1 GAP(x) + b1). With a logit norm (`Controller(logit_norm=True)`, beyond the
+paper) l_d is standardised over the batch in training and by running statistics at inference, then
+scaled and shifted by learned a, b: l_d' = a (l_d - mu) / sigma + b. Either way the deploy rule
+sigmoid(l_d) > 0.45 is one affine function of h compared with zero (`fold_deploy_gate`), which the
+exporter turns into the `If` condition.
 """
 import math
 
@@ -41,15 +43,20 @@ def cosine_incompatibility(ss, sr, rr, eps: float = 1e-8) -> torch.Tensor:
 
 class Controller(nn.Module):
     """c(x) = W2 ReLU(W1 GAP(x)) (paper eq. 12) plus a second head on the same hidden layer that
-    predicts the block's CIR before F runs. Both heads carry a bias (the paper writes none)."""
+    predicts the block's CIR before F runs. Both heads carry a bias (the paper writes none).
 
-    def __init__(self, channels: int, hidden: int):
+    With `logit_norm`, the deploy logit passes through a one-channel batch norm (`deploy_logit`):
+    the batch's common shift is taken out of it, so a loss on the batch's execution rate moves only
+    the norm's shift b, and what the controller learns is which inputs run the block, spread by a."""
+
+    def __init__(self, channels: int, hidden: int, logit_norm: bool = False):
         super().__init__()
         self.fc1 = nn.Linear(channels, hidden)
         self.head_c = nn.Linear(hidden, 1)
         self.head_cir = nn.Linear(hidden, 1)
         nn.init.zeros_(self.head_cir.weight)
         nn.init.ones_(self.head_cir.bias)  # an untrained F is near-orthogonal to x: CIR ~ 1
+        self.logit_norm = nn.BatchNorm1d(1) if logit_norm else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = F.relu(self.fc1(x.mean(dim=(2, 3)).to(self.fc1.weight.dtype)))  # (B, hidden)
@@ -59,6 +66,14 @@ class Controller(nn.Module):
 def gate_logit(gamma: torch.Tensor, cir: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Paper eq. 11: l = gamma * (CIR + c(x)). With gamma < 0 a *high* CIR closes the gate."""
     return gamma * (cir + c)
+
+
+def deploy_logit(controller: Controller, gamma: torch.Tensor, cir_hat: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """The deploy logit l_d = gamma (CIR_hat + c), through the controller's logit norm if it has one."""
+    logit = gate_logit(gamma, cir_hat, c)
+    if controller.logit_norm is None:
+        return logit
+    return controller.logit_norm(logit.unsqueeze(1).to(controller.logit_norm.weight.dtype)).squeeze(1)
 
 
 def relaxed_gate(logit: torch.Tensor, tau: float, hard: bool = False) -> torch.Tensor:
@@ -93,11 +108,18 @@ def fold_deploy_gate(controller: Controller, gamma: torch.Tensor, threshold: flo
 
         sigmoid(gamma * (CIR_hat(x) + c(x))) > threshold   <=>   w . h(x) + b > 0
 
-    where h(x) is the controller's hidden layer. Returns float64 tensors w (hidden,) and b ().
+    where h(x) is the controller's hidden layer; a logit norm folds in with its running statistics
+    (inference mode). Returns float64 tensors w (hidden,) and b ().
     """
     g = gamma.detach().double()
     w = g * (controller.head_c.weight + controller.head_cir.weight).detach().double().squeeze(0)
     b = g * (controller.head_c.bias + controller.head_cir.bias).detach().double().squeeze(0)
+    norm = controller.logit_norm
+    if norm is not None:
+        scale = norm.weight.detach().double() / torch.sqrt(norm.running_var.double() + norm.eps)
+        w = w * scale
+        b = (b - norm.running_mean.double()) * scale + norm.bias.detach().double()
+        b = b.squeeze(0)
     return w, b - threshold_logit(threshold)
 
 
@@ -105,7 +127,7 @@ def deploy_decision_unfolded(controller: Controller, gamma: torch.Tensor, x: tor
                              threshold: float = THRESHOLD) -> torch.Tensor:
     """The deploy rule as written, sigmoid(gamma (CIR_hat + c)) > threshold; the reference the fold is tested against."""
     _, c, cir_hat = controller(x)
-    return torch.sigmoid(gamma * (cir_hat + c)) > threshold
+    return torch.sigmoid(deploy_logit(controller, gamma, cir_hat, c)) > threshold
 
 
 def flops_penalty(gbar: torch.Tensor, target: float, progress: float) -> torch.Tensor:

@@ -36,11 +36,14 @@ class ModelConfig:
     removed_blocks: tuple = ()           # static pruning baseline: these blocks are deleted
                                          # (only their shortcut remains; no gate, no weights)
     exit_stages: tuple = ()              # early exits after these stages (1-based, before the last)
+    gate_logit_norm: bool = False        # batch-norm the deploy logit (gate.Controller, beyond the paper)
 
     def __post_init__(self):
         if (self.depth - 2) % 6 != 0 or self.depth < 8:
             raise ValueError(f"depth must be 6n+2 with n >= 1 (20, 32, 56, 110), got {self.depth}")
         self.widths = tuple(self.widths)
+        if not isinstance(self.gate_logit_norm, bool):
+            raise ValueError(f"gate_logit_norm must be true or false, got {self.gate_logit_norm!r}")
         self.removed_blocks = tuple(sorted(int(i) for i in self.removed_blocks))
         n_blocks = 3 * self.blocks_per_stage
         if any(not 0 <= i < n_blocks for i in self.removed_blocks):
@@ -91,9 +94,13 @@ class ResidualBlock(nn.Module):
         self.conv1, self.bn1 = _conv3x3(cin, cout, stride), nn.BatchNorm2d(cout)
         self.conv2, self.bn2 = _conv3x3(cout, cout), nn.BatchNorm2d(cout)
         if gated:
-            self.controller = G.Controller(cin, max(2, cin // cfg.controller_ratio))
+            self.controller = G.Controller(cin, max(2, cin // cfg.controller_ratio), cfg.gate_logit_norm)
             self.gamma = nn.Parameter(torch.tensor(float(cfg.gamma0)))
-            if cfg.open_logit is not None:
+            if cfg.gate_logit_norm and cfg.open_logit is not None:
+                # The norm's shift is the batch's mean logit: the controller's weights keep their
+                # random start, so the logit varies with the input from the first step.
+                nn.init.constant_(self.controller.logit_norm.bias, cfg.open_logit)
+            elif cfg.open_logit is not None:
                 # Start with l = gamma0 * (1 + c) = open_logit: gates open (paper Phase I) while
                 # keeping gamma0's value and sign.
                 nn.init.zeros_(self.controller.head_c.weight)
@@ -114,7 +121,7 @@ class ResidualBlock(nn.Module):
         cir = G.cosine_incompatibility(ss, sr, rr)
         logit_paper = G.gate_logit(self.gamma, cir, c)
         # The CIR estimate learns only from its own regression loss, so it stays an estimate of CIR.
-        logit_deploy = G.gate_logit(self.gamma, cir_hat.detach(), c)
+        logit_deploy = G.deploy_logit(self.controller, self.gamma, cir_hat.detach(), c)
         if mode == "full":
             g = torch.ones_like(c)
         elif mode == "off":

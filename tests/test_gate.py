@@ -41,6 +41,17 @@ def test_relaxed_gate_tracks_logit_and_hard_is_straight_through():
     assert logit.grad.abs().sum() > 0
 
 
+def test_a_noise_free_relaxed_gate_is_the_deterministic_decision_with_a_gradient():
+    torch.manual_seed(0)
+    logit = torch.linspace(-3, 3, 61).requires_grad_()
+    hard = G.relaxed_gate(logit, tau=0.5, hard=True, noise=0.0)
+    assert torch.allclose(hard.detach(), (logit > 0).float(), atol=1e-6)
+    hard.sum().backward()
+    assert (logit.grad > 0).all()
+    noisy = G.relaxed_gate(logit.detach(), tau=0.5, hard=True)
+    assert not torch.allclose(noisy, (logit > 0).float(), atol=1e-6), "the paper's gate is noisy"
+
+
 @pytest.mark.parametrize("gamma", [-2.5, -0.3, 0.7, 3.0])
 def test_folded_gate_agrees_with_unfolded_rule_on_every_sample(gamma):
     torch.manual_seed(1)

@@ -64,6 +64,7 @@ class TrainConfig:
     exit_threshold: float = 0.9
     tau_start: float = 1.0
     tau_end: float = 0.5
+    gate_noise: float = 1.0
     # deployable gate
     gate_train: str = "deploy"
     handover_epoch: int | None = None
@@ -121,6 +122,7 @@ class TrainConfig:
              f"threads must be 1..{MAX_THREADS} (or null: torch's choice)"),
             (0.0 < self.tau_target <= 1.0, "tau_target must lie in (0, 1]"),
             (self.tau_start > 0 and self.tau_end > 0, "Gumbel temperatures must be > 0"),
+            (self.gate_noise >= 0, "gate_noise must be >= 0"),
             (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
         ]
         for ok, msg in checks:
@@ -192,7 +194,7 @@ _KINDS = {f.name: getattr(f.type, "__name__", str(f.type)) for f in fields(Train
 # Fields added after the first release: a config saved before them lacks them, and their defaults
 # are what it was trained with. Every other field must be in a saved config.
 LATER_FIELDS = ("distill_from", "distill_temperature", "exit_threshold", "exits", "flops_delay_epochs",
-                "gate_logit_norm", "init_from", "lambda_distill", "lambda_exit", "lambda_routing", "routing_temperature",
+                "gate_logit_norm", "gate_noise", "init_from", "lambda_distill", "lambda_exit", "lambda_routing", "routing_temperature",
                 "shape_concentration", "target_rate")
 
 
@@ -239,6 +241,8 @@ FIELD_HELP = {
                       "(cg-export --exit-threshold / --target-macs set the deployed one)",
     "tau_start": "Gumbel temperature at the first step, annealed geometrically per step",
     "tau_end": "Gumbel temperature at the last step",
+    "gate_noise": "scale of the relaxed gates' logistic (Gumbel-difference) noise: 1 = paper, "
+                  "0 = none, so the hard training gate is the deterministic decision",
     "gate_train": "deploy: hand over to the x-only gate (hard, straight-through); "
                   "paper: train with the CIR gate throughout, as written",
     "handover_epoch": "epoch of the hand-over to the deploy gate; default: flops_delay_epochs + warmup_epochs",

@@ -76,16 +76,18 @@ def deploy_logit(controller: Controller, gamma: torch.Tensor, cir_hat: torch.Ten
     return controller.logit_norm(logit.unsqueeze(1).to(controller.logit_norm.weight.dtype)).squeeze(1)
 
 
-def relaxed_gate(logit: torch.Tensor, tau: float, hard: bool = False) -> torch.Tensor:
+def relaxed_gate(logit: torch.Tensor, tau: float, hard: bool = False, noise: float = 1.0) -> torch.Tensor:
     """Gumbel-Softmax over [identity=0, residual=logit] (paper eq. 13-15), residual component.
 
     softmax([0, l] + [g0, g1]) / tau)[1] = sigmoid((l + g1 - g0) / tau), and g1 - g0 of two
     i.i.d. Gumbels is Logistic(0, 1), so one logistic sample per gate suffices. With `hard`, the
     forward value is the 0/1 decision of the noisy logit and the gradient is the relaxed one
     (straight-through), so training sees the same discrete routing the deployed model runs.
+    `noise` scales the logistic sample (1: the paper's Gumbel-Softmax; 0: no noise, so a hard gate
+    is the deterministic decision l > 0 with the relaxed gradient).
     """
     u = torch.rand_like(logit).clamp_(1e-6, 1 - 1e-6)
-    z = torch.sigmoid((logit + torch.log(u) - torch.log1p(-u)) / tau)
+    z = torch.sigmoid((logit + noise * (torch.log(u) - torch.log1p(-u))) / tau)
     if not hard:
         return z
     return (z > 0.5).to(z.dtype) + z - z.detach()

@@ -91,6 +91,8 @@ class ResidualBlock(nn.Module):
         # The deploy rule's threshold (paper: 0.45); an export may move it to trade accuracy for
         # compute (`CosineGateResNet.set_deploy_threshold`). Not a weight: checkpoints hold none.
         self.deploy_threshold = G.THRESHOLD
+        # Scale of the relaxed gates' logistic noise (`set_gate_noise`); a training setting, not a weight.
+        self.gate_noise = 1.0
         self.conv1, self.bn1 = _conv3x3(cin, cout, stride), nn.BatchNorm2d(cout)
         self.conv2, self.bn2 = _conv3x3(cout, cout), nn.BatchNorm2d(cout)
         if gated:
@@ -131,9 +133,9 @@ class ResidualBlock(nn.Module):
         elif mode == "deploy":
             g = G.hard_gate(logit_deploy, self.deploy_threshold)
         elif mode == "relaxed":
-            g = G.relaxed_gate(logit_paper, tau)
+            g = G.relaxed_gate(logit_paper, tau, noise=self.gate_noise)
         elif mode == "relaxed_deploy":
-            g = G.relaxed_gate(logit_deploy, tau, hard=True)
+            g = G.relaxed_gate(logit_deploy, tau, hard=True, noise=self.gate_noise)
         else:
             raise ValueError(f"unknown gate mode {mode!r}; expected one of {GATE_MODES}")
         stats = {
@@ -190,6 +192,13 @@ class CosineGateResNet(nn.Module):
         G.threshold_logit(threshold)  # refuses a threshold outside (0, 1)
         for i in self.gated_indices:
             self.blocks[i].deploy_threshold = threshold
+
+    def set_gate_noise(self, scale: float) -> None:
+        """Every gated block's relaxed gate draws its logistic noise scaled by `scale` (0: none)."""
+        if not scale >= 0.0:
+            raise ValueError(f"gate noise scale must be >= 0, got {scale}")
+        for i in self.gated_indices:
+            self.blocks[i].gate_noise = float(scale)
 
     def set_exit_thresholds(self, thresholds) -> None:
         """An image leaves at exit k when its confidence there is >= thresholds[k] (one value: all)."""

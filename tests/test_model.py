@@ -65,3 +65,25 @@ def test_executed_mac_ratio():
     off = executed_mac_ratio(macs, torch.zeros(1, 3), idx).item()
     assert on == pytest.approx(macs["full_total"] / macs["plain_total"])
     assert off == pytest.approx((macs["stem"] + macs["head"] + sum(macs["controllers"])) / macs["plain_total"])
+
+
+def test_without_noise_the_training_gate_is_the_deploy_rule():
+    torch.manual_seed(1)  # a start whose controllers all have a live hidden unit
+    model = CosineGateResNet(ModelConfig(depth=8, in_channels=1, input_size=8, gate_logit_norm=True,
+                                         open_logit=0.0))
+    model.set_gate_noise(0.0)
+    x = torch.randn(64, 1, 8, 8)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:  # running statistics of this batch, so the logit norms' shift 0 splits it
+        norm.reset_running_stats()
+        norm.momentum = None
+    with torch.no_grad():
+        model(x, "deploy")
+    model.eval()
+    _, deploy = model(x, "deploy")
+    _, trained = model(x, "relaxed_deploy", tau=0.5)
+    for d, t in zip(deploy, trained):
+        assert 0 < d["g"].sum() < len(x), "the test needs gates that differ among inputs"
+        assert torch.allclose(t["g"].detach(), d["g"], atol=1e-6)
+    with pytest.raises(ValueError, match="noise"):
+        model.set_gate_noise(-1.0)

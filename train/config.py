@@ -241,8 +241,8 @@ FIELD_HELP = {
                       "(cg-export --exit-threshold / --target-macs set the deployed one)",
     "tau_start": "Gumbel temperature at the first step, annealed geometrically per step",
     "tau_end": "Gumbel temperature at the last step",
-    "gate_noise": "scale of the relaxed gates' logistic (Gumbel-difference) noise: 1 = paper, "
-                  "0 = none, so the hard training gate is the deterministic decision",
+    "gate_noise": "scale of the relaxed gates' logistic (Gumbel-difference) noise: 1 = paper; "
+                  "0 = none: after the hand-over the training gate is the deploy rule itself",
     "gate_train": "deploy: hand over to the x-only gate (hard, straight-through); "
                   "paper: train with the CIR gate throughout, as written",
     "handover_epoch": "epoch of the hand-over to the deploy gate; default: flops_delay_epochs + warmup_epochs",

@@ -134,6 +134,10 @@ class ResidualBlock(nn.Module):
             g = G.hard_gate(logit_deploy, self.deploy_threshold)
         elif mode == "relaxed":
             g = G.relaxed_gate(logit_paper, tau, noise=self.gate_noise)
+        elif mode == "relaxed_deploy" and self.gate_noise == 0.0:
+            # No noise: train on the deploy rule itself, threshold included, so a logit parked
+            # between 0 and logit 0.45 cannot be closed in training and open when deployed.
+            g = G.deploy_gate_straight_through(logit_deploy, tau)
         elif mode == "relaxed_deploy":
             g = G.relaxed_gate(logit_deploy, tau, hard=True, noise=self.gate_noise)
         else:

@@ -194,8 +194,8 @@ _KINDS = {f.name: getattr(f.type, "__name__", str(f.type)) for f in fields(Train
 # Fields added after the first release: a config saved before them lacks them, and their defaults
 # are what it was trained with. Every other field must be in a saved config.
 LATER_FIELDS = ("distill_from", "distill_temperature", "exit_threshold", "exits", "flops_delay_epochs",
-                "gate_logit_norm", "gate_noise", "init_from", "lambda_distill", "lambda_exit", "lambda_routing", "routing_temperature",
-                "shape_concentration", "target_rate")
+                "gate_logit_norm", "gate_noise", "init_from", "lambda_distill", "lambda_exit",
+                "lambda_routing", "routing_temperature", "shape_concentration", "target_rate")
 
 
 # One help line per TrainConfig field: the flag's help and the only description of the field. A new

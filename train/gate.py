@@ -120,8 +120,7 @@ def fold_deploy_gate(controller: Controller, gamma: torch.Tensor, threshold: flo
     if norm is not None:
         scale = norm.weight.detach().double() / torch.sqrt(norm.running_var.double() + norm.eps)
         w = w * scale
-        b = (b - norm.running_mean.double()) * scale + norm.bias.detach().double()
-        b = b.squeeze(0)
+        b = ((b - norm.running_mean.double()) * scale + norm.bias.detach().double()).squeeze(0)
     return w, b - threshold_logit(threshold)
 
 

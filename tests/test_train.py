@@ -156,14 +156,32 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     assert len(_metrics(run)) == 1
 
 
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    # --standalone: the rendezvous takes a free port, so nothing else on the machine can collide.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "cosinegate.train.cli", *args]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _rank_errors(stderr: str) -> str:
+    """The workers' own error lines, which torchrun's summary (the tail of stderr) leaves out."""
+    keys = ("terminate called", "what()", "Error", "error:", "Signal")
+    lines = [line for line in stderr.splitlines() if any(k in line for k in keys)]
+    return "\n".join(lines)[-3000:] or stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu(tmp_path):
     run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-           "-m", "cosinegate.train.cli", *TINY, "--epochs", "2", "--out", str(run)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = _torchrun([*TINY, "--epochs", "2", "--out", str(run)])
+    if done.returncode != 0 and "Signal 6 (SIGABRT)" in done.stderr:
+        # gloo's TCP transport can abort a worker from its I/O thread (an upstream race, rare and not
+        # reproducible on demand); one fresh try tells that apart from a failure of ours.
+        print("first try aborted in a worker:\n" + _rank_errors(done.stderr))
+        run = tmp_path / "ddp-again"
+        done = _torchrun([*TINY, "--epochs", "2", "--out", str(run)])
+    assert done.returncode == 0, _rank_errors(done.stderr)
     assert "cpu, 1 thread x 2 processes" in done.stdout
     rows = _metrics(run)
     assert len(rows) == 2 and 0 <= rows[-1]["test_acc_deploy"] <= 1

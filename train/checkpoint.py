@@ -9,7 +9,9 @@ import hashlib
 import io
 import json
 import math
+import pickle
 import reprlib
+import zipfile
 from pathlib import Path
 
 import torch
@@ -93,15 +95,26 @@ def load_weights(model, weights: dict, path) -> None:
     model.load_state_dict(weights)
 
 
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def load(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise CheckpointError(f"{path} is not a readable checkpoint (not a torch.save zip archive)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"{path} is not a readable checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (it holds Python objects other than "
+                              "tensors and plain data; those are never unpickled, as they could run code)") from None
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({first[:200]})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({_first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
         raise CheckpointError(f"{path} is not a CosineGate checkpoint (no kind={KIND!r})")
     if ckpt.get("format") != CHECKPOINT_FORMAT:

@@ -46,8 +46,9 @@ class ModelConfig:
             raise ValueError(f"gate_logit_norm must be true or false, got {self.gate_logit_norm!r}")
         self.removed_blocks = tuple(sorted(int(i) for i in self.removed_blocks))
         n_blocks = 3 * self.blocks_per_stage
-        if any(not 0 <= i < n_blocks for i in self.removed_blocks):
-            raise ValueError(f"removed_blocks must index blocks 0..{n_blocks - 1}, got {self.removed_blocks}")
+        if (any(not 0 <= i < n_blocks for i in self.removed_blocks)
+                or len(set(self.removed_blocks)) != len(self.removed_blocks)):
+            raise ValueError(f"removed_blocks must index blocks 0..{n_blocks - 1}, each once; got {self.removed_blocks}")
         self.exit_stages = tuple(sorted(int(k) for k in self.exit_stages))
         last = len(self.widths)
         if len(set(self.exit_stages)) != len(self.exit_stages) or any(not 1 <= k < last for k in self.exit_stages):

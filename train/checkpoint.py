@@ -95,11 +95,6 @@ def load_weights(model, weights: dict, path) -> None:
     model.load_state_dict(weights)
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
-
-
 def load(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -108,13 +103,14 @@ def load(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a readable checkpoint (not a torch.save zip archive)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise CheckpointError(f"{path} is not a readable checkpoint ({_first_line(e)})") from None
-        raise CheckpointError(f"{path} is not a readable checkpoint (it holds Python objects other than "
-                              "tensors and plain data; those are never unpickled, as they could run code)") from None
     except Exception as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({_first_line(e)})") from None
+        text = str(e).strip()
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in text:
+            reason = ("it holds Python objects other than tensors and plain data; those are never "
+                      "unpickled, as they could run code")
+        else:
+            reason = text.splitlines()[0][:200] if text else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint ({reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
         raise CheckpointError(f"{path} is not a CosineGate checkpoint (no kind={KIND!r})")
     if ckpt.get("format") != CHECKPOINT_FORMAT:

@@ -36,7 +36,7 @@ def _training_tables(rows: list[dict]) -> list[str]:
     columns = [("run", ""), ("net", ""), ("schedule", ""), ("paper acc", ".1%"), ("paper FLOPs", ".3f"),
                ("acc paper gate", ".2%"), ("gbar", ".3f"), ("peak deploy acc", "")]
     body = [{"run": r["name"], "net": f"ResNet-{r['config']['depth']}",
-             "schedule": R.schedule(r["config"], r["epochs_done"]),
+             "schedule": R.schedule(r["config"], r["epochs_done"], r["machines"]),
              "paper acc": R.PAPER.get(R.paper_key(r), {}).get("acc"),
              "paper FLOPs": R.PAPER.get(R.paper_key(r), {}).get("flops"),
              "acc paper gate": r["last"].get("test_acc_paper"),

@@ -32,7 +32,7 @@ LOSS_KEYS = ("lambda_flops", "lambda_cons", "tau_target", "routing", "lambda_ada
 # a file of another shape is refused in one line naming it, before any table is built.
 METRICS = {"epoch": int, "test_acc_full": float, "test_acc_deploy?": float, "test_acc_paper?": float,
            "gbar?": float, "mac_ratio_deploy?": float, "skip_rate_deploy?": float, "adaptivity_deploy?": float,
-           "distinct_paths_deploy?": int}
+           "distinct_paths_deploy?": int, "machine?": str}
 GATED_METRICS = ("gbar", "test_acc_deploy", "mac_ratio_deploy", "adaptivity_deploy", "distinct_paths_deploy")
 _RUNTIME = {"images": int, "accuracy": float, "mac_ratio?": float, "mac_ratio_std?": float, "skip_rate?": float,
             "adaptivity?": float, "distinct_paths?": int, "exec_rate_per_block?": [float], "correct?": str}
@@ -77,6 +77,7 @@ def collect(root: Path) -> list[dict]:
                   _read_json(folder / "qemu_folded.json", QEMU))
         rows.append({"name": folder.name, "preset": config["preset"], "config": config,
                      "last": history[-1], "peak": max(history, key=test_acc), "epochs_done": len(history),
+                     "machines": machines(history),
                      "report": _read_json(folder / "export" / "export_report.json", REPORT), "bench": bench,
                      "bench_folded": _read_json(folder / "bench_folded" / "bench.json", BENCH),
                      "qemu": _read_json(folder / "qemu.json", QEMU) or _firmware_from_bench(bench),
@@ -135,8 +136,25 @@ def static_references(row: dict, rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def schedule(config: dict, epochs_done: int) -> str:
-    """'10/10 ep, warm-up 3 (shortened)', '24/24 ep, warm-up 6, lr 0.02, warm start from NAME'."""
+def machines(history: list[dict]) -> str | None:
+    """Where the epochs ran, from their records' `machine`: 'on M', or 'ep 1-112 on M1, 113-120 on M2'
+    for a run resumed elsewhere; None where the records name no machine."""
+    spans = []  # [label, first epoch, last epoch]
+    for m in history:
+        label = m.get("machine")
+        if spans and spans[-1][0] == label:
+            spans[-1][2] = m["epoch"]
+        else:
+            spans.append([label, m["epoch"], m["epoch"]])
+    if not any(label for label, _, _ in spans):
+        return None
+    if len(spans) == 1:
+        return f"on {spans[0][0]}"
+    return "ep " + ", ".join(f"{a}-{b} on {label or 'an unrecorded machine'}" for label, a, b in spans)
+
+
+def schedule(config: dict, epochs_done: int, where: str | None = None) -> str:
+    """'10/10 ep, warm-up 3 (shortened)', '24/24 ep, warm-up 6, lr 0.02, warm start from NAME; on M'."""
     text = f"{epochs_done}/{config['epochs']} ep, warm-up {config['warmup_epochs']}"
     if config.get("flops_delay_epochs"):  # runs from before the delay have no such key
         text += f" after {config['flops_delay_epochs']} ep without FLOPs penalty"
@@ -144,7 +162,7 @@ def schedule(config: dict, epochs_done: int) -> str:
         text += f", lr {config['lr']:g}, warm start from {source_name(config)}"
     elif config["epochs"] != 160:
         text += " (shortened)"
-    return text
+    return text + (f"; {where}" if where else "")
 
 
 def training_label(row: dict, rows: list[dict]) -> str:

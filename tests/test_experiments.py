@@ -301,3 +301,14 @@ def test_archive_keeps_what_results_reads(tiny_run, tiny_export, bench_dir, tmp_
     assert archive.main([str(tmp_path / "bad.pt"), str(tmp_path / "r2"), "--restore"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("archive: error:") and not (tmp_path / "r2").exists()
+
+
+def test_schedule_names_where_each_part_of_a_resumed_run_trained():
+    from cosinegate.experiments import rows as R
+    gpu, cpu = "NVIDIA H200, 2 threads, torch 2.11.0", "x86_64 CPU of 2 cores, 1 thread, torch 2.14.1"
+    history = [{"epoch": e, "machine": gpu if e <= 3 else cpu} for e in range(1, 6)]
+    assert R.machines(history) == f"ep 1-3 on {gpu}, 4-5 on {cpu}"
+    assert R.machines(history[:3]) == f"on {gpu}"
+    assert R.machines([{"epoch": 1}]) is None  # records from before the label
+    config = {"epochs": 5, "warmup_epochs": 2, "lr": 0.02, "init_from": "models/base/model.pt"}
+    assert R.schedule(config, 5, R.machines(history)).endswith(f"warm start from base; ep 1-3 on {gpu}, 4-5 on {cpu}")

@@ -52,6 +52,7 @@ def test_run_folder_contract(three_epoch_run):
             assert 0.0 <= m[key] <= 1.0, key
         assert len(m["exec_rate_deploy"]) == 3 and m["distinct_paths"] >= 1
         assert m["mac_ratio_std"] >= 0 and m["epoch_time_s"] > 0 and m["lr"] > 0
+        assert "CPU" in m["machine"] and m["machine"].endswith(f"torch {torch.__version__.split('+')[0]}")
     saved = yaml.safe_load((three_epoch_run / "config.yaml").read_text())
     assert saved["depth"] == 8 and saved["dataset"] == "digits"
     ckpt = checkpoint.load(three_epoch_run / "last.pt")

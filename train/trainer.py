@@ -8,6 +8,7 @@ import functools
 import json
 import math
 import os
+import platform
 import reprlib
 import time
 import warnings
@@ -142,6 +143,14 @@ def step_loss(cfg: TrainConfig, teacher=None):
     return loss_fn
 
 
+def machine_label(device: torch.device, world: int = 1) -> str:
+    """What trained an epoch, kept in its metrics record: a run resumed elsewhere says where each part ran."""
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"{platform.machine()} CPU of {_count(os.cpu_count() or 1, 'core')}")
+    return (f"{name}{f' x {world}' if world > 1 else ''}, {_count(torch.get_num_threads(), 'thread')}, "
+            f"torch {torch.__version__.split('+')[0]}")
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
@@ -230,6 +239,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
               f"{f' x {world} processes' if world > 1 else ''} | "
               f"{steps} steps/epoch | epochs {start_epoch + 1}..{cfg.epochs} -> {out_dir}", flush=True)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    machine = machine_label(device, world)
     last_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     last_plot = -math.inf
 
@@ -276,6 +286,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
                        "flops_progress": progress, "gate_mode": mode}
             metrics.update(evaluate(model, test_loader, autocast))
             metrics["epoch_time_s"] = time.perf_counter() - t0
+            metrics["machine"] = machine
             history.append(metrics)
             print(_summary(metrics, cfg.epochs), flush=True)
             score = metrics.get("test_acc_deploy", metrics["test_acc_full"])

@@ -431,9 +431,11 @@ def _deploy_threshold(args, model, ckpt) -> dict:
     import torch
     dataset = ckpt["config"]["dataset"]
     data_dir = args.data_dir if args.data_dir is not None else ckpt["config"].get("data_dir")
-    images = compute_target.training_images(dataset, data_dir, args.threshold_images or compute_target.DEFAULT_IMAGES)
+    images, split = compute_target.training_images(dataset, data_dir, args.threshold_images or compute_target.DEFAULT_IMAGES,
+                                                   ckpt["config"].get("holdout", 0))
     x = torch.from_numpy(float_inputs(images, dataset_info(dataset)))
     choice = compute_target.threshold_for_target(model, x, args.target_macs)
+    choice.split = split
     rule = "exit confidence" if model.exits else "gate"
     return {**choice.report(), "rule": rule, "source": "--target-macs", **gates}
 
@@ -442,7 +444,8 @@ def _threshold_line(threshold: dict) -> str:
     kind = "exit" if threshold.get("rule") == "exit confidence" else "deploy"
     line = f"{kind} threshold {threshold['threshold']:.4g}"
     if threshold["source"] == "--target-macs":
-        line += (f" (mean executed MACs {threshold['mac_ratio']:.3f} on {threshold['images']} training "
+        images = "held-out training" if threshold.get("split") == "holdout" else "training"
+        line += (f" (mean executed MACs {threshold['mac_ratio']:.3f} on {threshold['images']} {images} "
                  f"images, target {threshold['target_mac_ratio']:.3f})")
         from cosinegate.train.exits import INT8_THRESHOLD_LIMIT
         if kind == "exit" and threshold["threshold"] >= INT8_THRESHOLD_LIMIT:

@@ -33,19 +33,22 @@ class ThresholdChoice:
     mac_ratio: float        # what that threshold gives on the images
     mac_ratio_std: float    # its per-image standard deviation there
     images: int             # how many training images it was chosen on
+    split: str = "train"    # 'holdout' where they were kept out of training
 
     def report(self) -> dict:
         return {"threshold": self.threshold, "target_mac_ratio": self.target,
                 "mac_ratio": self.mac_ratio, "mac_ratio_std": self.mac_ratio_std,
-                "images": self.images, "split": "train"}
+                "images": self.images, "split": self.split}
 
 
-def training_images(dataset: str, data_dir, count: int) -> np.ndarray:
-    """`count` training images (a fixed seeded draw), uint8 NHWC."""
-    from cosinegate.train.data import load_arrays
+def training_images(dataset: str, data_dir, count: int, holdout: int = 0) -> tuple[np.ndarray, str]:
+    """Up to `count` training images (a fixed seeded draw), uint8 NHWC, and their split: 'holdout',
+    the images a run trained with `holdout` > 0 never saw, else 'train'."""
+    from cosinegate.train.data import holdout_split, load_arrays
     images, _ = load_arrays(dataset, data_dir, "train")
-    pick = np.sort(np.random.default_rng(_SEED).permutation(len(images))[:count])
-    return images[pick]
+    pool, split = (holdout_split(len(images), holdout)[1], "holdout") if holdout else (np.arange(len(images)), "train")
+    pick = np.sort(np.random.default_rng(_SEED).permutation(pool)[:count])
+    return images[pick], split
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from conftest import export_tiny
 @pytest.fixture(scope="module")
 def tiny_model_and_images(tiny_ckpt):
     model = checkpoint.build_model(checkpoint.load(tiny_ckpt))
-    images = CT.training_images("digits", None, 400)
+    images = CT.training_images("digits", None, 400)[0]
     return model, torch.from_numpy(float_inputs(images, dataset_info("digits")))
 
 

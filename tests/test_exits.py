@@ -125,7 +125,7 @@ def test_target_macs_chooses_the_exit_threshold_on_training_images(exit_run, tmp
     from cosinegate.train import checkpoint
     from cosinegate.train.data import dataset_info
     model = checkpoint.build_model(checkpoint.load(exit_run / "last.pt")).eval()
-    images = compute_target.training_images("digits", None, 300)
+    images = compute_target.training_images("digits", None, 300)[0]
     x = torch.from_numpy(float_inputs(images, dataset_info("digits")))
     ratios = compute_target.exit_mac_ratios(model, x)
     least, most = ratios(0.0).mean().item(), ratios(1.0).mean().item()
@@ -148,7 +148,7 @@ def test_no_exit_threshold_goes_above_what_the_int8_softmax_resolves(exit_run, t
     # the int8 softmax holds k/256, k <= 255: the top two levels lie either side of the limit
     assert 254 / 256 < INT8_THRESHOLD_LIMIT < 255 / 256
     model = checkpoint.build_model(checkpoint.load(exit_run / "last.pt")).eval()
-    x = torch.from_numpy(float_inputs(compute_target.training_images("digits", None, 300), dataset_info("digits")))
+    x = torch.from_numpy(float_inputs(compute_target.training_images("digits", None, 300)[0], dataset_info("digits")))
     choice = compute_target.threshold_for_target(model, x, 1.0)    # asks for every image to go on
     assert choice.threshold == INT8_THRESHOLD_LIMIT and choice.mac_ratio <= 1.0
     out = tmp_path / "e"
@@ -169,3 +169,23 @@ def test_bench_counts_the_work_of_the_exit_each_image_took(exit_export, tmp_path
     assert 0.0 < tflm["mac_ratio"] < 1.0 and tflm["mac_ratio_std"] > 0.0
     assert len(tflm["continue_rate_per_exit"]) == 2 and tflm["distinct_paths"] >= 2
     assert abs(tflm["mac_ratio"] - torch_run["mac_ratio"]) < 0.05
+
+
+def test_held_out_images_stay_out_of_training_and_choose_the_exit_threshold(tmp_path, capsys):
+    from cosinegate.train.cli import main as train_main
+    from cosinegate.train.data import holdout_split, load_arrays
+    total = len(load_arrays("digits", None, "train")[0])
+    keep, held = holdout_split(total, 300)
+    assert len(held) == 300 and len(keep) == total - 300 and not set(keep) & set(held)
+    run = tmp_path / "held"
+    args = ["--preset", "demo", "--no-gated", "--exits", "2", "--depth", "8", "--epochs", "1", "--batch-size", "64",
+            "--threads", "1", "--no-progress", "--out", str(run)]
+    assert train_main(args + ["--holdout", "300"]) == 0
+    assert f"| {(total - 300) // 64} steps/epoch" in capsys.readouterr().out
+    assert export_tiny(run / "last.pt", tmp_path / "e", "--target-macs", "0.9") == 0
+    chosen = json.loads((tmp_path / "e" / "export_report.json").read_text())["deploy_threshold"]
+    assert chosen["split"] == "holdout" and chosen["images"] == 300
+    assert "on 300 held-out training images" in capsys.readouterr().out
+    assert train_main(args[:-1] + [str(tmp_path / "all"), "--holdout", str(total)]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"--holdout {total} must be at least 0 and leave training "
+                                                    f"images: the training split has {total}")

@@ -95,7 +95,7 @@ def test_target_macs_moves_the_exit_threshold_and_keeps_the_gates(routed_run):
     from cosinegate.train.data import dataset_info
     model = checkpoint.build_model(checkpoint.load(routed_run / "last.pt")).eval()
     model.set_deploy_threshold(0.3)
-    x = torch.from_numpy(float_inputs(compute_target.training_images("digits", None, 300), dataset_info("digits")))
+    x = torch.from_numpy(float_inputs(compute_target.training_images("digits", None, 300)[0], dataset_info("digits")))
     ratios = compute_target.exit_mac_ratios(model, x)
     target = 0.5 * (ratios(0.0).mean().item() + ratios(1.0).mean().item())
     choice = compute_target.threshold_for_target(model, x, target)

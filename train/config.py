@@ -78,6 +78,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0
+    holdout: int = 0
     init_from: str | None = None
     # knowledge distillation (beyond the paper; off unless distill_from is set)
     distill_from: str | None = None
@@ -112,6 +113,7 @@ class TrainConfig:
             (self.lambda_exit >= 0, "lambda_exit must be >= 0"),
             (0.0 < self.exit_threshold <= 1.0, "exit_threshold must lie in (0, 1]"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
+            (self.holdout >= 0, f"holdout must be >= 0, got {self.holdout}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (0.0 <= self.momentum < 1.0, f"momentum must lie in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
@@ -194,7 +196,7 @@ _KINDS = {f.name: getattr(f.type, "__name__", str(f.type)) for f in fields(Train
 # Fields added after the first release: a config saved before them lacks them, and their defaults
 # are what it was trained with. Every other field must be in a saved config.
 LATER_FIELDS = ("distill_from", "distill_temperature", "exit_threshold", "exits", "flops_delay_epochs",
-                "gate_logit_norm", "gate_noise", "init_from", "lambda_distill", "lambda_exit",
+                "gate_logit_norm", "gate_noise", "holdout", "init_from", "lambda_distill", "lambda_exit",
                 "lambda_routing", "routing_temperature", "shape_concentration", "target_rate")
 
 
@@ -255,6 +257,8 @@ FIELD_HELP = {
     "momentum": "SGD momentum",
     "weight_decay": "SGD weight decay",
     "seed": "seed of weights, Gumbel noise and batch order",
+    "holdout": "training images kept out of training (a fixed seeded draw), on which cg-export "
+               "--target-macs then chooses its threshold: images the network has not fitted",
     "init_from": "warm start: checkpoint (best.pt/last.pt) whose convolutions, norms and classifier "
                  "start this run (gates and controllers keep their initialisation)",
     "distill_from": "teacher checkpoint whose logits the run also learns from (knowledge distillation); "

@@ -47,6 +47,19 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
+HOLDOUT_SEED = 2  # the held-out draw, independent of the training seed
+
+
+def holdout_split(count: int, holdout: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, held-out indices), each sorted, of a training split of `count` images:
+    `holdout` of them, drawn with a fixed seed, are kept out of training (`cg-train --holdout`)."""
+    if not 0 <= holdout < count:
+        raise DataError(f"--holdout {holdout} must be at least 0 and leave training images: the "
+                        f"training split has {count}")
+    order = np.random.default_rng(HOLDOUT_SEED).permutation(count)
+    return np.sort(order[holdout:]), np.sort(order[:holdout])
+
+
 def default_data_dir() -> Path | None:
     """$CG_DATA_DIR, else ./data, else None."""
     for candidate in (os.environ.get("CG_DATA_DIR"), "data"):

@@ -24,7 +24,7 @@ from cosinegate import atomic, errors
 from cosinegate.train import checkpoint, gate as G
 from cosinegate.train import exits as X
 from cosinegate.train.config import CONFIG_DEFAULTS, MACHINE_KEYS, STAGES, TrainConfig, to_dict
-from cosinegate.train.data import DeviceLoader, dataset_info, load_arrays
+from cosinegate.train.data import DeviceLoader, dataset_info, holdout_split, load_arrays
 from cosinegate.train.distill import distillation_loss, load_teacher, teacher_logits
 from cosinegate.train.evaluate import evaluate
 from cosinegate.train.graph_step import StaticStep
@@ -196,6 +196,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     # -- data, normalised once and kept on the device --------------------------------------------
     info = dataset_info(cfg.dataset)
     x_train, y_train = load_arrays(cfg.dataset, cfg.data_dir, "train", cfg.download)
+    if cfg.holdout:
+        keep, _ = holdout_split(len(x_train), cfg.holdout)
+        x_train, y_train = x_train[keep], y_train[keep]
     x_test, y_test = load_arrays(cfg.dataset, cfg.data_dir, "test", cfg.download)
     train_loader = DeviceLoader(x_train, y_train, info, cfg.batch_size // world, device, train=True,
                                 seed=cfg.seed, rank=rank, world=world, channels_last=True)

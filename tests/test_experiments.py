@@ -189,7 +189,8 @@ def test_seed_points_pair_each_seed_with_the_static_network_of_its_seed():
         return row
 
     statics = [warm("static", 0, "", 0.5, 0.53, "1100"), warm("static_seed1", 1, "", 0.25, 0.53, "1000"),
-               warm("static_other_lr", 1, "", 0.9, 0.53, "1111", lr=0.05)]
+               warm("static_other_lr", 1, "", 0.9, 0.53, "1111", lr=0.05), warm("static_held_out", 1, "", 0.9, 0.53, "1111")]
+    statics[-1]["config"]["holdout"] = 500  # trained on other images: not the same recipe
     routed = []
     for seed, correct in ((0, "1011"), (1, "0111")):
         row = warm(f"exits_seed{seed}", seed, "2", 0.0, 0.6, "")

@@ -435,9 +435,8 @@ def _deploy_threshold(args, model, ckpt) -> dict:
                                                    ckpt["config"].get("holdout", 0))
     x = torch.from_numpy(float_inputs(images, dataset_info(dataset)))
     choice = compute_target.threshold_for_target(model, x, args.target_macs)
-    choice.split = split
     rule = "exit confidence" if model.exits else "gate"
-    return {**choice.report(), "rule": rule, "source": "--target-macs", **gates}
+    return {**choice.report(), "split": split, "rule": rule, "source": "--target-macs", **gates}
 
 
 def _threshold_line(threshold: dict) -> str:

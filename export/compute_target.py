@@ -33,12 +33,10 @@ class ThresholdChoice:
     mac_ratio: float        # what that threshold gives on the images
     mac_ratio_std: float    # its per-image standard deviation there
     images: int             # how many training images it was chosen on
-    split: str = "train"    # 'holdout' where they were kept out of training
 
     def report(self) -> dict:
         return {"threshold": self.threshold, "target_mac_ratio": self.target,
-                "mac_ratio": self.mac_ratio, "mac_ratio_std": self.mac_ratio_std,
-                "images": self.images, "split": self.split}
+                "mac_ratio": self.mac_ratio, "mac_ratio_std": self.mac_ratio_std, "images": self.images}
 
 
 def training_images(dataset: str, data_dir, count: int, holdout: int = 0) -> tuple[np.ndarray, str]:

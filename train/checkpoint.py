@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cosinegate import atomic
+from cosinegate import atomic, errors
 from cosinegate.train.config import ConfigError, check_saved
 from cosinegate.version import CHECKPOINT_FORMAT, __version__
 
@@ -104,12 +104,11 @@ def load(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        text = str(e).strip()
-        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in text:
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
             reason = ("it holds Python objects other than tensors and plain data; those are never "
                       "unpickled, as they could run code")
         else:
-            reason = text.splitlines()[0][:200] if text else type(e).__name__
+            reason = errors.one_line(e)
         raise CheckpointError(f"{path} is not a readable checkpoint ({reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != KIND:
         raise CheckpointError(f"{path} is not a CosineGate checkpoint (no kind={KIND!r})")

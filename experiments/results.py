@@ -22,6 +22,7 @@ from cosinegate.bench.report import table  # noqa: E402
 from cosinegate.experiments import findings as F  # noqa: E402
 from cosinegate.experiments import rows as R  # noqa: E402
 from cosinegate.experiments.rows import collect  # noqa: E402,F401  (the table's input, for callers)
+from cosinegate.train.config import from_dict  # noqa: E402
 
 
 def _yes_no(flag: bool | None) -> str | None:
@@ -306,6 +307,44 @@ def _per_image_table(rows: list[dict]) -> list[str]:
                                      for r, _, _ in _per_image_measurements(rows)]
 
 
+def _decision_names(row: dict) -> str:
+    """What the firmware's decision digits stand for, in their order."""
+    names = [f"block {i}" for i in row["report"]["gated_indices"]]
+    names += [f"exit after stage {s}" for s in from_dict(row["config"]).exit_stage_list]
+    return ", ".join(names)
+
+
+def _per_path_table(rows: list[dict]) -> list[str]:
+    """Each decision pattern's instruction count: the per-image spread is the paths' mix, and each
+    path's own ratio to plain ResNet-20 says where the MAC ratio under- or over-predicts."""
+    plain = _plain_instructions(rows)
+    columns = [("configuration", ""), ("decisions", ""), ("images", "d"), ("instructions", ",.0f"),
+               ("spread", ",.0f"), ("executed MACs", ".3f"), ("vs plain", ".3f"), ("measured / predicted", ".4f")]
+    body, legend = [], []
+    for r, k, v in _per_image_measurements(rows):
+        if k not in plain:
+            continue
+        counts, macs = np.array(v["instructions_per_image"], dtype=float), R.firmware_mac_ratios(r, v)
+        paths = np.array(v["gates"])
+        legend.append(f"- {r['name']}: {_decision_names(r)}")
+        for path in sorted(set(paths), key=lambda p: -counts[paths == p].mean()):
+            here = paths == path
+            body.append({"configuration": r["name"], "decisions": f"`{path}`", "images": int(here.sum()),
+                         "instructions": counts[here].mean(), "spread": np.ptp(counts[here]),
+                         "executed MACs": macs[here].mean(), "vs plain": counts[here].mean() / plain[k],
+                         "measured / predicted": counts[here].mean() / (plain[k] * macs[here].mean())})
+    if not body:
+        return []
+    return ["## Per-path cost on the QEMU Cortex-M4",
+            "The per-image measurements above grouped by the decisions the firmware printed (1: the block "
+            "runs, or the image goes on past the exit), heaviest path first.\n"
+            "- instructions: mean over the path's images; spread: largest minus smallest\n"
+            "- vs plain: over plain ResNet-20's instructions with the same kernels; measured / predicted: "
+            "over plain ResNet-20's instructions times the path's executed-MAC ratio\n"
+            "- decisions, in order:\n" + "\n".join(f"  {line}" for line in legend),
+            table(columns, body)]
+
+
 def per_image_plot(row: dict, figures: dict, path: Path) -> None:
     """Histograms of one model's per-image instructions and executed MACs on the Cortex-M4."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.4))
@@ -381,6 +420,7 @@ def render(rows: list[dict], root: Path, plot_path: Path | None, earlier: Path |
         parts += _firmware_table(rows)
     if _per_image_measurements(rows):
         parts += _per_image_table(rows)
+        parts += _per_path_table(rows)
     if earlier:
         parts.append(f"Earlier runs, whose run folders were not archived: [{earlier.as_posix()}]({earlier.as_posix()}).")
     machines = {json.dumps(r["bench"]["machine"], sort_keys=True) for r in rows if r["bench"]}

@@ -313,3 +313,21 @@ def test_schedule_names_where_each_part_of_a_resumed_run_trained():
     assert R.machines([{"epoch": 1}]) is None  # records from before the label
     config = {"epochs": 5, "warmup_epochs": 2, "lr": 0.02, "init_from": "models/base/model.pt"}
     assert R.schedule(config, 5, R.machines(history)).endswith(f"warm start from base; ep 1-3 on {gpu}, 4-5 on {cpu}")
+
+
+def test_per_path_table_groups_firmware_images_by_their_decisions():
+    from cosinegate.experiments import results
+    from cosinegate.train.config import TrainConfig, to_dict
+    plain = {"name": "resnet20", "config": to_dict(TrainConfig(preset="resnet20", gated=False)),
+             "qemu": {"cmsis_nn": {"instructions_mean": 90e6}}}
+    routed_config = to_dict(TrainConfig(preset="balanced", removed_blocks="1,4,5", gate_downsample=False, exits="2"))
+    routed = {"name": "gates_exit", "config": routed_config, "report": {"gated_indices": [0, 2, 7, 8]},
+              "qemu": {"cmsis_nn": {"instructions_per_image": [35.001e6, 59e6, 34.999e6],
+                                    "gates": ["11000", "11111", "11000"]}}}
+    text = "\n".join(results._per_path_table([plain, routed]))
+    assert "gates_exit: block 0, block 2, block 7, block 8, exit after stage 2" in text
+    heavy, light = [line for line in text.splitlines() if line.startswith("| gates_exit |")]
+    # Every block left after pruning runs (0.651 of ResNet-20), or the image leaves after stage 2 (0.331).
+    assert heavy.startswith(f"| gates_exit | `11111` | 1 | 59,000,000 | 0 | 0.651 | {59 / 90:.3f} |")
+    assert light.startswith(f"| gates_exit | `11000` | 2 | 35,000,000 | 2,000 | 0.331 | {35 / 90:.3f} |")
+    assert float(light.split("|")[-2]) == pytest.approx(35 / (90 * 0.331), abs=2e-3)

@@ -123,10 +123,10 @@ def source_row(row: dict, rows: list[dict]) -> dict | None:
 def static_references(row: dict, rows: list[dict]) -> dict[str, dict]:
     """{name: {"mac_ratio", "accuracy", "images"}} of the static networks a swept run is compared with:
     those its sweep was drawn against (`bench.sweep --reference`) and every static network trained
-    with the same recipe from the same start (same init_from, epochs, lr and held-out images) with an
-    int8 bench."""
+    with the same recipe from the same start (the same start by name, wherever its file lay; the same
+    epochs, lr and held-out images) with an int8 bench."""
     def recipe(config):
-        return config.get("init_from"), config["epochs"], config["lr"], config.get("holdout", 0)
+        return source_name(config), config["epochs"], config["lr"], config.get("holdout", 0)
 
     out = dict((row["sweep"] or {}).get("references", {}))
     for r in rows:

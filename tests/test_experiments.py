@@ -331,3 +331,18 @@ def test_per_path_table_groups_firmware_images_by_their_decisions():
     assert heavy.startswith(f"| gates_exit | `11111` | 1 | 59,000,000 | 0 | 0.651 | {59 / 90:.3f} |")
     assert light.startswith(f"| gates_exit | `11000` | 2 | 35,000,000 | 2,000 | 0.331 | {35 / 90:.3f} |")
     assert float(light.split("|")[-2]) == pytest.approx(35 / (90 * 0.331), abs=2e-3)
+
+
+def test_static_references_know_the_start_by_name_wherever_its_file_lay():
+    from cosinegate.experiments import rows
+
+    def warm(name, init_from, epochs=10):
+        row = _row(name, 20, False, 0.9, 0.5)
+        row["config"].update(init_from=init_from, lr=0.02, epochs=epochs)
+        return row
+
+    routed = warm("exits", "models/plain/model.pt")
+    routed["config"]["exits"] = "2"
+    statics = [warm("same_start", "/another/checkout/models/plain/model.pt"),
+               warm("other_start", "models/other/model.pt"), warm("other_budget", "models/plain/model.pt", epochs=20)]
+    assert set(rows.static_references(routed, [routed, *statics])) == {"same_start"}

@@ -8,6 +8,7 @@ Writes OUT/run (cg-train), OUT/export (cg-export, with the parity report), OUT/b
 the QEMU step is skipped and the bench says so.
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -52,10 +53,14 @@ def main(argv=None) -> int:
               "step is skipped; see firmware/README.md", flush=True)
     for name, step in steps:
         print(f"cg-demo: == {name} ==", flush=True)
-        if step() != 0:  # the step printed its own error line: this one only says where it stopped
-            print(f"cg-demo: stopped at the {name} step; earlier results are kept in {args.out}",
-                  file=sys.stderr)
-            return 1
+        # The step's own error line is kept back and quoted in cg-demo's one line.
+        output = errors.StepOutput(sys.stderr)
+        with contextlib.redirect_stderr(output):
+            try:
+                status = step()
+            except SystemExit as e:  # an option the step's parser refuses
+                status = e.code
+        output.end(status, f"{name} step")
     print(f"cg-demo: done in {time.perf_counter() - t0:.0f} s -> {bench / 'BENCH.md'}")
     return 0
 

@@ -30,6 +30,7 @@ compares both with a published board measurement.
 
     python -m cosinegate.bench.m4_timing FIRMWARE.elf BLOCKS.txt [--p 2] [--divide 7] [--clock-mhz 120]
 """
+import math
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -43,6 +44,11 @@ DIVIDE_CYCLES = {"low": 2, "default": 7, "high": 12}
 DEFAULT_CLOCK_HZ = 120_000_000
 CLASSES = ("alu", "mul", "div", "load", "store", "multiple", "branch", "fp", "other")
 _PC = 15
+_ELF_HEADER_BYTES, _PROGRAM_HEADER_BYTES = 52, 32   # ELF32
+
+
+class TimingInputError(ValueError):
+    """An ELF or blocks file the timing model cannot read: one line naming the file."""
 
 
 @dataclass(frozen=True)
@@ -217,23 +223,31 @@ class ElfImage:
     """The loadable bytes of a 32-bit little-endian ELF, addressed as the CPU sees them."""
 
     def __init__(self, elf):
+        self.path = elf
         data = Path(elf).read_bytes()
-        if data[:4] != b"\x7fELF" or data[4] != 1 or data[5] != 1:
-            raise ValueError(f"{elf}: not a 32-bit little-endian ELF")
+        if data[:6] != b"\x7fELF\x01\x01":
+            raise TimingInputError(f"{elf}: not a 32-bit little-endian ELF")
+        if len(data) < _ELF_HEADER_BYTES:
+            raise TimingInputError(f"{elf} is too short for an ELF header ({len(data)} bytes): truncated?")
         phoff, = struct.unpack_from("<I", data, 28)
         phentsize, phnum = struct.unpack_from("<HH", data, 42)
+        if phnum and (phentsize < _PROGRAM_HEADER_BYTES or phoff + phnum * phentsize > len(data)):
+            raise TimingInputError(f"{elf}: its {phnum} program headers of {phentsize} bytes at offset {phoff} "
+                                   f"do not fit the file ({len(data)} bytes)")
         self.segments = []
         for k in range(phnum):
             kind, offset, vaddr, _, filesz, _, flags, _ = struct.unpack_from(
                 "<8I", data, phoff + k * phentsize)
             if kind == 1 and filesz and flags & 1:       # PT_LOAD, executable
+                if offset + filesz > len(data):
+                    raise TimingInputError(f"{elf}: executable segment {k} ends past the end of the file: truncated?")
                 self.segments.append((vaddr, data[offset:offset + filesz]))
 
     def at(self, address: int) -> tuple[bytes, int]:
         for start, content in self.segments:
             if start <= address < start + len(content):
                 return content, address - start
-        raise ValueError(f"address 0x{address:x} is in no executable segment of the ELF")
+        raise TimingInputError(f"address 0x{address:x} is in no executable segment of {self.path}")
 
 
 @dataclass
@@ -264,16 +278,37 @@ class InferenceTiming:
 
 def read_blocks(path) -> list[tuple[list[tuple[int, int, int, int]], tuple[int, int] | None]]:
     """The plugin's blocks file: per inference, ([(address, n_insns, executions, jumps)],
-    (flash loads, flash words) or None)."""
+    (flash loads, flash words) or None). A line of another form is refused naming the file and line."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except UnicodeDecodeError as e:
+        raise TimingInputError(f"{path} is not text ({e.reason} at byte {e.start}): not a blocks file") from None
     inferences = []
-    for line in Path(path).read_text().splitlines():
+    for n, line in enumerate(lines, 1):
         if line.startswith("inference"):
             inferences.append(([], None))
+        elif line.strip() and not inferences:
+            raise TimingInputError(f"{path} line {n} comes before the first 'inference' line: not a blocks file")
         elif line.startswith("flash"):
-            inferences[-1] = (inferences[-1][0], tuple(int(v) for v in line.split()[1:3]))
+            inferences[-1] = (inferences[-1][0], _counts(line.split()[1:3], 10, 2, f"{path} line {n}",
+                                                         "flash LOADS WORDS"))
         elif line.strip():
-            inferences[-1][0].append(tuple(int(v, 0) for v in line.split()))
+            inferences[-1][0].append(_counts(line.split(), 0, 4, f"{path} line {n}",
+                                             "ADDRESS INSNS EXECUTIONS JUMPS"))
+    if not inferences:
+        raise TimingInputError(f"{path} holds no 'inference' line: not a blocks file")
     return inferences
+
+
+def _counts(words: list[str], base: int, count: int, where: str, form: str) -> tuple:
+    """`count` integers >= 0 (in `base`; 0: with a 0x prefix or without) from `words`."""
+    try:
+        values = tuple(int(word, base) for word in words)
+    except ValueError:
+        values = ()
+    if len(values) != count or min(values) < 0:
+        raise TimingInputError(f"{where} is not `{form}` (integers >= 0): {' '.join(words)[:60]!r}")
+    return values
 
 
 def estimate(elf, blocks_path) -> list[InferenceTiming]:
@@ -344,7 +379,7 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-@errors.command("m4_timing", expected=(OSError, ValueError))
+@errors.command("python -m cosinegate.bench.m4_timing", expected=(OSError, ValueError))
 def main(argv=None) -> int:
     parser = errors.ArgumentParser(prog="python -m cosinegate.bench.m4_timing", description=__doc__.splitlines()[0])
     parser.add_argument("elf", type=Path)
@@ -352,8 +387,12 @@ def main(argv=None) -> int:
     parser.add_argument("--clock-mhz", type=float, default=DEFAULT_CLOCK_HZ / 1e6)
     parser.add_argument("--flash-wait-states", type=int, help="charge traced flash loads this many cycles per new word")
     args = parser.parse_args(argv)
-    print(format_summary(summarize(estimate(args.elf, args.blocks), int(args.clock_mhz * 1e6),
-                                   args.flash_wait_states)))
+    clock_hz = args.clock_mhz * 1e6
+    if not 1 <= clock_hz < math.inf:  # NaN fails the comparison too
+        parser.error(f"--clock-mhz must be finite and at least 0.000001 (1 Hz), got {args.clock_mhz:g}")
+    if args.flash_wait_states is not None and args.flash_wait_states < 0:
+        parser.error(f"--flash-wait-states must be at least 0, got {args.flash_wait_states}")
+    print(format_summary(summarize(estimate(args.elf, args.blocks), int(clock_hz), args.flash_wait_states)))
     return 0
 
 

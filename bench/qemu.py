@@ -141,10 +141,39 @@ def find_tflm_library(tflm_root, kernels: str, target_arch: str = CORES[DEFAULT_
     return next((lib for lib in matching if "_default_" in str(lib)), matching[0])
 
 
+# Lines that only say that something failed earlier in the output, not what.
+_FOLLOW_UP_LINE = re.compile(r"^(g?make(\[\d+\])?: \*\*\*|ninja: build stopped|collect2: error: ld returned"
+                             r"|compilation terminated|-- Configuring incomplete|See also )")
+
+
+def failure_reason(output: str) -> str:
+    """The line of a tool's output that says why it failed: CMake's last error message, else the
+    last line naming an error (a compiler's or linker's), else the last line."""
+    raw = output.splitlines()
+    cmake_errors = [i for i, line in enumerate(raw) if line.startswith("CMake Error")]
+    if cmake_errors:
+        header = raw[cmake_errors[-1]].strip()
+        if not header.endswith(":"):  # `CMake Error: the message`
+            return header.removeprefix("CMake Error").lstrip(": ")
+        # `CMake Error at FILE:LINE (message):`, then the message wrapped on indented lines
+        message = []
+        for line in raw[cmake_errors[-1] + 1:]:
+            if not line[:1].isspace():
+                break
+            message.append(line.strip())
+        return " ".join(part for part in message if part) or header
+    lines = [line.strip() for line in raw]
+    said = [line for line in lines if line and not _FOLLOW_UP_LINE.match(line)]
+    naming = [line for line in said if re.search(r"\berror\b|undefined reference", line, re.I)]
+    return (naming or said or ["no output"])[-1]
+
+
 def _run(command: list, what: str, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(command, capture_output=True, text=True, **kwargs)
     if result.returncode != 0:
-        raise FirmwareBuildError(f"{what} failed ({' '.join(map(str, command))}):\n"
+        # The first line (the one a command's error line shows) says why; the rest keeps the detail.
+        reason = failure_reason(result.stdout + "\n" + result.stderr)
+        raise FirmwareBuildError(f"{what} failed: {reason}\n{' '.join(map(str, command))}\n"
                                  f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
 
@@ -317,9 +346,10 @@ def main(argv=None) -> int:
     core = CORES[args.core]
     read_export(args.export_dir)  # build only from the files the export wrote
     summary = {}
+    # Every library is found before the plugin is built: a missing one leaves no build folder behind.
+    libraries = {kernels: find_tflm_library(args.tflm_root, kernels, core.tflm_target_arch) for kernels in args.kernels}
     plugin = build_plugin(args.build_dir)
-    for kernels in args.kernels:
-        lib = find_tflm_library(args.tflm_root, kernels, core.tflm_target_arch)
+    for kernels, lib in libraries.items():
         # The Cortex-M4's folders stay where they always were; other cores get their own.
         build_dir = args.build_dir / kernels if args.core == DEFAULT_CORE else args.build_dir / args.core / kernels
         elf = build_firmware(args.export_dir, args.tflm_root, lib, kernels, build_dir, args.images_dir,

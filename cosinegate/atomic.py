@@ -5,10 +5,16 @@ Each write goes to a temporary file in the same folder, is fsynced, renamed over
 the folder is fsynced so the rename itself survives a power cut. Temporary names carry the
 writer's pid (`.NAME.PID-XXXX.cgtmp[.SUFFIX]`): a failed write removes its own, and
 `remove_stale(folder)` removes those a killed process left behind.
+
+`save_all`/`write_all` write a set of files that belong together (a firmware's sources, a
+published model and its manifest entry) all or none: nothing is renamed into place before every
+file is written, and a failure leaves each target as it was.
 """
 import contextlib
+import errno
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -43,17 +49,35 @@ def _fsync_file(path: str | os.PathLike) -> None:
         os.fsync(f.fileno())
 
 
-def save_with(path: str | os.PathLike, save_fn) -> Path:
-    """Atomically write whatever `save_fn(file_path)` writes (torch.save, savefig, ...)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _replace(tmp: str | os.PathLike, path: Path) -> None:
+    """os.replace whose error names the target: the temporary's name means nothing to a reader."""
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, str(path)) from None
+
+
+def _save_temporary(path: Path, save_fn) -> str:
+    """A fsynced temporary beside `path` holding what `save_fn(file_path)` writes."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=TMP_MARK + path.suffix)
     os.close(fd)
     os.chmod(tmp, _umask_mode())
     try:
         save_fn(tmp)
         _fsync_file(tmp)
-        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def save_with(path: str | os.PathLike, save_fn) -> Path:
+    """Atomically write whatever `save_fn(file_path)` writes (torch.save, savefig, ...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _save_temporary(path, save_fn)
+    try:
+        _replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -67,6 +91,76 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode())
+
+
+def _check_writable_as_file(path: Path) -> None:
+    """Refuse, naming it, a folder where `path` goes or a file where one of its folders goes."""
+    if path.is_dir() and not path.is_symlink():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    existing = next(p for p in path.parents if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+
+
+def _keep_copy(path: Path) -> Path:
+    """A temporary beside `path` holding what it holds now (a hard link where the file system has them)."""
+    copy = path.with_name(f"{temp_prefix(path)}{secrets.token_hex(6)}{TMP_MARK}.old")
+    try:
+        os.link(path, copy, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(path, copy, follow_symlinks=False)
+    return copy
+
+
+def save_all(savers: dict) -> list[Path]:
+    """Write several files as one: all of them or, on a failure, none.
+
+    `savers` maps each target to a `save_fn(file_path)` as `save_with` takes. Every target is
+    checked first, then every file is written to a fsynced temporary beside its target, and only
+    then are the temporaries renamed over their targets. A rename failing part-way puts back the
+    files already replaced, and the folders created for the targets are removed again.
+    """
+    targets = [Path(p) for p in savers]
+    for path in targets:
+        _check_writable_as_file(path)
+    created = sorted({p for path in targets for p in path.parents if not p.exists()},
+                     key=lambda p: len(p.parts), reverse=True)  # innermost first
+    temporaries, old_copies, replaced = {}, {}, []
+    try:
+        for path, save_fn in zip(targets, savers.values()):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporaries[path] = _save_temporary(path, save_fn)
+        for path in targets:
+            if path.exists() or path.is_symlink():
+                old_copies[path] = _keep_copy(path)
+            _replace(temporaries[path], path)
+            del temporaries[path]
+            replaced.append(path)
+    except BaseException:
+        for path in reversed(replaced):
+            with contextlib.suppress(OSError):
+                if path in old_copies:
+                    os.replace(old_copies.pop(path), path)
+                else:
+                    path.unlink()
+        for leftover in [*temporaries.values(), *old_copies.values()]:
+            Path(leftover).unlink(missing_ok=True)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    for copy in old_copies.values():
+        copy.unlink()
+    for folder in dict.fromkeys(path.parent for path in targets):
+        fsync_dir(folder)
+    return targets
+
+
+def write_all(contents: dict) -> list[Path]:
+    """`save_all` for {target: bytes or str}: every file written, or on a failure none."""
+    def writer(data: bytes | str):
+        return lambda tmp: Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
+    return save_all({path: writer(data) for path, data in contents.items()})
 
 
 def is_temporary(name: str) -> bool:

@@ -2,11 +2,13 @@
 ...), read and checked against the shape their reader needs: a file of another shape is refused
 in one line naming the file and the field, before anything is computed from it.
 
-A shape is a type (`float` accepts any number, no type accepts a bool but `bool`), a dict
-{key: shape} (a key ending in "?" may be absent or null; other keys are not checked), `{str: shape}`
-(a mapping of any names to values of that shape), or `[shape]` (a list of them).
+A shape is a type (`float` accepts any number, `Finite` any but NaN and infinities, no type
+accepts a bool but `bool`), a dict {key: shape} (a key ending in "?" may be absent or null; other
+keys are not checked), `{str: shape}` (a mapping of any names to values of that shape), or
+`[shape]` (a list of them).
 """
 import json
+import math
 import reprlib
 from pathlib import Path
 
@@ -15,13 +17,20 @@ class FileFormatError(ValueError):
     """A file that is not valid JSON, or that lacks a field its reader needs."""
 
 
-_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "an object",
-          list: "a list"}
+class Finite:
+    """The shape of a number that is neither NaN nor infinite (Python's json reads `NaN` and
+    `Infinity`), for a reader that computes with it."""
+
+
+_NAMES = {int: "an integer", float: "a number", Finite: "a finite number", str: "a string", bool: "true or false",
+          dict: "an object", list: "a list"}
 
 
 def _is(value, kind: type) -> bool:
     if isinstance(value, bool):
         return kind is bool
+    if kind is Finite:
+        return isinstance(value, (int, float)) and math.isfinite(value)
     return isinstance(value, (int, float) if kind is float else kind)
 
 

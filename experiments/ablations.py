@@ -11,14 +11,12 @@ preset the whole set takes about 10 minutes on 2 CPU cores.
 """
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 from cosinegate import atomic, errors
 from cosinegate.bench.report import table
+from cosinegate.train.config import ConfigError, check_saved, read_yaml
 from cosinegate.train.static_baseline import static_command
 
 READINGS = {
@@ -36,13 +34,12 @@ STATIC_FOR = ("faithful", "open_routing_info_2")
 def _train(argv: list[str], run: Path) -> None:
     """Train `run`, resume it if interrupted, or leave it if finished."""
     if (run / "last.pt").exists():
-        planned = yaml.safe_load((run / "config.yaml").read_text())["epochs"]
+        planned = check_saved(read_yaml(run / "config.yaml", "saved run config"), run / "config.yaml")["epochs"]
         if len((run / "metrics.jsonl").read_text().splitlines()) >= planned:
             return
         argv = ["--resume", str(run), "--no-progress"]
     print("ablations: cg-train", " ".join(argv), flush=True)
-    if subprocess.call([sys.executable, "-m", "cosinegate.train.cli", *argv]) != 0:
-        raise SystemExit(f"ablations: error: training {run} failed")
+    errors.run_step([sys.executable, "-m", "cosinegate.train.cli", *argv], f"training {run}")
 
 
 def _row(name: str, run: Path) -> dict:
@@ -60,7 +57,7 @@ COLUMNS = [("reading", ""), ("epochs", "d"), ("deploy acc", ".4f"), ("paper-gate
            ("adaptivity", ".2f"), ("paths", "d")]
 
 
-@errors.command("python -m cosinegate.experiments.ablations", expected=(OSError,))
+@errors.command("python -m cosinegate.experiments.ablations", expected=(OSError, ConfigError))
 def main(argv=None) -> int:
     parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,

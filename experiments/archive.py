@@ -28,13 +28,15 @@ RESULT_FILES = ("run/config.yaml", "run/metrics.jsonl", "run/plots/accuracy.png"
 
 
 def archive(root: Path, dest: Path) -> list[str]:
-    """Copy RESULT_FILES of every run folder under `root` into `dest`; returns the run names."""
-    names = []
+    """Copy RESULT_FILES of every run folder under `root` into `dest`, all of them or on a failure
+    none (kilobytes each: read into memory first); returns the run names."""
+    names, copies = [], {}
     for folder in sorted(p for p in root.iterdir() if (p / "run" / "metrics.jsonl").is_file()):
         for rel in RESULT_FILES:
             if (folder / rel).is_file():
-                atomic.write_bytes(dest / folder.name / rel, (folder / rel).read_bytes())
+                copies[dest / folder.name / rel] = (folder / rel).read_bytes()
         names.append(folder.name)
+    atomic.write_all(copies)
     return names
 
 

@@ -13,10 +13,13 @@ import json
 import sys
 from pathlib import Path
 
-from cosinegate import atomic, errors
+from cosinegate import atomic, errors, jsonfile
 from cosinegate.train import checkpoint
 
 KEEP = ("epoch", "config", "model_config", "model", "history", "best_score")
+# What the manifest entry takes from bench.json's int8 runtime (a cosinegate.jsonfile shape).
+INT8_FIGURES = {"accuracy": float, "mac_ratio": float, "skip_rate": float, "adaptivity": float,
+                "distinct_paths": int, "mac_ratio_std": float}
 
 
 def publish(name: str, run: Path, export: Path, bench: Path, command: str, models: Path) -> dict:
@@ -25,14 +28,9 @@ def publish(name: str, run: Path, export: Path, bench: Path, command: str, model
     # Every input is read before the first write: a missing one leaves models/ as it was.
     tflite = (export / "model_int8.tflite").read_bytes()
     report = json.loads((export / "export_report.json").read_text())
-    results = json.loads((bench / "bench.json").read_text())["runtimes"]
-    int8 = results.get("tflite_int8") or results["onnxruntime"]
-    folder = models / name
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint.save(folder / "model.pt", {k: ckpt[k] for k in KEEP if k in ckpt})
-    atomic.write_bytes(folder / "model_int8.tflite", tflite)
-    report["checkpoint"]["path"] = f"models/{name}/model.pt"  # the published copy, not the run folder
-    atomic.write_text(folder / "export_report.json", json.dumps(report, indent=2) + "\n")
+    runtimes = jsonfile.read(bench / "bench.json", {"runtimes": {str: dict}})["runtimes"]
+    int8_runtime = "tflite_int8" if runtimes.get("tflite_int8") else "onnxruntime"
+    int8 = jsonfile.check(runtimes, {int8_runtime: INT8_FIGURES}, bench / "bench.json", "runtimes")[int8_runtime]
     cfg = ckpt["config"]
     entry = {"name": name, "dataset": cfg["dataset"], "preset": cfg["preset"], "depth": cfg["depth"],
              "epochs": ckpt["epoch"], "planned_epochs": cfg["epochs"],
@@ -45,7 +43,13 @@ def publish(name: str, run: Path, export: Path, bench: Path, command: str, model
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"models": []}
     known = any(m["name"] == name for m in manifest["models"])  # republishing keeps the order
     manifest["models"] = [entry if m["name"] == name else m for m in manifest["models"]] + ([] if known else [entry])
-    atomic.write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    report["checkpoint"]["path"] = f"models/{name}/model.pt"  # the published copy, not the run folder
+    folder = models / name
+    # The model's files and its manifest entry are published together, or on a failure not at all.
+    atomic.write_all({folder / "model.pt": checkpoint.encode({k: ckpt[k] for k in KEEP if k in ckpt}),
+                      folder / "model_int8.tflite": tflite,
+                      folder / "export_report.json": json.dumps(report, indent=2) + "\n",
+                      manifest_path: json.dumps(manifest, indent=2) + "\n"})
     return entry
 
 

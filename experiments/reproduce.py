@@ -15,33 +15,46 @@ each; give each `--threads` CPU threads so they do not oversubscribe the cores).
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cosinegate import errors
+from cosinegate import atomic, errors, jsonfile
+
+
+class ConfigSpecError(ValueError):
+    """A configuration argument that is not `name` or `name:preset --flag value ...`."""
 
 
 def parse_config(spec: str) -> tuple[str, list[str]]:
     """`name` or `name:preset --flag value ...` -> (name, cg-train arguments)."""
-    if ":" not in spec:
-        return spec, ["--preset", spec]
-    name, rest = spec.split(":", 1)
-    words = shlex.split(rest)
+    name, colon, rest = spec.partition(":")
+    try:
+        words = shlex.split(rest) if colon else [name]
+    except ValueError as e:  # an unclosed quote or a trailing escape
+        raise ConfigSpecError(f"configuration {spec!r}: {e}") from None
+    if name in ("", "..") or Path(name).name != name:
+        raise ConfigSpecError(f"configuration {spec!r}: its name must be one folder name under --root")
+    if not words:
+        raise ConfigSpecError(f"configuration {spec!r} names no preset after the colon (name:preset --flag value ...)")
     return name, ["--preset", words[0], *words[1:]]
 
 
-def _call(argv: list[str], log=None) -> int:
+def _epochs_trained(run: Path) -> int:
+    """The epochs the run's metrics.jsonl records, one checked line each."""
+    return len(jsonfile.read_lines(run / "metrics.jsonl", {"epoch": int}))
+
+
+def _call(argv: list[str], log=None) -> None:
+    """Run one stage; StepFailed quoting its error line when it fails (its other output as it comes)."""
     print("reproduce: $", shlex.join(argv), flush=True, file=log)
-    if log is None:
-        return subprocess.call(argv)
-    log.flush()
-    return subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT)
+    if log is not None:
+        log.flush()
+    errors.run_step(argv, stdout=log)
 
 
-def run_one(name: str, train_args: list[str], args, log=None) -> int:
+def run_one(name: str, train_args: list[str], args, log=None) -> None:
     folder = args.root / name
     run, export, bench = folder / "run", folder / "export", folder / "bench"
     py = sys.executable
@@ -49,7 +62,7 @@ def run_one(name: str, train_args: list[str], args, log=None) -> int:
     common = ["--data-dir", str(args.data_dir)] if args.data_dir else []
     threads = ["--threads", str(args.threads)] if args.threads else []
     last = run / "last.pt"
-    done = last.exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= args.epochs
+    done = last.exists() and _epochs_trained(run) >= args.epochs
     if not done:
         argv = ([py, "-m", "cosinegate.train.cli", "--resume", str(run), "--no-progress", *common, *threads]
                 if last.exists()
@@ -57,56 +70,48 @@ def run_one(name: str, train_args: list[str], args, log=None) -> int:
                       "--out", str(run), "--no-progress"])
         if args.stop_after:
             argv += ["--stop-after", str(args.stop_after)]
-        if _call(argv, log) != 0:
-            return 1
-        if len((run / "metrics.jsonl").read_text().splitlines()) < args.epochs:
+        _call(argv, log)
+        if _epochs_trained(run) < args.epochs:
             print(f"reproduce: {name}: training paused (--stop-after); run the same command again", file=log)
-            return 0
+            return
     if args.train_only:
-        return 0
+        return
     if not (export / "export_report.json").exists():
-        if _call([py, "-m", "cosinegate.export.cli", str(run / f"{args.checkpoint}.pt"), "--int8", "--out", str(export),
-                  "--parity-images", str(args.images), "--no-progress", *common], log) != 0:
-            return 1
+        _call([py, "-m", "cosinegate.export.cli", str(run / f"{args.checkpoint}.pt"), "--int8", "--out", str(export),
+               "--parity-images", str(args.images), "--no-progress", *common], log)
     if not (bench / "bench.json").exists():
         tflm = (["--tflm-root", str(args.tflm_root), "--qemu-images", str(args.qemu_images)]
                 if args.tflm_root else [])
-        if _call([py, "-m", "cosinegate.bench.cli", str(export), "--out", str(bench), "--images",
-                  str(args.images), "--no-progress", *common, *tflm], log) != 0:
-            return 1
+        _call([py, "-m", "cosinegate.bench.cli", str(export), "--out", str(bench), "--images",
+               str(args.images), "--no-progress", *common, *tflm], log)
     if args.fold_static_gates:
-        return fold_one(folder, args, log)
-    return 0
+        fold_one(folder, args, log)
 
 
-def fold_one(folder: Path, args, log=None) -> int:
+def fold_one(folder: Path, args, log=None) -> None:
     """NAME/export_folded: the same checkpoint with its proven-constant gates folded, benched in
     NAME/bench_folded (its calibration leaves out the blocks that can never run, so its accuracy
     is its own), and with --tflm-root its QEMU figures in NAME/qemu_folded.json."""
     py, folded = sys.executable, folder / "export_folded"
     common = ["--data-dir", str(args.data_dir)] if args.data_dir else []
     if not (folded / "export_report.json").exists():
-        if _call([py, "-m", "cosinegate.export.cli", str(folder / "run" / f"{args.checkpoint}.pt"), "--int8",
-                  "--fold-static-gates", "--out", str(folded), "--parity-images", str(args.images),
-                  "--no-progress", *common], log) != 0:
-            return 1
+        _call([py, "-m", "cosinegate.export.cli", str(folder / "run" / f"{args.checkpoint}.pt"), "--int8",
+               "--fold-static-gates", "--out", str(folded), "--parity-images", str(args.images),
+               "--no-progress", *common], log)
     if not (folder / "bench_folded" / "bench.json").exists():
-        if _call([py, "-m", "cosinegate.bench.cli", str(folded), "--out", str(folder / "bench_folded"),
-                  "--images", str(args.images), "--no-plain", "--no-progress", *common], log) != 0:
-            return 1
+        _call([py, "-m", "cosinegate.bench.cli", str(folded), "--out", str(folder / "bench_folded"),
+               "--images", str(args.images), "--no-plain", "--no-progress", *common], log)
     if args.tflm_root and not (folder / "qemu_folded.json").exists():
         with tempfile.TemporaryDirectory(prefix="cg-fold-qemu-") as work:
-            if _call([py, "-m", "cosinegate.export.test_images", str(folded), *common, "--count",
-                      str(args.qemu_images), "--out", f"{work}/images"], log) != 0:
-                return 1
-            if _call([py, "-m", "cosinegate.bench.qemu", str(folded), "--tflm-root", str(args.tflm_root),
-                      "--images-dir", f"{work}/images", "--build-dir", f"{work}/build",
-                      "--json", str(folder / "qemu_folded.json")], log) != 0:
-                return 1
-    return 0
+            _call([py, "-m", "cosinegate.export.test_images", str(folded), *common, "--count",
+                   str(args.qemu_images), "--out", f"{work}/images"], log)
+            _call([py, "-m", "cosinegate.bench.qemu", str(folded), "--tflm-root", str(args.tflm_root),
+                   "--images-dir", f"{work}/images", "--build-dir", f"{work}/build",
+                   "--json", str(folder / "qemu_folded.json")], log)
 
 
-@errors.command("python -m cosinegate.experiments.reproduce", expected=(OSError,))
+@errors.command("python -m cosinegate.experiments.reproduce",
+                expected=(OSError, ConfigSpecError, jsonfile.FileFormatError))
 def main(argv=None) -> int:
     parser = errors.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -138,24 +143,35 @@ def main(argv=None) -> int:
                              "than one, each one's output goes to ROOT/NAME/reproduce.log")
     args = parser.parse_args(argv)
     specs = [parse_config(spec) for spec in args.configs]
+
+    def failure(name: str, train_args: list[str], log=None) -> str | None:
+        """Run one configuration to the end; None, or why it stopped (its failing stage's error line)."""
+        try:
+            run_one(name, train_args, args, log)
+        except errors.StepFailed as e:
+            return f"{name}: {e}"
+        return None
+
     if args.jobs <= 1:
-        status = 0
-        for name, train_args in specs:
-            status |= run_one(name, train_args, args)
+        failures = [failure(name, train_args) for name, train_args in specs]
     else:
-        def run_logged(name: str, train_args: list[str]) -> int:
+        def run_logged(name: str, train_args: list[str]) -> str | None:
             (args.root / name).mkdir(parents=True, exist_ok=True)
             with open(args.root / name / "reproduce.log", "a") as log:
-                code = run_one(name, train_args, args, log)
-            print(f"reproduce: {name}: {'done' if code == 0 else 'FAILED'} (log: {args.root / name / 'reproduce.log'})",
-                  flush=True)
-            return code
+                reason = failure(name, train_args, log)
+                if reason is not None:  # the log keeps why, as it keeps the stages' other output
+                    print(f"reproduce: {reason}", file=log)
+            print(f"reproduce: {name}: {'done' if reason is None else 'FAILED'} "
+                  f"(log: {args.root / name / 'reproduce.log'})", flush=True)
+            return reason
         with ThreadPoolExecutor(args.jobs) as pool:
-            status = 0
-            for code in pool.map(lambda spec: run_logged(*spec), specs):
-                status |= code
-    (args.root / "reproduce_command.json").write_text(json.dumps({"argv": sys.argv}, indent=1))
-    return status
+            failures = list(pool.map(lambda spec: run_logged(*spec), specs))
+    failures = [reason for reason in failures if reason is not None]
+    if failures:  # the other configurations ran on; the one line quotes the first failure
+        raise errors.StepFailed(failures[0] if len(failures) == 1 else
+                                f"{len(failures)} configurations failed, the first {failures[0]}")
+    atomic.write_text(args.root / "reproduce_command.json", json.dumps({"argv": sys.argv}, indent=1))
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,14 +15,18 @@ import re
 import sys
 from pathlib import Path
 
-from cosinegate import atomic, errors
-from cosinegate.export.integrity import IntegrityError, read_export
+from cosinegate import atomic, errors, jsonfile
+from cosinegate.export.integrity import REPORT, IntegrityError, read_export
 
 BYTES_PER_LINE = 12
 _OP_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 # TFLM needs arena_used_bytes() + 16 to allow for aligning the arena start
 # (tensorflow/lite/micro/micro_interpreter.h).
 ARENA_ALIGNMENT_SLACK = 16
+# What model_settings.h is written from, checked as an export is read (a cosinegate.jsonfile shape).
+REPORT_FIELDS = {"dataset?": str, "num_classes": int, "gated_blocks": int, "decision_outputs?": [str],
+                 "input": {"shape": [int], "scale": float, "zero_point": int}, "tflm_arena_bytes": int,
+                 "tflm_ops": [str]}
 
 # Builtin names whose MicroMutableOpResolver method is not the CamelCase of the name.
 # (Checked against every Add* of TFLM's micro_mutable_op_resolver.h.)
@@ -158,18 +162,13 @@ def write_model_sources(tflite_path, report: dict, out_dir, *, int8_kernels: boo
     tflite_path, out_dir = Path(tflite_path), Path(out_dir)
     data = tflite_path.read_bytes()
     source = c_comment(f"{generated_by} from {tflite_path.name}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {
-        "model_data.cc": render_model_data_cc(data, source),
-        "model_data.h": render_model_data_h(source),
-        "model_settings.h": render_model_settings_h(report, model_id(data, report), source,
-                                                    int8_kernels),
+        out_dir / "model_data.cc": render_model_data_cc(data, source),
+        out_dir / "model_data.h": render_model_data_h(source),
+        out_dir / "model_settings.h": render_model_settings_h(report, model_id(data, report), source,
+                                                              int8_kernels),
     }
-    written = []
-    for name, text in outputs.items():
-        atomic.write_text(out_dir / name, text)
-        written.append(out_dir / name)
-    return written
+    return atomic.write_all(outputs)  # the three match each other: all replaced or none
 
 
 @errors.command("carray", expected=(OSError, ValueError, IntegrityError))
@@ -188,6 +187,7 @@ def main(argv=None) -> int:
     report = read_export(args.export_dir)
     if "model_int8.tflite" not in report["sha256"]:
         raise IntegrityError(f"{args.export_dir} is a float export without model_int8.tflite: export with --int8")
+    jsonfile.check(report, REPORT_FIELDS, args.export_dir / REPORT)
     for path in write_model_sources(args.export_dir / "model_int8.tflite", report, args.out,
                                     int8_kernels=args.int8_kernels):
         print(path)

@@ -12,10 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cosinegate import atomic, errors
-from cosinegate.export.integrity import read_export
+from cosinegate import atomic, errors, jsonfile
+from cosinegate.export.integrity import REPORT, read_export
 
 VALUES_PER_LINE = 16
+# What the images are chosen and quantised by, checked as an export is read (a cosinegate.jsonfile shape).
+REPORT_FIELDS = {"dataset": str,
+                 "input": {"shape": [int], "mean": [float], "std": [float], "scale": float, "zero_point": int}}
 
 
 def load_test_split(dataset: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
@@ -90,12 +93,9 @@ extern const uint8_t g_test_labels[kNumTestImages];
 def write_test_images(images: np.ndarray, labels: np.ndarray, dataset: str, out_dir,
                       generated_by: str = "cosinegate.export.test_images") -> list[Path]:
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     header, source = render_test_images(images, labels, dataset, generated_by)
-    paths = [out_dir / "test_images.h", out_dir / "test_images.cc"]
-    for path, text in zip(paths, (header, source)):
-        atomic.write_text(path, text)
-    return paths
+    # the header's counts and sizes are the source's: both replaced or neither
+    return atomic.write_all({out_dir / "test_images.h": header, out_dir / "test_images.cc": source})
 
 
 # ValueError covers IntegrityError; RuntimeError the DataError of a missing data set (torch-free import)
@@ -112,6 +112,7 @@ def main(argv=None) -> int:
     report = read_export(args.export_dir)
     if "model_int8.tflite" not in report["sha256"]:  # the images are quantized with the int8 input's scale
         raise ValueError(f"{args.export_dir} is a float export without model_int8.tflite: export with --int8")
+    jsonfile.check(report, REPORT_FIELDS, args.export_dir / REPORT)
     images, labels = load_test_split(report["dataset"], args.data_dir)
     quantized, labels = make_test_set(report, images, labels, args.count)
     command = (f"python -m cosinegate.export.test_images {args.export_dir.name} "

@@ -30,6 +30,7 @@ from cosinegate import atomic, errors, runfolder
 from cosinegate.export import integrity
 from cosinegate.train import checkpoint
 from conftest import firmware_log
+from test_m4_timing import _code, _elf
 
 pytestmark = pytest.mark.slow  # uses the session's trained run and int8 export
 
@@ -51,6 +52,9 @@ TOOLS = {
     "results": ("cosinegate.experiments.results", "python -m cosinegate.experiments.results"),
     "step_profile": ("cosinegate.train.step_profile", "python -m cosinegate.train.step_profile"),
     "demo": ("cosinegate.bench.demo", "cg-demo"),
+    "m4_timing": ("cosinegate.bench.m4_timing", "python -m cosinegate.bench.m4_timing"),
+    "reproduce": ("cosinegate.experiments.reproduce", "python -m cosinegate.experiments.reproduce"),
+    "ablations": ("cosinegate.experiments.ablations", "python -m cosinegate.experiments.ablations"),
 }
 # Fast runs of the commands that have slow defaults.
 QUICK_TRAIN = ["--threads", "1", "--no-progress"]
@@ -182,7 +186,7 @@ def _new_run_over(s: Scene, kept_file: str) -> list[str]:
     return _new_run(s)
 
 
-def _with_config(s: Scene, text: str) -> list[str]:
+def _with_config(s: Scene, text: str | bytes) -> list[str]:
     return _new_run(s, "--config", s.write("c.yaml", text))
 
 
@@ -257,6 +261,7 @@ FAULTS = [
     Fault("yaml_not_mapping", "train", lambda s: _with_config(s, "- depth\n- 8\n"), "mapping"),
     Fault("yaml_invalid", "train", lambda s: _with_config(s, "depth: [8,\n"), "not valid YAML"),
     Fault("yaml_binary", "train", lambda s: _with_config(s, "\x00\xff\xfe"), "config file"),
+    Fault("yaml_not_utf8", "train", lambda s: _with_config(s, b"lr: \xff\xfe\n"), "is not text"),
     Fault("epochs_negative", "train", lambda s: _new_run(s, "--epochs", "-1"), "epochs"),
     Fault("batch_size_zero", "train", lambda s: _new_run(s, "--batch-size", "0"), "batch_size"),
     Fault("threads_zero", "train", lambda s: _new_run(s, "--threads", "0"), "threads"),
@@ -422,17 +427,28 @@ FAULTS = [
     # -- python -m tools -------------------------------------------------------------------------------
     Fault("protocol_missing_file", "protocol", lambda s: [s.path("none.log")], "none.log"),
     Fault("protocol_binary", "protocol", lambda s: [s.write("fw.log", os.urandom(4096))], "no CosineGate protocol line"),
+    Fault("m4_timing_elf_truncated", "m4_timing", lambda s: _m4_timing_of(s, elf=b"\x7fELF\x01\x01"),
+          "fw.elf is too short"),
+    Fault("m4_timing_block_before_inference", "m4_timing", lambda s: _m4_timing_of(s, blocks="0x100 1 1 1\n"),
+          "blocks.txt line 1"),
+    *[Fault(f"m4_timing_clock_mhz_{value}", "m4_timing", lambda s, value=value: _m4_timing_of(s, "--clock-mhz", value),
+            "--clock-mhz") for value in ("0", "inf")],
     Fault("carray_tflite_empty", "carray",
           lambda s: [s.export_file("e", "model_int8.tflite", lambda b: b""), "--out", s.path("c")], "sha256"),
     Fault("carray_plain_export", "carray", lambda s: [str(s.plain_export), "--out", s.path("c")], "--int8"),
     Fault("carray_bad_op_name", "carray",
           lambda s: [s.export_with("e", lambda r: r["tflm_ops"].append('ADD"); system("x')), "--out", s.path("c")],
           "op name"),
+    Fault("carray_report_without_ops", "carray", lambda s: [s.export_with("e", _pop("tflm_ops")), "--out", s.path("c")],
+          "export_report.json: tflm_ops is missing"),
     Fault("test_images_count_zero", "test_images", lambda s: [str(s.export), "--count", "0", "--out", s.path("t")],
           "--count"),
     Fault("test_images_cifar_pickle", "test_images",
           lambda s: [s.export_with("e", lambda r: r.update(dataset="cifar10")), "--data-dir", s.cifar_dir(),
                      "--out", s.path("t")], "never holds"),
+    Fault("test_images_report_without_dataset", "test_images",
+          lambda s: [s.export_with("e", _pop("dataset")), "--out", s.path("t")],
+          "export_report.json: dataset is missing"),
     Fault("classifier_cifar_pickle", "classifier",
           lambda s: [str(s.export / "model_int8.tflite"), "--dataset", "cifar10", "--data-dir", s.cifar_dir(),
                      "--preprocess", "normalized", "--out", s.path("k")], "never holds"),
@@ -458,6 +474,13 @@ FAULTS = [
     Fault("plots_without_metrics", "plots", lambda s: [str(s.root)], "metrics.jsonl"),
     Fault("plots_garbled_metrics", "plots",
           lambda s: [s.run_with("r", {"metrics.jsonl": "{\"epoch\": 1,\n"})], "metrics.jsonl"),
+    Fault("plots_empty_metrics", "plots", lambda s: [_metrics_only(s, "")], "metrics.jsonl holds no lines"),
+    Fault("plots_metrics_a_list", "plots", lambda s: [_metrics_only(s, "[1, 2]\n")],
+          "metrics.jsonl line 1: its content must be an object"),
+    Fault("plots_metrics_without_gbar", "plots",
+          lambda s: [_metrics_only(s, '{"epoch": 1, "train_acc": 0.5, "exec_rate_deploy": [0.5], '
+                                      '"skip_rate_deploy": 0.5, "mac_ratio_deploy": 0.6, "adaptivity": 1.0}\n')],
+          "metrics.jsonl epoch 1: gbar is missing"),
     Fault("static_baseline_missing_run", "static_baseline", lambda s: [s.path("nowhere")], "nowhere"),
     Fault("static_baseline_config_missing_key", "static_baseline",
           lambda s: [s.run_with("r", {"config.yaml": _saved_config(s, lambda c: c.pop("gate_downsample"))})],
@@ -465,6 +488,11 @@ FAULTS = [
     Fault("static_baseline_metrics_wrong_type", "static_baseline",
           lambda s: [s.run_with("r", {"metrics.jsonl": '{"epoch": 1, "exec_rate_deploy": [0.5, "high"]}\n'})],
           "metrics.jsonl line 1: exec_rate_deploy[1] must be a number"),
+    *[Fault(f"static_baseline_rate_{name}", "static_baseline",
+            lambda s, line=line: [s.run_with("r", {"metrics.jsonl": line})],
+            "metrics.jsonl last line: exec_rate_deploy[0] must be a finite number")
+      for name, line in (("infinite", '{"epoch": 1, "exec_rate_deploy": [Infinity]}'),
+                         ("nan", '{"epoch": 1, "exec_rate_deploy": [NaN]}'))],
     Fault("static_baseline_ungated_with_exits", "static_baseline",
           lambda s: [s.run_with("r", {"config.yaml": _saved_config(s, lambda c: c.update(gated=False, exits="1"))})],
           "not a gated run"),
@@ -492,7 +520,8 @@ FAULTS = [
                      str(Path(s.export_with("w/exports/paper", _pop("deploy_threshold"))).parent.parent)],
           "deploy_threshold is missing"),
     *[Fault(f"step_profile_{flag.strip('-')}_{value}", "step_profile", lambda s, flag=flag, value=value: [flag, value],
-            flag) for flag, value in (("--depth", "7"), ("--batch", "0"), ("--threads", "0"), ("--device", "tpu"))],
+            flag) for flag, value in (("--depth", "7"), ("--batch", "0"), ("--threads", "0"), ("--device", "tpu"),
+                                      ("--batch", "1000000000000"), ("--steps", "1000000000"))],
     Fault("demo_threads_zero", "demo", lambda s: ["--threads", "0", "--out", s.path("d")], "--threads"),
     Fault("prune_search_gated_net", "prune_search", lambda s: [str(s.run / "last.pt"), "--delete", "1"],
           "not a full plain ResNet"),
@@ -502,6 +531,19 @@ FAULTS = [
     Fault("publish_missing_bench", "publish",
           lambda s: ["--name", "x", "--run", str(s.run), "--export", str(s.export), "--bench", s.path("b"),
                      "--command", "cg-train", "--models", s.path("models")], "bench.json"),
+    Fault("publish_bench_runtimes_a_list", "publish",
+          lambda s: ["--name", "x", "--run", str(s.run), "--export", str(s.export),
+                     "--bench", str(Path(s.write("b/bench.json", '{"runtimes": []}')).parent),
+                     "--command", "cg-train", "--models", s.path("models")], "bench.json: runtimes must be an object"),
+    Fault("reproduce_spec_without_preset", "reproduce", lambda s: ["--root", s.path("R"), "x:"], "'x:'"),
+    Fault("reproduce_spec_unclosed_quote", "reproduce", lambda s: ["--root", s.path("R"), "x:balanced --lr '0.1"],
+          "no closing quotation"),
+    Fault("reproduce_metrics_binary", "reproduce",
+          lambda s: _reproduce_over(s, {"x/run/last.pt": "kept", "x/run/metrics.jsonl": b"\xff\xfe\x00\x01"}),
+          "metrics.jsonl is not text"),
+    Fault("ablations_saved_config_a_list", "ablations",
+          lambda s: _ablations_over(s, {"plain/last.pt": "kept", "plain/config.yaml": "- 1\n"}),
+          "config.yaml must be a mapping"),
 ]
 
 
@@ -541,6 +583,34 @@ def _results_of(s: Scene, files: dict) -> list[str]:
         (run.parent / name).parent.mkdir(parents=True, exist_ok=True)
         (run.parent / name).write_text(text)
     return [s.path("root"), "--out", s.path("R.md"), "--plots", s.path("plots")]
+
+
+def _m4_timing_of(s: Scene, *extra: str, elf: bytes | None = None,
+                  blocks: str = "inference 0\n0x100 1 1 1\n") -> list[str]:
+    """`m4_timing` over `elf` and `blocks`; by default a firmware of one `bx lr` at 0x100 and a
+    trace that runs it once."""
+    return [s.write("fw.elf", _elf(_code(0x4770), 0x100) if elf is None else elf), s.write("blocks.txt", blocks),
+            *extra]
+
+
+def _metrics_only(s: Scene, text: str) -> str:
+    """A run folder holding only metrics.jsonl (so a plot written is a file added)."""
+    s.write("r/metrics.jsonl", text)
+    return s.path("r")
+
+
+def _reproduce_over(s: Scene, files: dict) -> list[str]:
+    """`reproduce` of configuration x over a root holding `files` ({path under the root: content})."""
+    for name, content in files.items():
+        s.write(f"R/{name}", content)
+    return ["--root", s.path("R"), "x"]
+
+
+def _ablations_over(s: Scene, files: dict) -> list[str]:
+    """`ablations --only plain` over an --out folder holding `files` ({path under it: content})."""
+    for name, content in files.items():
+        s.write(f"D/{name}", content)
+    return ["--out", s.path("D"), "--only", "plain"]
 
 
 def _sweep_json(s: Scene, text: str) -> str:
@@ -911,5 +981,5 @@ def test_demo_failing_step_ends_in_that_steps_one_error_line(tmp_path, capsys):
     (tmp_path / "d" / "run").write_text("kept")  # the run folder is a file: cg-train refuses it
     code, _, err = _run("demo", ["--out", str(tmp_path / "d"), "--threads", "1", "--no-progress"], capsys)
     lines = [line for line in err.splitlines() if ": error:" in line]
-    assert code == 1 and len(lines) == 1 and lines[0].startswith("cg-train: error:"), err
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("cg-demo: error: train step: cg-train:"), err
     assert (tmp_path / "d" / "run").read_text() == "kept"

@@ -33,13 +33,18 @@ RESUME_KEYS = {"epoch": int, "optimizer": dict, "scheduler": dict, "rng": dict, 
                "best_score": float}
 
 
-def save(path: str | Path, state: dict) -> Path:
+def encode(state: dict) -> bytes:
+    """The checkpoint file's bytes for `state`, marked as ours."""
     state = {"kind": KIND, "format": CHECKPOINT_FORMAT, "version": __version__, **state}
-    # Serialised in memory first: a failing disk then raises a plain OSError (ENOSPC, EIO) from
-    # the file write instead of torch's writer's internal assertion.
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    return atomic.write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save(path: str | Path, state: dict) -> Path:
+    # Serialised in memory first: a failing disk then raises a plain OSError (ENOSPC, EIO) from
+    # the file write instead of torch's writer's internal assertion.
+    return atomic.write_bytes(path, encode(state))
 
 
 def require(ckpt: dict, keys: dict, path) -> None:

@@ -282,6 +282,8 @@ def read_yaml(path: Path, what: str) -> dict:
         raise ConfigError(f"{what} not found: {path}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path} is not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not text (not UTF-8)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {path} must be a mapping of config keys")
     _refuse_unknown_keys(data, f" in {path}")

@@ -2,7 +2,6 @@
 
     python -m cosinegate.train.plots RUN_DIR      # redraw RUN_DIR/plots/*.png from metrics.jsonl
 """
-import json
 import sys
 from pathlib import Path
 
@@ -11,10 +10,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cosinegate import atomic, errors  # noqa: E402
+from cosinegate import atomic, errors, jsonfile  # noqa: E402
 
 
 CURVES = ("accuracy.png", "compute.png", "exec_rates.png")  # every file plot_run may write
+# What every epoch's metrics hold; the test accuracies below are drawn when the last epoch holds them.
+METRICS = {"epoch": int, "train_acc": float}
+TEST_ACCURACIES = (("test_acc_full", "test, all blocks"), ("test_acc_paper", "test, paper gate (eq. 16)"),
+                   ("test_acc_deploy", "test, deployed rule (gates, exits)"),
+                   ("test_acc_exit1", "test, exit after stage 1"), ("test_acc_exit2", "test, exit after stage 2"))
 
 
 def _save(fig, path: Path) -> None:
@@ -30,9 +34,7 @@ def plot_run(history: list[dict], out_dir: str | Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ax.plot(epochs, [m["train_acc"] for m in history], label="train (relaxed gates)")
-    for key, label in (("test_acc_full", "test, all blocks"), ("test_acc_paper", "test, paper gate (eq. 16)"),
-                       ("test_acc_deploy", "test, deployed rule (gates, exits)"),
-                       ("test_acc_exit1", "test, exit after stage 1"), ("test_acc_exit2", "test, exit after stage 2")):
+    for key, label in TEST_ACCURACIES:
         if key in history[-1]:
             ax.plot(epochs, [m[key] for m in history], label=label)
     ax.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
@@ -71,17 +73,36 @@ def plot_run(history: list[dict], out_dir: str | Path) -> list[Path]:
     return written
 
 
+def read_history(path: Path) -> list[dict]:
+    """A run's metrics.jsonl, checked for what plot_run draws: each curve the last epoch holds
+    (plot_run decides from it) is in every epoch, with as many blocks and exits."""
+    history = jsonfile.read_lines(path, METRICS)
+    last = history[-1]
+    shape = {**METRICS, **{key: float for key, _ in TEST_ACCURACIES if key in last}}
+    if "exec_rate_deploy" in last:
+        shape.update(exec_rate_deploy=[float], mac_ratio_deploy=float, adaptivity=float)
+        if last["exec_rate_deploy"]:  # gated blocks: their mean gate and skip rate are drawn too
+            shape.update(gbar=float, skip_rate_deploy=float)
+        if "continue_rate_deploy" in last:
+            shape["continue_rate_deploy"] = [float]
+    for metrics in history:
+        where = f"{path} epoch {metrics['epoch']}"
+        jsonfile.check(metrics, shape, where)
+        for key in ("exec_rate_deploy", "continue_rate_deploy"):
+            if key in shape and len(metrics[key]) != len(last[key]):
+                raise jsonfile.FileFormatError(f"{where}: {key} holds {len(metrics[key])} values, "
+                                               f"the last epoch's {len(last[key])}")
+    return history
+
+
 @errors.command("python -m cosinegate.train.plots", expected=(OSError, ValueError))
 def main(argv=None) -> int:
     parser = errors.ArgumentParser(prog="python -m cosinegate.train.plots",
                                      description="Redraw a run's training curves from its metrics.jsonl.")
     parser.add_argument("run", type=Path, nargs="?", default=Path("."), help="run folder (default: .)")
     run = parser.parse_args(argv).run
-    try:
-        history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{run / 'metrics.jsonl'} is not one JSON object per line ({e})") from None
-    for path in plot_run(history, run / "plots"):
+    # Checked as a whole before the first plot is written: a file plot_run cannot draw leaves none.
+    for path in plot_run(read_history(run / "metrics.jsonl"), run / "plots"):
         print(path)
     return 0
 

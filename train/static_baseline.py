@@ -32,7 +32,7 @@ def static_command(run_dir: Path, out: Path) -> list[str]:
     # exec_rate_deploy lists gated blocks only; with every block gated they are blocks 0..n-1.
     if not cfg["gate_downsample"]:
         raise BaselineError(f"{run_dir} was trained with --no-gate-downsample, which is not supported")
-    rates = jsonfile.check(history[-1], {"exec_rate_deploy": [float]},
+    rates = jsonfile.check(history[-1], {"exec_rate_deploy": [jsonfile.Finite]},
                            f"{run_dir / 'metrics.jsonl'} last line")["exec_rate_deploy"]
     k = round(sum(1.0 - r for r in rates))
     removed = sorted(sorted(range(len(rates)), key=lambda i: rates[i])[:k])

@@ -30,6 +30,9 @@ from cosinegate.train.trainer import loss_terms, step_loss, total_loss
 
 PRESETS = {"plain": "resnet20", "gated": "balanced"}
 RATIO_GOAL = 1.3  # gated step time / plain step time
+# Random CIFAR-shaped images made up front (--batch times the batches run), held in memory as
+# bytes and twice as floats: about 2 GB at most.
+MAX_IMAGES = 65_536
 
 
 def make_step(preset: str, depth: int, device: torch.device, variant: str, like: tuple):
@@ -122,6 +125,10 @@ def main(argv=None) -> int:
         parser.error(f"--depth must be 6n+2 with n >= 1 (20, 32, 56, 110), got {args.depth}")
     if args.batch < 1:
         parser.error(f"--batch must be at least 1, got {args.batch}")
+    batch_count = max(args.steps, args.burn_in, 10)
+    if args.batch * batch_count > MAX_IMAGES:
+        parser.error(f"--batch {args.batch} x {batch_count} batches (--steps or --burn-in) is "
+                     f"{args.batch * batch_count:,} random images to hold in memory, more than {MAX_IMAGES:,}")
     if args.threads is not None and not 1 <= args.threads <= C.MAX_THREADS:
         parser.error(f"--threads must be 1..{C.MAX_THREADS}, got {args.threads}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -137,7 +144,7 @@ def main(argv=None) -> int:
           f"{' | bf16 autocast' if device.type == 'cuda' else ''} | "
           f"{args.steps} steps after {args.burn_in} burn-in")
     t0 = time.perf_counter()
-    batches = random_batches(max(args.steps, args.burn_in, 10), args.batch, device)
+    batches = random_batches(batch_count, args.batch, device)
     sync()
     print(f"  data loader (index, crop, flip): {1e3 * (time.perf_counter() - t0) / len(batches):.2f} ms/batch")
     variants = ["eager"] + (["graph"] if device.type == "cuda" else []) + (["compiled"] if args.compile else [])

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from cosinegate import atomic, errors, jsonfile
-from cosinegate.export.integrity import REPORT, IntegrityError, read_export
+from cosinegate.export.integrity import REPORT, IntegrityError, check_model_input, read_export
 
 BYTES_PER_LINE = 12
 _OP_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -188,6 +188,7 @@ def main(argv=None) -> int:
     if "model_int8.tflite" not in report["sha256"]:
         raise IntegrityError(f"{args.export_dir} is a float export without model_int8.tflite: export with --int8")
     jsonfile.check(report, REPORT_FIELDS, args.export_dir / REPORT)
+    check_model_input(report, (args.export_dir / "model_int8.tflite").read_bytes())  # model_settings.h quotes it
     for path in write_model_sources(args.export_dir / "model_int8.tflite", report, args.out,
                                     int8_kernels=args.int8_kernels):
         print(path)

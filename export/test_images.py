@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cosinegate import atomic, errors, jsonfile
-from cosinegate.export.integrity import REPORT, read_export
+from cosinegate.export.integrity import REPORT, check_model_input, read_export
 
 VALUES_PER_LINE = 16
 # What the images are chosen and quantised by, checked as an export is read (a cosinegate.jsonfile shape).
@@ -113,6 +113,7 @@ def main(argv=None) -> int:
     if "model_int8.tflite" not in report["sha256"]:  # the images are quantized with the int8 input's scale
         raise ValueError(f"{args.export_dir} is a float export without model_int8.tflite: export with --int8")
     jsonfile.check(report, REPORT_FIELDS, args.export_dir / REPORT)
+    check_model_input(report, (args.export_dir / "model_int8.tflite").read_bytes())  # images take its scale
     images, labels = load_test_split(report["dataset"], args.data_dir)
     quantized, labels = make_test_set(report, images, labels, args.count)
     command = (f"python -m cosinegate.export.test_images {args.export_dir.name} "

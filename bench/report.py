@@ -100,14 +100,13 @@ def training_curves(checkpoint_path: Path) -> dict[str, bytes]:
     metrics = Path(checkpoint_path).parent / "metrics.jsonl"
     if not metrics.is_file():
         return {}
-    from cosinegate.train.plots import plot_run
+    from cosinegate.train.plots import plot_run, read_history
     try:
-        history = [json.loads(line) for line in metrics.read_text().splitlines() if line]
-        with tempfile.TemporaryDirectory() as drawn:
-            return {path.name: path.read_bytes() for path in plot_run(history, drawn)}
-    except (ValueError, KeyError, IndexError, TypeError) as e:  # ValueError: bad JSON or UTF-8
-        reason = f"a line without {e}" if isinstance(e, KeyError) else errors.one_line(e)
-        raise BenchError(f"{metrics} is not a run's metrics, one JSON object per epoch ({reason})") from None
+        history = read_history(metrics)
+    except ValueError as e:  # jsonfile's format errors, bad JSON or UTF-8
+        raise BenchError(f"training curves: {errors.one_line(e)}") from None
+    with tempfile.TemporaryDirectory() as drawn:
+        return {path.name: path.read_bytes() for path in plot_run(history, drawn)}
 
 
 # The bench's own charts, and every file a bench may write: a new bench replaces all of these in

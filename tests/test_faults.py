@@ -396,6 +396,10 @@ FAULTS = [
                               s.checkpoint("c.pt", lambda d: d["config"].update(epochs="two"))), "epochs must be int"),
     Fault("bench_out_plots_a_file", "bench", lambda s: _bench_of(s, str(s.export), "--out", s.holding("b", "plots")),
           "in the way"),
+    Fault("bench_checkpoint_metrics_without_a_curve", "bench",
+          lambda s: _bench_of(s, str(s.export), "--checkpoint",
+                              s.run_with("r", {"metrics.jsonl": '{"epoch": 1, "lr": 0.1}\n'}) + "/last.pt"),
+          "training curves: "),
     Fault("bench_checkpoint_nan_weights", "bench",
           lambda s: _bench_of(s, str(s.export), "--checkpoint", s.checkpoint("nan.pt", _nan_weights)), "non-finite"),
     # -- cg-bench: firmware logs -----------------------------------------------------------------------
@@ -931,8 +935,8 @@ def test_archive_restore_failing_midway_takes_back_what_it_wrote(tiny_run, tmp_p
     assert code == 0, err
 
 
-@pytest.mark.parametrize("last_line, says", [('{"epoch": 1, broken', "metrics.jsonl is not"),
-                                             ('{"epoch": 3}', "without 'train_acc'")],
+@pytest.mark.parametrize("last_line, says", [('{"epoch": 1, broken', "line 3 is not valid JSON"),
+                                             ('{"epoch": 3}', "line 3: train_acc is missing")],
                          ids=["not_json", "without_metrics"])
 def test_bench_refuses_broken_training_metrics_before_writing(last_line, says, tiny_run, tiny_export, tmp_path,
                                                               capsys):

@@ -43,8 +43,8 @@ def archive(root: Path, dest: Path) -> list[str]:
 def restore(checkpoint_path: Path, run_dir: Path) -> int:
     """Write run_dir/config.yaml and metrics.jsonl from a checkpoint, which becomes the folder's
     last.pt (the last epoch it knows); returns the epochs restored. All three are checked and made
-    before the first is written, and a failed write takes back the ones before it: no half-made
-    run folder is left for a retry to refuse."""
+    before the first is written, and they are written all or none: no half-made run folder is left
+    for a retry to refuse."""
     from cosinegate.train import checkpoint
     runfolder.check_new(run_dir)
     state = checkpoint.load(checkpoint_path)
@@ -53,17 +53,9 @@ def restore(checkpoint_path: Path, run_dir: Path) -> int:
         config = yaml.safe_dump(state["config"], sort_keys=False)
     except yaml.YAMLError:
         raise checkpoint.CheckpointError(f"{checkpoint_path}: its config holds a value YAML cannot hold") from None
-    files = {"config.yaml": config.encode(),
-             "metrics.jsonl": "".join(json.dumps(m) + "\n" for m in state["history"]).encode(),
-             "last.pt": Path(checkpoint_path).read_bytes()}
-    written = []
-    try:
-        for name, data in files.items():
-            written.append(atomic.write_bytes(run_dir / name, data))
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+    atomic.write_all({run_dir / "config.yaml": config,
+                      run_dir / "metrics.jsonl": "".join(json.dumps(m) + "\n" for m in state["history"]),
+                      run_dir / "last.pt": Path(checkpoint_path).read_bytes()})
     return len(state["history"])
 
 

@@ -327,12 +327,11 @@ def _per_path_table(rows: list[dict]) -> list[str]:
         counts, macs = np.array(v["instructions_per_image"], dtype=float), R.firmware_mac_ratios(r, v)
         paths = np.array(v["gates"])
         legend.append(f"- {r['name']}: {_decision_names(r)}")
-        for path in sorted(set(paths), key=lambda p: -counts[paths == p].mean()):
-            here = paths == path
-            body.append({"configuration": r["name"], "decisions": f"`{path}`", "images": int(here.sum()),
-                         "instructions": counts[here].mean(), "spread": np.ptp(counts[here]),
-                         "executed MACs": macs[here].mean(), "vs plain": counts[here].mean() / plain[k],
-                         "measured / predicted": counts[here].mean() / (plain[k] * macs[here].mean())})
+        groups = [(path, counts[paths == path], macs[paths == path]) for path in set(paths)]
+        for path, cost, mac in sorted(groups, key=lambda g: -g[1].mean()):
+            body.append({"configuration": r["name"], "decisions": f"`{path}`", "images": len(cost),
+                         "instructions": cost.mean(), "spread": np.ptp(cost), "executed MACs": mac.mean(),
+                         "vs plain": cost.mean() / plain[k], "measured / predicted": cost.mean() / (plain[k] * mac.mean())})
     if not body:
         return []
     return ["## Per-path cost on the QEMU Cortex-M4",

@@ -919,13 +919,13 @@ def test_archive_restore_refuses_a_bad_history_and_a_retry_succeeds(edit, says, 
 
 def test_archive_restore_failing_midway_takes_back_what_it_wrote(tiny_run, tmp_path, capsys, monkeypatch):
     import errno
-    write_bytes = atomic.write_bytes
+    replace = atomic._replace
 
-    def disk_full_at_last_pt(path, data):
+    def disk_full_at_last_pt(tmp, path):
         if Path(path).name == "last.pt":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return write_bytes(path, data)
-    monkeypatch.setattr(atomic, "write_bytes", disk_full_at_last_pt)
+        return replace(tmp, path)
+    monkeypatch.setattr(atomic, "_replace", disk_full_at_last_pt)
     dest = tmp_path / "restored"
     code, _, err = _run("archive", ["--restore", str(tiny_run / "last.pt"), str(dest)], capsys)
     _assert_one_error_line("archive", code, err, "disk full")

@@ -279,6 +279,8 @@ FAULTS = [
     Fault("second_writer", "train", _holding_lock, "being written by another process"),
     Fault("resume_missing_folder", "train", lambda s: _resume(s.path("nowhere")), "not found"),
     Fault("resume_without_last_pt", "train", lambda s: _resume_no_last(s), "no last.pt"),
+    Fault("resume_names_a_checkpoint_file", "train", lambda s: _resume(str(s.copy(s.run, "run") / "last.pt")),
+          "takes a run folder, not a file"),
     Fault("resume_changed_flag", "train", lambda s: _resume(str(s.copy(s.run, "run")), "--lr", "0.5"),
           "config differs in lr"),
     Fault("resume_other_config_checkpoint", "train", lambda s: _resume_from(s, _another_config),

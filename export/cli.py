@@ -367,9 +367,11 @@ def _report(args, source: Source, int8: Int8Model | None, checks: dict) -> dict:
         # the bool outputs after the logits, in order: gate_{i} true = block i ran, exit_{k} true =
         # the image went on past early exit k
         "decision_outputs": source.frozen.decision_names,
-        "exit_blocks": source.exit_blocks, "macs_exits": macs["exits"],
-        "macs_full": macs["full_total"], "macs_plain": macs["plain_total"],
+        "exit_blocks": source.exit_blocks, "removed_blocks": macs["removed"],
+        # enough to recompute each image's executed MACs from its decision outputs (docs/export.md)
+        "macs_full": macs["full_total"], "macs_plain": macs["plain_total"], "macs_stem": macs["stem"],
         "macs_per_block": macs["blocks"], "macs_controllers": macs["controllers"],
+        "macs_exits": macs["exits"], "macs_head": macs["head"],
         "input": {"shape": [1, cfg.input_size, cfg.input_size, cfg.in_channels],
                   "scale": int8.scale if int8 else None, "zero_point": int8.zero_point if int8 else None,
                   "mean": list(info.mean), "std": list(info.std), "layout": "NHWC"},

@@ -72,7 +72,8 @@ def test_export_writes_every_file_and_the_report(exported):
     assert {p.name for p in exported.iterdir()} == EXPORT_FILES
     report = json.loads((exported / "export_report.json").read_text())
     for key in ("format", "version", "checkpoint", "dataset", "num_classes", "gated_blocks",
-                "gated_indices", "macs_full", "macs_plain", "macs_per_block", "macs_controllers",
+                "gated_indices", "decision_outputs", "removed_blocks", "macs_full", "macs_plain", "macs_stem",
+                "macs_per_block", "macs_controllers", "macs_exits", "macs_head",
                 "input", "tflm_arena_bytes", "tflm_ops", "files", "parity"):
         assert key in report, key
     assert report["gated_blocks"] == 3 and report["input"]["layout"] == "NHWC"

@@ -161,3 +161,47 @@ def test_a_logit_normed_gate_routes_from_the_start_and_exports_with_parity(tmp_p
     checks = json.loads((out / "export_report.json").read_text())["parity"]
     assert checks["onnx_vs_pytorch"]["gates_identical"]
     assert checks["tflm_vs_tflite_ref"]["gate_agreement"] == 1.0
+
+
+def _executed_macs_from_report(report: dict, decisions: np.ndarray) -> np.ndarray:
+    """Each image's executed MACs over the plain network's, from the export report and the model's
+    decision outputs alone, as docs/export.md states the rule."""
+    names = report["decision_outputs"]
+    exits = [names.index(f"exit_{k}") for k in range(len(report["exit_blocks"]))]
+    ratios = []
+    for row in decisions:
+        passed = int(np.cumprod(row[exits]).sum()) if exits else 0  # exits the image went on past
+        executed = report["macs_stem"]
+        for block, macs in enumerate(report["macs_per_block"]):
+            if block in report["removed_blocks"] or passed < sum(e < block for e in report["exit_blocks"]):
+                continue
+            executed += report["macs_controllers"][block]
+            if block not in report["gated_indices"] or row[names.index(f"gate_{block}")]:
+                executed += macs
+        executed += sum(report["macs_exits"][:passed + 1])
+        executed += report["macs_head"] if passed == len(exits) else 0
+        ratios.append(executed / report["macs_plain"])
+    return np.array(ratios)
+
+
+def test_the_export_report_alone_gives_each_images_executed_macs(routed_run, tmp_path):
+    """An outside evaluator needs only export_report.json and the int8 model's outputs."""
+    from cosinegate.bench.run import mac_ratios
+    from cosinegate.export import parity, restructure
+    from cosinegate.train import checkpoint
+    from cosinegate.train.data import dataset_info, load_arrays
+    from cosinegate.train.model import macs_breakdown
+    out = tmp_path / "e"  # gates that close for some images and exits that split them
+    assert export_tiny(routed_run / "last.pt", out, "--exit-threshold", "0.5", "--gate-threshold", "0.5") == 0
+    report = json.loads((out / "export_report.json").read_text())
+    tflite = (out / "model_int8.tflite").read_bytes()
+    images, _ = load_arrays("digits", None, "test")
+    scale, zero_point = restructure.input_quantization(tflite)
+    xq = parity.quantize_inputs(parity.float_inputs(images[:100], dataset_info("digits")), scale, zero_point)
+    _, decisions = parity.run_all(parity.TfliteRunner(tflite, report["decision_outputs"]), xq, "", False)
+    assert len(np.unique(decisions, axis=0)) >= 3
+    cfg = checkpoint.build_model(checkpoint.load(routed_run / "last.pt")).cfg
+    expected = mac_ratios(decisions, macs_breakdown(cfg), report["gated_indices"])
+    assert np.allclose(_executed_macs_from_report(report, decisions), expected, rtol=0, atol=1e-12)
+    assert np.isclose(_executed_macs_from_report(report, np.ones_like(decisions)).max(),
+                      report["macs_full"] / report["macs_plain"])

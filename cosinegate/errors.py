@@ -31,11 +31,17 @@ def one_line(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         where = f": {error.filename}" if error.filename else ""
         text = ("disk full" if error.errno == errno.ENOSPC else error.strerror) + where
+        if error.errno == errno.EEXIST and _dangling_link(error.filename):
+            text = f"{error.filename} is a symbolic link to {os.readlink(error.filename)}, which does not exist"
     else:
         text = str(error).strip() or type(error).__name__
     # Escape control characters: the text may quote a file or a device's log (ANSI escapes included).
     first = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text.splitlines()[0])
     return first if len(first) <= MAX_CHARS else first[:MAX_CHARS - 3] + "..."
+
+
+def _dangling_link(path) -> bool:
+    return isinstance(path, (str, bytes, os.PathLike)) and os.path.islink(path) and not os.path.exists(path)
 
 
 def command(prog: str, expected: tuple = ()):

@@ -186,6 +186,12 @@ def _new_run_over(s: Scene, kept_file: str) -> list[str]:
     return _new_run(s)
 
 
+def _new_run_into_dangling_link(s: Scene) -> list[str]:
+    """A new run whose --out is a symbolic link to a folder that does not exist."""
+    os.symlink(s.path("nowhere"), s.path("new"))
+    return _new_run(s)
+
+
 def _with_config(s: Scene, text: str | bytes) -> list[str]:
     return _new_run(s, "--config", s.write("c.yaml", text))
 
@@ -276,6 +282,8 @@ FAULTS = [
     *[Fault(f"out_holds_{name.replace('.', '_')}", "train", lambda s, name=name: _new_run_over(s, f"new/{name}"),
             "already holds a run") for name in runfolder.RUN_FILES],
     Fault("out_is_a_file", "train", lambda s: _new_run_over(s, "new"), "new"),
+    Fault("out_is_a_dangling_link", "train", lambda s: _new_run_into_dangling_link(s),
+          "is a symbolic link to"),
     Fault("second_writer", "train", _holding_lock, "being written by another process"),
     Fault("resume_missing_folder", "train", lambda s: _resume(s.path("nowhere")), "not found"),
     Fault("resume_without_last_pt", "train", lambda s: _resume_no_last(s), "no last.pt"),

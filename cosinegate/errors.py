@@ -13,7 +13,9 @@ import functools
 import io
 import os
 import re
+import signal
 import subprocess
+import threading
 import sys
 
 MAX_CHARS = 300
@@ -44,14 +46,35 @@ def _dangling_link(path) -> bool:
     return isinstance(path, (str, bytes, os.PathLike)) and os.path.islink(path) and not os.path.exists(path)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that the clean-up of Ctrl-C runs for it too."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def interrupt_status(interrupt: KeyboardInterrupt) -> tuple[str, int]:
+    """What stopped the command, and its exit status (128 plus the signal's number)."""
+    return ("terminated", 143) if isinstance(interrupt, Terminated) else ("interrupted", 130)
+
+
 def command(prog: str, expected: tuple = ()):
     """Decorate `main(argv) -> int` so that an `expected` exception prints `prog: error: ...`
-    and anything else one line marked as an internal error; both exit 1."""
+    and anything else one line marked as an internal error; both exit 1. Ctrl-C and SIGTERM end
+    in one line too (`prog: interrupted`, exit 130; `prog: terminated`, exit 143), after the
+    clean-up a failure gets (staging folders and temporaries removed)."""
     def wrap(main):
         @functools.wraps(main)
         def guarded(*args, **kwargs):
+            in_main_thread = threading.current_thread() is threading.main_thread()
+            previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
             try:
                 return main(*args, **kwargs)
+            except KeyboardInterrupt as e:
+                word, status = interrupt_status(e)
+                print(f"{prog}: {word}", file=sys.stderr)
+                return status
             except (*expected, StepFailed) as e:
                 print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
                 return 1
@@ -61,6 +84,9 @@ def command(prog: str, expected: tuple = ()):
                 print(f"{prog}: error: internal error ({type(e).__name__}: {one_line(e)}); "
                       "set CG_TRACEBACK=1 to see where", file=sys.stderr)
                 return 1
+            finally:
+                if in_main_thread:  # None: the handler before was set outside Python
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         return guarded
     return wrap
 

@@ -1,6 +1,11 @@
 """Every entry point explains itself (each console script and each `python -m` tool answers
---help) and ends any failure in one line (its main is wrapped by errors.command)."""
+--help) and ends any failure in one line (its main is wrapped by errors.command), Ctrl-C and
+SIGTERM included."""
 import importlib
+import os
+import signal
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -41,3 +46,55 @@ def test_python_m_tool_answers_help(module, capsys):
 @pytest.mark.parametrize("module", sorted({*MODULES, *(target.split(":")[0] for target in SCRIPTS.values())}))
 def test_every_command_ends_a_failure_in_one_line(module):
     assert hasattr(importlib.import_module(module).main, "__wrapped__")  # set by errors.command
+
+
+@pytest.mark.parametrize("signum, word, status", [(signal.SIGINT, "interrupted", 130),
+                                                  (signal.SIGTERM, "terminated", 143)])
+def test_a_signal_ends_a_command_in_one_line_after_its_clean_up(signum, word, status, capsys):
+    from cosinegate import errors
+    cleaned = []
+
+    @errors.command("prog")
+    def main(argv=None):
+        try:
+            os.kill(os.getpid(), signum)
+            signal.sigtimedwait([], 0)  # let the handler run before anything else
+            raise AssertionError("the signal did not stop the command")
+        finally:
+            cleaned.append(True)
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main() == status and cleaned == [True]
+    assert capsys.readouterr().err == f"prog: {word}\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_sigterm_stops_training_with_the_last_epoch_kept(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "cosinegate.train.cli", "--preset", "demo", "--depth", "8",
+                             "--epochs", "200", "--threads", "1", "--no-progress", "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    epochs = (line for line in proc.stdout if line.startswith("epoch"))
+    next(epochs), next(epochs)  # epoch 2 is logged after epoch 1's checkpoint was written
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert err.strip().splitlines() == [f"cg-train: terminated; the last finished epoch is in last.pt "
+                                        f"(continue with: cg-train --resume {run})"]
+    from cosinegate.train import checkpoint
+    assert checkpoint.load(run / "last.pt")["epoch"] >= 1
+
+
+def test_sigterm_before_the_first_epoch_leaves_no_run_behind(tmp_path):
+    run = tmp_path / "runs" / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "cosinegate.train.cli", "--preset", "demo", "--depth", "8",
+                             "--epochs", "2", "--threads", "1", "--no-progress", "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # the run's banner: its folder is claimed, no epoch has finished
+        if line.startswith("cg-train: demo"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert err.strip().splitlines() == ["cg-train: terminated before the first epoch finished; nothing was kept"]
+    assert not (tmp_path / "runs").exists()

@@ -96,8 +96,10 @@ def parse(argv) -> tuple[C.TrainConfig, argparse.Namespace]:
 def main(argv=None) -> int:
     from cosinegate.train.trainer import TrainingDiverged, train
     argv = sys.argv[1:] if argv is None else argv
+    out = None
     try:
         cfg, args = parse(argv)
+        out = args.out
         main_process = int(os.environ.get("RANK", "0")) == 0
         # Only the main process writes run files, so only it holds the folder.
         with runfolder.claim(args.out, resume=bool(args.resume)) if main_process else contextlib.nullcontext():
@@ -113,10 +115,14 @@ def main(argv=None) -> int:
             ValueError, RuntimeError, OSError) as e:
         print(f"cg-train: error: {errors.one_line(e)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("cg-train: interrupted; the last finished epoch is in last.pt (continue with --resume)",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        word, status = errors.interrupt_status(e)
+        if out is not None and (out / "last.pt").is_file():
+            print(f"cg-train: {word}; the last finished epoch is in last.pt (continue with: "
+                  f"cg-train --resume {out})", file=sys.stderr)
+        else:  # runfolder.claim removed what the run had written
+            print(f"cg-train: {word} before the first epoch finished; nothing was kept", file=sys.stderr)
+        return status
     if history and int(os.environ.get("RANK", "0")) == 0:
         print(_final_summary(cfg, args.out, len(history)))
     return 0

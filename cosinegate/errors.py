@@ -15,8 +15,8 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import sys
+import threading
 
 MAX_CHARS = 300
 # The line a failing command ends with: `PROG: error: REASON` (PROG may hold spaces: `python -m ...`).

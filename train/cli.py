@@ -52,7 +52,8 @@ def parse(argv) -> tuple[C.TrainConfig, argparse.Namespace]:
     known, _ = pre.parse_known_args(argv)
     if known.resume:
         if Path(known.resume).is_file():  # a run continues from its folder's last.pt, never another file
-            raise C.ConfigError(f"--resume takes a run folder, not a file: cg-train --resume {Path(known.resume).parent}")
+            raise C.ConfigError("--resume takes a run folder, not a file: "
+                                f"cg-train --resume {Path(known.resume).parent}")
         saved_path = Path(known.resume) / "config.yaml"
         defaults = C.read_yaml(saved_path, "saved run config")
     else:

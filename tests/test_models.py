@@ -60,3 +60,14 @@ def test_results_md_is_regenerated_from_the_archive(monkeypatch):
     text = results.render(results.collect(archive), archive, plots / "pareto.png",
                           earlier if earlier.is_file() else None, R.collect_outside(outside), outside)
     assert text == (ROOT / "RESULTS.md").read_text()
+
+
+def test_a_published_checkpoint_exports_to_its_published_int8_model(tmp_path):
+    """The published folders hold no ONNX or firmware sources: cg-export of model.pt makes them,
+    with the very int8 model that was published (the demo's export used the default options)."""
+    from cosinegate.export import cli
+    published = ROOT / "models" / "demo-digits-resnet20"
+    out = tmp_path / "export"
+    assert cli.main([str(published / "model.pt"), "--int8", "--out", str(out), "--no-progress"]) == 0
+    assert (out / "model_int8.tflite").read_bytes() == (published / "model_int8.tflite").read_bytes()
+    assert (out / "model.onnx").is_file() and (out / "model_data.cc").is_file()

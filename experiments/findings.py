@@ -197,7 +197,7 @@ def static_twins(rows: list[dict]) -> list[StaticTwin]:
 
 @dataclass(frozen=True)
 class FrontierPoint:
-    """A routed run (gates or early exits) against the static networks of its depth and schedule that bracket its executed
+    """A routed run (gates or early exits) against the static networks of its depth, schedule and `rows.budget` that bracket its executed
     MACs, interpolated linearly (float accuracy, all test images)."""
     run: str
     adaptivity: float
@@ -215,7 +215,7 @@ class FrontierPoint:
 def static_frontier(rows: list[dict]) -> list[FrontierPoint]:
     def key(r):
         c = r["config"]
-        return c["dataset"], c["depth"], c["epochs"], c["warmup_epochs"], r["epochs_done"]
+        return c["dataset"], c["depth"], c["warmup_epochs"], r["epochs_done"], R.budget(r, rows)
 
     out = []
     for gated in (r for r in rows if R.routed(r)):
@@ -287,13 +287,14 @@ def sweep_points(rows: list[dict]) -> list[SweepPoint]:
 
 
 def seed_groups(rows: list[dict]) -> list[list[dict]]:
-    """Runs that differ only in their seed (and the machine they ran on), each group sorted by
-    seed; groups of two or more."""
+    """Runs that differ only in their seeds (and the machines they ran on), theirs and those of the
+    runs they warm-started from (`rows.lineage`), each group sorted by seed; groups of two or more."""
     from cosinegate.train.config import MACHINE_KEYS
 
     def recipe(r):
-        kept = {k: v for k, v in r["config"].items() if k not in ("seed", *MACHINE_KEYS)}
-        return json.dumps([kept, r["epochs_done"]], sort_keys=True, default=str)
+        chain = [({k: v for k, v in x["config"].items() if k not in ("seed", "init_from", *MACHINE_KEYS)},
+                  x["epochs_done"]) for x in R.lineage(r, rows)]
+        return json.dumps([R.first_start(r, rows), chain], sort_keys=True, default=str)
 
     groups: dict[str, list[dict]] = {}
     for r in rows:

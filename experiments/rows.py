@@ -120,18 +120,36 @@ def source_row(row: dict, rows: list[dict]) -> dict | None:
     return next((r for r in rows if r["name"] == name), None) if name else None
 
 
+def lineage(row: dict, rows: list[dict]) -> list[dict]:
+    """The run and the runs its weights came from, oldest first: a warm start from a run among the
+    rows continues that run's training."""
+    chain = [row]
+    while (source := source_row(chain[0], rows)) is not None and source not in chain:
+        chain.insert(0, source)
+    return chain
+
+
+def first_start(row: dict, rows: list[dict]) -> str | None:
+    """Where the row's lineage began: a published model or a run not among the rows, by name;
+    None for random weights."""
+    return source_name(lineage(row, rows)[0]["config"])
+
+
+def budget(row: dict, rows: list[dict]) -> tuple:
+    """The first start by name, wherever its file lay, and the epochs, lr and held-out images of
+    each run in the lineage: two rows with the same budget trained from the same weights as long."""
+    return first_start(row, rows), tuple((r["config"]["epochs"], r["config"]["lr"], r["config"].get("holdout", 0))
+                                          for r in lineage(row, rows))
+
+
 def static_references(row: dict, rows: list[dict]) -> dict[str, dict]:
     """{name: {"mac_ratio", "accuracy", "images"}} of the static networks a swept run is compared with:
-    those its sweep was drawn against (`bench.sweep --reference`) and every static network trained
-    with the same recipe from the same start (the same start by name, wherever its file lay; the same
-    epochs, lr and held-out images) with an int8 bench."""
-    def recipe(config):
-        return source_name(config), config["epochs"], config["lr"], config.get("holdout", 0)
-
+    those its sweep was drawn against (`bench.sweep --reference`) and every warm-started static
+    network with the same `budget` and an int8 bench."""
     out = dict((row["sweep"] or {}).get("references", {}))
+    ours = budget(row, rows)
     for r in rows:
-        if (not routed(r) and r["config"].get("init_from") and recipe(r["config"]) == recipe(row["config"])
-                and int8(r)):
+        if not routed(r) and r["config"].get("init_from") and budget(r, rows) == ours and int8(r):
             out[r["name"]] = {"mac_ratio": macs(r), "accuracy": int8(r)["accuracy"],
                               "images": (r["bench"] or {}).get("images")}
     return out

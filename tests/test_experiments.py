@@ -346,3 +346,28 @@ def test_static_references_know_the_start_by_name_wherever_its_file_lay():
     statics = [warm("same_start", "/another/checkout/models/plain/model.pt"),
                warm("other_start", "models/other/model.pt"), warm("other_budget", "models/plain/model.pt", epochs=20)]
     assert set(rows.static_references(routed, [routed, *statics])) == {"same_start"}
+
+
+def test_a_continued_run_faces_static_networks_continued_as_long_from_the_same_start():
+    from cosinegate.experiments import findings, rows
+
+    def warm(name, init_from, epochs, seed=0, exits=""):
+        row = _row(name, 20, False, 0.9, 0.5)
+        row["config"].update(init_from=init_from, lr=0.02, epochs=epochs, seed=seed, exits=exits)
+        return row
+
+    first = [warm(f"{kind}_e120{tag}", "models/plain/model.pt", 120, seed, exits)
+             for kind, exits in (("exits", "2"), ("static", "")) for seed, tag in ((0, ""), (1, "_seed1"))]
+    continued = [warm(f"{kind}_e120p12{tag}", f"runs/{kind}_e120{tag}/run/last.pt", 12, seed, exits)
+                 for kind, exits in (("exits", "2"), ("static", "")) for seed, tag in ((0, ""), (1, "_seed1"))]
+    once = warm("static_e12", "models/plain/model.pt", 12)  # 12 epochs from the first start only
+    table = first + continued + [once]
+    assert [r["name"] for r in rows.lineage(continued[0], table)] == ["exits_e120", "exits_e120p12"]
+    assert rows.budget(continued[0], table) == ("plain", ((120, 0.02, 0), (12, 0.02, 0)))
+    assert set(rows.static_references(continued[0], table)) == {"static_e120p12", "static_e120p12_seed1"}
+    assert set(rows.static_references(once, table)) == {"static_e12"}
+    groups = [[r["name"] for r in g] for g in findings.seed_groups(table)]
+    assert ["exits_e120p12", "exits_e120p12_seed1"] in groups and ["static_e120p12", "static_e120p12_seed1"] in groups
+    # a source that names itself ends its own lineage
+    looped = warm("looped", "runs/looped/run/last.pt", 12)
+    assert rows.lineage(looped, [looped]) == [looped]

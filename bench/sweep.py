@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test images for each export's parity checks (default 200)")
     parser.add_argument("--reference", type=_reference, action="append", default=[], metavar="NAME=BENCH_JSON",
                         help="a static network's cg-bench result drawn beside the sweep; repeatable")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -86,7 +87,7 @@ def _export(args, target: float | None, folder: Path) -> dict:
     return jsonfile.check(read_export(folder), _REPORT, report_path)  # an earlier sweep's export is checked too
 
 
-def _int8_point(folder: Path, report: dict, x: np.ndarray, labels: np.ndarray, macs: dict) -> dict:
+def _int8_point(folder: Path, report: dict, x: np.ndarray, labels: np.ndarray, macs: dict, progress: bool) -> dict:
     """Accuracy, executed MACs and routing of the int8 model in `folder`, as TFLite decides them."""
     from cosinegate.bench.run import routing_summary
     from cosinegate.export.parity import TfliteRunner, quantize_inputs, run_all
@@ -94,7 +95,7 @@ def _int8_point(folder: Path, report: dict, x: np.ndarray, labels: np.ndarray, m
     names = report.get("decision_outputs", [f"gate_{i}" for i in gated])
     runner = TfliteRunner((folder / "model_int8.tflite").read_bytes(), names)
     xq = quantize_inputs(x, report["input"]["scale"], report["input"]["zero_point"])
-    logits, gates = run_all(runner, xq, f"tflite int8 {folder.name}", True)
+    logits, gates = run_all(runner, xq, f"tflite int8 {folder.name}", progress)
     predictions = logits.argmax(1)
     summary = routing_summary(gates, predictions, labels, macs, gated, None)
     summary.pop("gate_agreement_vs_torch")
@@ -130,7 +131,7 @@ def sweep(args) -> dict:
         folder = args.out / "exports" / (PAPER_POINT if target is None else f"target_{name}")
         report = _export(args, target, folder)
         point = {"target_mac_ratio": target, "threshold": report["deploy_threshold"],
-                 **_int8_point(folder, report, x, labels, macs)}
+                 **_int8_point(folder, report, x, labels, macs, not args.no_progress)}
         points[name] = point
         atomic.write_text(out_path, json.dumps(result, indent=1) + "\n")  # each point kept as it lands
         print(f"cg-sweep: {name:>6}: threshold {point['threshold']['threshold']:.4g} | int8 accuracy "

@@ -100,8 +100,9 @@ def test_sweep_draws_int8_accuracy_against_compute_and_continues(tiny_ckpt, tiny
     least, most = _reachable(model, x)
     targets = [round(least + 0.5 * (most - least), 3)]
     argv = [str(tiny_ckpt), "--targets", ",".join(map(str, targets)), "--out", str(tmp_path / "s"),
-            "--images", "150", "--parity-images", "60"]
+            "--images", "150", "--parity-images", "60", "--no-progress"]
     assert sweep.main(argv) == 0
+    assert "it/s" not in capsys.readouterr().err  # --no-progress: no bars in a log
     result = json.loads((tmp_path / "s" / "sweep.json").read_text())
     points = result["points"]
     assert set(points) == {"paper", *(f"{t:.3f}" for t in targets)}

@@ -173,3 +173,20 @@ def test_batch_shaping_with_a_temperature_reaches_a_saturated_gate():
     assert warm > 10 * cold
     on_prior = (4.0 * torch.logit(q.clamp(1e-6, 1 - 1e-6)) + G.THRESHOLD_LOGIT).float().unsqueeze(1)
     assert G.batch_shaping_loss(on_prior, q, temperature=4.0).item() < 1e-8
+
+
+def test_dead_controller_units_are_redrawn_on_for_half_the_inputs_and_live_ones_kept():
+    torch.manual_seed(0)
+    controller = G.Controller(16, 4)
+    pooled = torch.rand(200, 16)  # a block input's GAP: after a ReLU, so >= 0
+    with torch.no_grad():
+        controller.fc1.weight[:2] = -torch.rand(2, 16)   # negative on every non-negative input
+        controller.fc1.bias[:2] = -0.1
+        controller.fc1.weight[2:] = torch.rand(2, 16)
+        controller.fc1.bias[2:] = 0.0
+    live = controller.fc1.weight[2:].clone()
+    assert G.revive_dead_units(controller, pooled) == 2
+    on = (torch.nn.functional.linear(pooled, controller.fc1.weight, controller.fc1.bias) > 0).float().mean(0)
+    assert torch.allclose(on[:2], torch.tensor([0.5, 0.5]), atol=0.01)
+    assert torch.equal(controller.fc1.weight[2:], live)
+    assert G.revive_dead_units(controller, pooled) == 0

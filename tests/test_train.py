@@ -82,6 +82,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(three_epoch_run, tmp_path)
     (["--preset", "demo", "--routing", "target_rate", "--no-gated"], "the net is not gated"),
     (["--preset", "demo", "--routing", "batch_shape", "--target-rate", "1.2"], "target_rate must lie"),
     (["--preset", "demo", "--removed-blocks", "2,2"], "each once"),
+    (["--preset", "demo", "--revive-controllers", "--no-gated"], "the net is not gated"),
 ])
 def test_bad_input_gives_one_line(argv, message, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path / "r"), "--threads", "1", "--no-progress"]) == 1
@@ -321,6 +322,24 @@ def test_routing_modes_run_end_to_end(routing, tmp_path):
     assert main(TINY + ["--routing", routing, "--target-rate", "0.5", "--out", str(run)]) == 0
     metrics = _metrics(run)
     assert len(metrics) == 3 and all(math.isfinite(m["train_loss"]) for m in metrics)
+
+
+def test_revived_controllers_are_counted_each_epoch_and_a_resume_redraws_dead_ones(tmp_path, capsys):
+    run = tmp_path / "revive"
+    assert main(TINY + ["--revive-controllers", "--stop-after", "2", "--out", str(run)]) == 0
+    assert all(isinstance(m["revived_units"], int) for m in _metrics(run))
+    # every unit of one controller killed: the resumed run's next epoch re-draws them all
+    state = checkpoint.load(run / "last.pt")
+    model = checkpoint.build_model(state)
+    block = model.gated_indices[0]
+    state["model"][f"blocks.{block}.controller.fc1.weight"].fill_(-1.0)
+    state["model"][f"blocks.{block}.controller.fc1.bias"].fill_(-1.0)
+    checkpoint.save(run / "last.pt", state)
+    capsys.readouterr()
+    assert main(["--resume", str(run), "--no-progress"]) == 0
+    hidden = model.blocks[block].controller.fc1.out_features
+    assert f"epoch 3: re-drew dead controller units: block {block}: {hidden}" in capsys.readouterr().out
+    assert _metrics(run)[-1]["revived_units"] >= hidden
 
 
 def test_warm_start_into_a_static_twin_drops_the_deleted_blocks(three_epoch_run, tmp_path):

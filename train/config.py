@@ -65,6 +65,7 @@ class TrainConfig:
     tau_start: float = 1.0
     tau_end: float = 0.5
     gate_noise: float = 1.0
+    revive_controllers: bool = False
     # deployable gate
     gate_train: str = "deploy"
     handover_epoch: int | None = None
@@ -99,6 +100,8 @@ class TrainConfig:
             (self.routing in ROUTING_MODES, f"routing must be one of {', '.join(ROUTING_MODES)}"),
             (self.gated or not self.gate_logit_norm,
              "gate_logit_norm normalises gate logits, but the net is not gated (--gated)"),
+            (self.gated or not self.revive_controllers,
+             "revive_controllers re-draws gate controllers, but the net is not gated (--gated)"),
             (self.gated or self.routing in ("faithful",),
              f"routing {self.routing!r} shapes gate decisions, but the net is not gated (--gated)"),
             (0.0 < self.target_rate < 1.0, "target_rate must lie strictly between 0 and 1"),
@@ -197,7 +200,7 @@ _KINDS = {f.name: getattr(f.type, "__name__", str(f.type)) for f in fields(Train
 # are what it was trained with. Every other field must be in a saved config.
 LATER_FIELDS = ("distill_from", "distill_temperature", "exit_threshold", "exits", "flops_delay_epochs",
                 "gate_logit_norm", "gate_noise", "holdout", "init_from", "lambda_distill", "lambda_exit",
-                "lambda_routing", "routing_temperature", "shape_concentration", "target_rate")
+                "lambda_routing", "revive_controllers", "routing_temperature", "shape_concentration", "target_rate")
 
 
 # One help line per TrainConfig field: the flag's help and the only description of the field. A new
@@ -245,6 +248,9 @@ FIELD_HELP = {
     "tau_end": "Gumbel temperature at the last step",
     "gate_noise": "scale of the relaxed gates' logistic (Gumbel-difference) noise: 1 = paper; "
                   "0 = none: after the hand-over the training gate is the deploy rule itself",
+    "revive_controllers": "before each epoch, re-draw every controller hidden unit that is zero on all of "
+                          "1,024 training images (a dead ReLU makes its gate input-independent), its bias "
+                          "set so that it is on for half of them (beyond the paper)",
     "gate_train": "deploy: hand over to the x-only gate (hard, straight-through); "
                   "paper: train with the CIR gate throughout, as written",
     "handover_epoch": "epoch of the hand-over to the deploy gate; default: flops_delay_epochs + warmup_epochs",

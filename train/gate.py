@@ -63,6 +63,29 @@ class Controller(nn.Module):
         return h, self.head_c(h).squeeze(1), self.head_cir(h).squeeze(1)  # (B,hidden), (B,), (B,)
 
 
+@torch.no_grad()
+def revive_dead_units(controller: Controller, pooled: torch.Tensor) -> int:
+    """Re-draw the controller's hidden units that are zero on every row of `pooled` (the block
+    input's global average pool over a set of images, (N, C)); returns how many.
+
+    A unit whose pre-activation is negative on every input passes no gradient, so it stays dead,
+    and once every unit of a controller is dead its logit is one constant: the gate takes the same
+    decision for every image. The block inputs follow a ReLU, so a unit with mostly negative weights
+    dies easily, the more so in a controller of two units. A re-drawn unit gets nn.Linear's initial
+    weights and the bias that puts its pre-activation's median over `pooled` at zero: it starts on
+    for half the images, input-dependent. The heads keep their weights."""
+    pre = F.linear(pooled.to(controller.fc1.weight.dtype), controller.fc1.weight, controller.fc1.bias)
+    dead = (pre <= 0).all(dim=0)
+    count = int(dead.sum())
+    if count:
+        weight = torch.empty(count, controller.fc1.in_features, dtype=controller.fc1.weight.dtype,
+                             device=controller.fc1.weight.device)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))  # nn.Linear's own initialisation
+        controller.fc1.weight[dead] = weight
+        controller.fc1.bias[dead] = -(pooled.to(weight.dtype) @ weight.T).median(dim=0).values
+    return count
+
+
 def gate_logit(gamma: torch.Tensor, cir: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """Paper eq. 11: l = gamma * (CIR + c(x)). With gamma < 0 a *high* CIR closes the gate."""
     return gamma * (cir + c)

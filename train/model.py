@@ -205,6 +205,27 @@ class CosineGateResNet(nn.Module):
         for i in self.gated_indices:
             self.blocks[i].gate_noise = float(scale)
 
+    @torch.no_grad()
+    def revive_controllers(self, x: torch.Tensor, chunk: int = 256) -> dict[int, int]:
+        """`gate.revive_dead_units` for every gated block, on its inputs for the images `x`
+        (normalised, NCHW; eval mode, every block computed): {block index: units re-drawn}, only
+        blocks with any."""
+        pooled: dict[int, list[torch.Tensor]] = {i: [] for i in self.gated_indices}
+        hooks = [self.blocks[i].controller.register_forward_pre_hook(
+            lambda module, args, i=i: pooled[i].append(args[0].mean(dim=(2, 3)).float()))
+            for i in self.gated_indices]
+        was_training = self.training
+        try:
+            self.eval()
+            for start in range(0, len(x), chunk):
+                self(x[start:start + chunk], mode="full")
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self.train(was_training)
+        revived = {i: G.revive_dead_units(self.blocks[i].controller, torch.cat(p)) for i, p in pooled.items()}
+        return {i: n for i, n in revived.items() if n}
+
     def set_exit_thresholds(self, thresholds) -> None:
         """An image leaves at exit k when its confidence there is >= thresholds[k] (one value: all)."""
         values = [float(thresholds)] * len(self.exits) if isinstance(thresholds, (int, float)) else list(thresholds)

@@ -31,6 +31,8 @@ from cosinegate.train.graph_step import StaticStep
 from cosinegate.train.model import CosineGateResNet, param_counts
 from cosinegate.train.plots import plot_run
 
+REVIVE_IMAGES = 1024  # training images on which a controller unit must be zero to count as dead
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the run stopped and kept its last good checkpoint."""
@@ -252,6 +254,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
 
     for epoch in range(start_epoch, last_epoch):
         t0 = time.perf_counter()
+        # The same images and weights on every rank (and on resume): the same units re-drawn.
+        revived = model.revive_controllers(train_loader.x[:REVIVE_IMAGES]) if cfg.revive_controllers else {}
+        if revived and main_process:
+            print(f"cg-train: epoch {epoch + 1}: re-drew dead controller units: "
+                  + ", ".join(f"block {i}: {n}" for i, n in revived.items()), flush=True)
         net.train()
         mode = gate_mode(cfg, epoch)
         lr = optimizer.param_groups[0]["lr"]
@@ -287,6 +294,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             metrics = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / count,
                        "train_acc": correct / count, "gbar": gbar_sum / count, "tau": tau,
                        "flops_progress": progress, "gate_mode": mode}
+            if cfg.revive_controllers:
+                metrics["revived_units"] = sum(revived.values())
             metrics.update(evaluate(model, test_loader, autocast))
             metrics["epoch_time_s"] = time.perf_counter() - t0
             metrics["machine"] = machine

@@ -147,9 +147,8 @@ def static_references(row: dict, rows: list[dict]) -> dict[str, dict]:
     those its sweep was drawn against (`bench.sweep --reference`) and every warm-started static
     network with the same `budget` and an int8 bench."""
     out = dict((row["sweep"] or {}).get("references", {}))
-    ours = budget(row, rows)
     for r in rows:
-        if not routed(r) and r["config"].get("init_from") and budget(r, rows) == ours and int8(r):
+        if not routed(r) and r["config"].get("init_from") and budget(r, rows) == budget(row, rows) and int8(r):
             out[r["name"]] = {"mac_ratio": macs(r), "accuracy": int8(r)["accuracy"],
                               "images": (r["bench"] or {}).get("images")}
     return out

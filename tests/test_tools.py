@@ -105,3 +105,22 @@ def test_prune_search_ranks_every_deletion_of_a_plain_net(tmp_path, capsys):
     table = out[next(i for i, line in enumerate(out) if line.startswith("| deleted blocks")):]
     best = table[2].split("|")[1].strip()
     assert table[-1].endswith(f"--removed-blocks {best}") and len(table) == 2 + 3 + 1
+
+
+def test_controllers_names_dead_units_and_a_gate_that_decides_once_for_every_image(tiny_run, tmp_path, capsys):
+    from cosinegate.train import checkpoint
+    from cosinegate.train.controllers import main
+    assert main([str(tiny_run / "last.pt"), "--images", "200"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    gated = checkpoint.build_model(checkpoint.load(tiny_run / "last.pt")).gated_indices
+    assert out[0].startswith("controllers:") and [line.split(":")[0] for line in out[1:]] == [f"block {i}" for i in gated]
+    state = checkpoint.load(tiny_run / "last.pt")
+    block = gated[0]
+    state["model"][f"blocks.{block}.controller.fc1.weight"].fill_(-1.0)
+    state["model"][f"blocks.{block}.controller.fc1.bias"].fill_(-1.0)
+    checkpoint.save(tmp_path / "dead.pt", state)
+    assert main([str(tmp_path / "dead.pt"), "--images", "200"]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    hidden = checkpoint.build_model(state).blocks[block].controller.fc1.out_features
+    assert line.startswith(f"block {block}: {hidden} of {hidden} hidden units dead") and "logit std 0 " in line
+    assert "one decision for every image" in line and ("on for 0.0 %" in line or "on for 100.0 %" in line)

@@ -64,6 +64,14 @@ class Controller(nn.Module):
 
 
 @torch.no_grad()
+def dead_units(controller: Controller, pooled: torch.Tensor) -> torch.Tensor:
+    """(hidden,) bool: the controller's hidden units that are zero on every row of `pooled` (the
+    block input's global average pool over a set of images, (N, C))."""
+    pre = F.linear(pooled.to(controller.fc1.weight.dtype), controller.fc1.weight, controller.fc1.bias)
+    return (pre <= 0).all(dim=0)
+
+
+@torch.no_grad()
 def revive_dead_units(controller: Controller, pooled: torch.Tensor) -> int:
     """Re-draw the controller's hidden units that are zero on every row of `pooled` (the block
     input's global average pool over a set of images, (N, C)); returns how many.
@@ -74,8 +82,7 @@ def revive_dead_units(controller: Controller, pooled: torch.Tensor) -> int:
     dies easily, the more so in a controller of two units. A re-drawn unit gets nn.Linear's initial
     weights and the bias that puts its pre-activation's median over `pooled` at zero: it starts on
     for half the images, input-dependent. The heads keep their weights."""
-    pre = F.linear(pooled.to(controller.fc1.weight.dtype), controller.fc1.weight, controller.fc1.bias)
-    dead = (pre <= 0).all(dim=0)
+    dead = dead_units(controller, pooled)
     count = int(dead.sum())
     if count:
         weight = torch.empty(count, controller.fc1.in_features, dtype=controller.fc1.weight.dtype,

@@ -206,10 +206,9 @@ class CosineGateResNet(nn.Module):
             self.blocks[i].gate_noise = float(scale)
 
     @torch.no_grad()
-    def revive_controllers(self, x: torch.Tensor, chunk: int = 256) -> dict[int, int]:
-        """`gate.revive_dead_units` for every gated block, on its inputs for the images `x`
-        (normalised, NCHW; eval mode, every block computed): {block index: units re-drawn}, only
-        blocks with any."""
+    def controller_inputs(self, x: torch.Tensor, chunk: int = 256) -> dict[int, torch.Tensor]:
+        """{gated block index: (N, C) global average pool of its input} for the images `x`
+        (normalised, NCHW), in eval mode with every block computed: what each controller reads."""
         pooled: dict[int, list[torch.Tensor]] = {i: [] for i in self.gated_indices}
         hooks = [self.blocks[i].controller.register_forward_pre_hook(
             lambda module, args, i=i: pooled[i].append(args[0].mean(dim=(2, 3)).float()))
@@ -223,7 +222,12 @@ class CosineGateResNet(nn.Module):
             for hook in hooks:
                 hook.remove()
             self.train(was_training)
-        revived = {i: G.revive_dead_units(self.blocks[i].controller, torch.cat(p)) for i, p in pooled.items()}
+        return {i: torch.cat(p) for i, p in pooled.items()}
+
+    def revive_controllers(self, x: torch.Tensor) -> dict[int, int]:
+        """`gate.revive_dead_units` for every gated block, on `controller_inputs(x)`: {block
+        index: units re-drawn}, only blocks with any."""
+        revived = {i: G.revive_dead_units(self.blocks[i].controller, p) for i, p in self.controller_inputs(x).items()}
         return {i: n for i, n in revived.items() if n}
 
     def set_exit_thresholds(self, thresholds) -> None:

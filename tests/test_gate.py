@@ -190,3 +190,15 @@ def test_dead_controller_units_are_redrawn_on_for_half_the_inputs_and_live_ones_
     assert torch.allclose(on[:2], torch.tensor([0.5, 0.5]), atol=0.01)
     assert torch.equal(controller.fc1.weight[2:], live)
     assert G.revive_dead_units(controller, pooled) == 0
+
+
+def test_revived_units_are_the_same_draw_for_the_same_generator_seed():
+    pooled = torch.rand(50, 16)
+    drawn = []
+    for seed in (3, 3, 4):
+        controller = G.Controller(16, 2)
+        with torch.no_grad():
+            controller.fc1.weight.fill_(-1.0)
+        assert G.revive_dead_units(controller, pooled, torch.Generator().manual_seed(seed)) == 2
+        drawn.append(controller.fc1.weight.clone())
+    assert torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[0], drawn[2])

@@ -72,7 +72,7 @@ def dead_units(controller: Controller, pooled: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def revive_dead_units(controller: Controller, pooled: torch.Tensor) -> int:
+def revive_dead_units(controller: Controller, pooled: torch.Tensor, generator: torch.Generator | None = None) -> int:
     """Re-draw the controller's hidden units that are zero on every row of `pooled` (the block
     input's global average pool over a set of images, (N, C)); returns how many.
 
@@ -81,13 +81,14 @@ def revive_dead_units(controller: Controller, pooled: torch.Tensor) -> int:
     decision for every image. The block inputs follow a ReLU, so a unit with mostly negative weights
     dies easily, the more so in a controller of two units. A re-drawn unit gets nn.Linear's initial
     weights and the bias that puts its pre-activation's median over `pooled` at zero: it starts on
-    for half the images, input-dependent. The heads keep their weights."""
+    for half the images, input-dependent. The heads keep their weights. `generator` (CPU) draws the
+    weights, so processes that share it re-draw the same."""
     dead = dead_units(controller, pooled)
     count = int(dead.sum())
     if count:
-        weight = torch.empty(count, controller.fc1.in_features, dtype=controller.fc1.weight.dtype,
-                             device=controller.fc1.weight.device)
-        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))  # nn.Linear's own initialisation
+        weight = torch.empty(count, controller.fc1.in_features, dtype=controller.fc1.weight.dtype)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)  # nn.Linear's own initialisation
+        weight = weight.to(controller.fc1.weight.device)
         controller.fc1.weight[dead] = weight
         controller.fc1.bias[dead] = -(pooled.to(weight.dtype) @ weight.T).median(dim=0).values
     return count

@@ -224,10 +224,12 @@ class CosineGateResNet(nn.Module):
             self.train(was_training)
         return {i: torch.cat(p) for i, p in pooled.items()}
 
-    def revive_controllers(self, x: torch.Tensor) -> dict[int, int]:
-        """`gate.revive_dead_units` for every gated block, on `controller_inputs(x)`: {block
-        index: units re-drawn}, only blocks with any."""
-        revived = {i: G.revive_dead_units(self.blocks[i].controller, p) for i, p in self.controller_inputs(x).items()}
+    def revive_controllers(self, x: torch.Tensor, seed: int = 0) -> dict[int, int]:
+        """`gate.revive_dead_units` for every gated block, on `controller_inputs(x)`, new weights
+        drawn from a generator seeded with `seed`: {block index: units re-drawn}, only blocks with any."""
+        generator = torch.Generator().manual_seed(seed)
+        revived = {i: G.revive_dead_units(self.blocks[i].controller, p, generator)
+                   for i, p in self.controller_inputs(x).items()}
         return {i: n for i, n in revived.items() if n}
 
     def set_exit_thresholds(self, thresholds) -> None:

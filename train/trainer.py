@@ -254,8 +254,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
 
     for epoch in range(start_epoch, last_epoch):
         t0 = time.perf_counter()
-        # The same images and weights on every rank (and on resume): the same units re-drawn.
-        revived = model.revive_controllers(train_loader.x[:REVIVE_IMAGES]) if cfg.revive_controllers else {}
+        # The same images, weights and draw on every rank and on resume: the same units re-drawn alike.
+        revived = (model.revive_controllers(train_loader.x[:REVIVE_IMAGES], seed=cfg.seed * 100_003 + epoch)
+                   if cfg.revive_controllers else {})
         if revived and main_process:
             print(f"cg-train: epoch {epoch + 1}: re-drew dead controller units: "
                   + ", ".join(f"block {i}: {n}" for i, n in revived.items()), flush=True)

@@ -346,6 +346,8 @@ def _parity(args, source: Source, images: Images, onnx_bytes: bytes, int8: Int8M
             raise ExportError("folding the proven gates changed the int8 model's output on "
                               f"{1 - folded['bit_exact_fraction']:.2%} of the parity images; export "
                               "without --fold-static-gates (and please report this)")
+    for line in divergent_decisions(checks, source.gated, len(source.exit_blocks)):
+        print(f"cg-export: warning: {line}", flush=True)
     return checks
 
 
@@ -462,6 +464,25 @@ def _bounds_line(proven: dict) -> str:
     parts = [f"{d} {','.join(str(i) for i, x in proven.items() if x == d)}" for d in ("always", "never")
              if d in proven.values()]
     return "constant for every input: " + "; ".join(parts)
+
+
+# A decision whose rate on the parity images differs this much between float and int8 is not
+# rounding at the margin: its logit sits at the threshold for most images (a dead controller).
+DIVERGENT_RATE = 0.25
+
+
+def divergent_decisions(checks: dict, gated: list[int], exits: int) -> list[str]:
+    """One line per gate or exit that the int8 model takes on a share of the parity images
+    DIVERGENT_RATE or more away from the float model's."""
+    q = checks.get("int8_vs_float")
+    if not q:
+        return []
+    names = [f"block {i}'s gate" for i in gated] + [f"exit {k}" for k in range(exits)]
+    return [f"{name} is taken on {f:.0%} of the parity images in float and {i:.0%} in int8; a gate "
+            "whose controller units are all dead has one constant logit, which rounding decides "
+            "(python -m cosinegate.train.controllers shows them)"
+            for name, f, i in zip(names, q["gate_open_rate_float"], q["gate_open_rate_int8"])
+            if abs(f - i) >= DIVERGENT_RATE]
 
 
 def _parity_line(checks: dict) -> str:

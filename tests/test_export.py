@@ -559,3 +559,14 @@ def test_plain_resnet_exports_without_if(tiny_ckpt, tmp_path, capsys):
     data = (tmp_path / "out" / "model_int8.tflite").read_bytes()
     restructure.validate_int8(data, 0)
     assert "IF" not in restructure.op_names(data)
+
+
+def test_a_decision_float_and_int8_take_on_different_shares_of_images_is_named():
+    from cosinegate.export.cli import divergent_decisions
+    checks = {"int8_vs_float": {"gate_open_rate_float": [0.8, 1.0, 0.5, 0.55],
+                                "gate_open_rate_int8": [0.79, 0.0, 0.5, 0.3]}}
+    lines = divergent_decisions(checks, [0, 2, 7], exits=1)
+    assert len(lines) == 2
+    assert lines[0].startswith("block 2's gate is taken on 100% of the parity images in float and 0% in int8")
+    assert lines[1].startswith("exit 0 is taken on 55% of the parity images in float and 30% in int8")
+    assert divergent_decisions({"onnx_vs_pytorch": {}}, [0], exits=0) == []  # a float-only export

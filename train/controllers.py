@@ -27,13 +27,14 @@ class ControllersError(ValueError):
 
 def inspect(path, data_dir, images: int) -> list[dict]:
     """One dict per gated block: block, hidden, dead, rate (deploy execution rate on the images),
-    logit_mean and logit_std (of the folded deploy logit w . h + b, which the gate compares with 0)."""
+    logit_mean and logit_std (of the folded deploy logit w . h + b, which the gate compares with 0).
+    `data_dir` None: the training run's."""
     ckpt = checkpoint.load(path)
     model = checkpoint.build_model(ckpt, path)
     if not model.gated_indices:
         raise ControllersError(f"{path} has no gated blocks: no controller to inspect")
     dataset = ckpt["config"]["dataset"]
-    x, _ = load_arrays(dataset, data_dir, "train")
+    x, _ = load_arrays(dataset, data_dir if data_dir is not None else ckpt["config"].get("data_dir"), "train")
     pooled = model.controller_inputs(normalize(x[:images], dataset_info(dataset)))
     out = []
     for i, p in pooled.items():
@@ -71,8 +72,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.images < 1:
         raise ControllersError(f"--images must be >= 1, got {args.images}")
-    data_dir = args.data_dir if args.data_dir is not None else checkpoint.load(args.checkpoint)["config"].get("data_dir")
-    rows = inspect(args.checkpoint, data_dir, args.images)
+    rows = inspect(args.checkpoint, args.data_dir, args.images)
     print(f"controllers: {args.checkpoint} | first {args.images:,} training images")
     for row in rows:
         print(_line(row))

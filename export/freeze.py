@@ -103,8 +103,8 @@ def freeze(model) -> FrozenModel:
         gate = None
         if blk.gated:
             w, b = fold_deploy_gate(blk.controller, blk.gamma, blk.deploy_threshold)
-            fc1 = blk.controller.fc1
-            gate = FrozenGate(fc1.weight.detach().float(), fc1.bias.detach().float(),
+            fc1_weight, fc1_bias = blk.controller.hidden_affine()
+            gate = FrozenGate(fc1_weight.float(), fc1_bias.float(),
                               w.float().view(1, -1), b.float().view(1))
         blocks.append(FrozenBlock(i, fold_bn(blk.conv1, blk.bn1), fold_bn(blk.conv2, blk.bn2),
                                   blk.stride, blk.conv1.in_channels, blk.out_channels, gate))

@@ -192,6 +192,53 @@ def test_dead_controller_units_are_redrawn_on_for_half_the_inputs_and_live_ones_
     assert G.revive_dead_units(controller, pooled) == 0
 
 
+def test_a_controller_hidden_norm_folds_into_w1_at_inference():
+    torch.manual_seed(4)
+    ctrl = G.Controller(channels=16, hidden=4, hidden_norm=True).double()
+    with torch.no_grad():
+        for p in ctrl.parameters():
+            p.normal_()
+        ctrl.hidden_norm.running_mean.normal_()
+        ctrl.hidden_norm.running_var.uniform_(0.5, 3.0)
+    ctrl.eval()
+    x = torch.rand(256, 16, 6, 6, dtype=torch.float64)
+    h, _, _ = ctrl(x)
+    weight, bias = ctrl.hidden_affine()
+    folded = torch.relu(torch.nn.functional.linear(x.mean(dim=(2, 3)), weight, bias))
+    assert (h > 0).any() and (h == 0).any(), "test must exercise both sides of the ReLU"
+    assert torch.allclose(folded, h, atol=1e-12)
+
+
+def test_a_hidden_norm_keeps_a_unit_with_negative_weights_on_for_some_images_in_training():
+    """A unit negative on every non-negative input is dead without the norm; the norm centres
+    it on the batch, so in training it is on for some images and passes gradient."""
+    torch.manual_seed(5)
+    x = torch.rand(128, 16, 4, 4)
+    for hidden_norm, live in ((False, False), (True, True)):
+        ctrl = G.Controller(16, 2, hidden_norm=hidden_norm).train()
+        with torch.no_grad():
+            ctrl.fc1.weight.copy_(-torch.rand(2, 16))
+            ctrl.fc1.bias.fill_(-0.1)
+        h, c, _ = ctrl(x)
+        c.sum().backward()
+        assert bool((h > 0).any(0).all()) == live
+        assert bool(ctrl.fc1.weight.grad.abs().sum() > 0) == live
+
+
+def test_a_dead_unit_behind_a_hidden_norm_is_redrawn_through_the_folded_layer():
+    torch.manual_seed(6)
+    ctrl = G.Controller(16, 2, hidden_norm=True).eval()
+    pooled = torch.rand(200, 16)
+    with torch.no_grad():
+        ctrl.hidden_norm.running_mean.copy_(ctrl.fc1(pooled).mean(0))  # both units centred on the images
+        ctrl.hidden_norm.bias.copy_(torch.tensor([-50.0, 0.0]))  # then unit 0 shifted off for every one
+    assert G.dead_units(ctrl, pooled).tolist() == [True, False]
+    assert G.revive_dead_units(ctrl, pooled) == 1
+    weight, bias = ctrl.hidden_affine()
+    on = (torch.nn.functional.linear(pooled, weight, bias) > 0).float().mean(0)
+    assert 0.4 < on[0] < 0.6
+
+
 def test_revived_units_are_the_same_draw_for_the_same_generator_seed():
     pooled = torch.rand(50, 16)
     drawn = []

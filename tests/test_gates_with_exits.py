@@ -163,6 +163,24 @@ def test_a_logit_normed_gate_routes_from_the_start_and_exports_with_parity(tmp_p
     assert checks["tflm_vs_tflite_ref"]["gate_agreement"] == 1.0
 
 
+def test_a_controller_hidden_norm_folds_into_the_exported_controller_with_parity(tmp_path):
+    """--controller-norm: the hidden norm folds into W1 at export, and every runtime takes the
+    host's decisions, which differ among images."""
+    from cosinegate.train.cli import main as train_main
+    run = tmp_path / "run"
+    assert train_main(["--preset", "demo", "--gate-init", "open", "--open-logit", "0.5", "--controller-norm",
+                       "--gate-logit-norm", "--routing", "target_rate", "--target-rate", "0.7", "--depth", "8",
+                       "--epochs", "1", "--warmup-epochs", "0", "--threads", "1", "--no-progress",
+                       "--out", str(run)]) == 0
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert any(0.0 < rate < 1.0 for rate in last["exec_rate_deploy"]), last["exec_rate_deploy"]
+    out = tmp_path / "export"
+    assert export_tiny(run / "last.pt", out) == 0
+    checks = json.loads((out / "export_report.json").read_text())["parity"]
+    assert checks["onnx_vs_pytorch"]["gates_identical"]
+    assert checks["tflm_vs_tflite_ref"]["gate_agreement"] == 1.0
+
+
 def _executed_macs_from_report(report: dict, decisions: np.ndarray) -> np.ndarray:
     """Each image's executed MACs over the plain network's, from the export report and the model's
     decision outputs alone, as docs/export.md states the rule."""

@@ -83,6 +83,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(three_epoch_run, tmp_path)
     (["--preset", "demo", "--routing", "batch_shape", "--target-rate", "1.2"], "target_rate must lie"),
     (["--preset", "demo", "--removed-blocks", "2,2"], "each once"),
     (["--preset", "demo", "--revive-controllers", "--no-gated"], "the net is not gated"),
+    (["--preset", "demo", "--controller-norm", "--no-gated"], "the net is not gated"),
 ])
 def test_bad_input_gives_one_line(argv, message, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path / "r"), "--threads", "1", "--no-progress"]) == 1

@@ -45,6 +45,7 @@ class TrainConfig:
     gate_init: str = "faithful"
     open_logit: float = 3.0
     gate_logit_norm: bool = False
+    controller_norm: bool = False
     # paper objective (eq. 18-21) and Table 1
     lambda_flops: float = 3.0
     lambda_cons: float = 0.01
@@ -100,6 +101,8 @@ class TrainConfig:
             (self.routing in ROUTING_MODES, f"routing must be one of {', '.join(ROUTING_MODES)}"),
             (self.gated or not self.gate_logit_norm,
              "gate_logit_norm normalises gate logits, but the net is not gated (--gated)"),
+            (self.gated or not self.controller_norm,
+             "controller_norm normalises gate controllers, but the net is not gated (--gated)"),
             (self.gated or not self.revive_controllers,
              "revive_controllers re-draws gate controllers, but the net is not gated (--gated)"),
             (self.gated or self.routing in ("faithful",),
@@ -156,7 +159,7 @@ class TrainConfig:
             controller_ratio=self.controller_ratio, gamma0=self.gamma0,
             removed_blocks=self.removed_block_list, exit_stages=self.exit_stage_list,
             open_logit=self.open_logit if self.gate_init == "open" else None,
-            gate_logit_norm=self.gate_logit_norm)
+            gate_logit_norm=self.gate_logit_norm, controller_norm=self.controller_norm)
 
 
 def _index_list(value, name: str, what: str) -> tuple:
@@ -198,7 +201,7 @@ _KINDS = {f.name: getattr(f.type, "__name__", str(f.type)) for f in fields(Train
 
 # Fields added after the first release: a config saved before them lacks them, and their defaults
 # are what it was trained with. Every other field must be in a saved config.
-LATER_FIELDS = ("distill_from", "distill_temperature", "exit_threshold", "exits", "flops_delay_epochs",
+LATER_FIELDS = ("controller_norm", "distill_from", "distill_temperature", "exit_threshold", "exits", "flops_delay_epochs",
                 "gate_logit_norm", "gate_noise", "holdout", "init_from", "lambda_distill", "lambda_exit",
                 "lambda_routing", "revive_controllers", "routing_temperature", "shape_concentration", "target_rate")
 
@@ -222,6 +225,9 @@ FIELD_HELP = {
     "gate_logit_norm": "batch-norm each deploy logit (running statistics at inference, folded into "
                        "the IF): a rate term then moves only the norm's shift, and the controller "
                        "learns which inputs run the block; --gate-init open sets the shift to --open-logit",
+    "controller_norm": "batch-norm each controller's hidden pre-activations before the ReLU "
+                       "(running statistics at inference, folded into W1): no unit can turn "
+                       "negative for every image and stop learning (beyond the paper)",
     "lambda_flops": "weight of the FLOPs penalty (paper eq. 18, Table 1)",
     "lambda_cons": "weight of the consistency term (paper eq. 20, Table 1)",
     "tau_target": "target mean execution rate of the gates (paper eq. 18, Table 1)",

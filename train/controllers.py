@@ -40,8 +40,8 @@ def inspect(path, data_dir, images: int) -> list[dict]:
     for i, p in pooled.items():
         block = model.blocks[i]
         w, b = G.fold_deploy_gate(block.controller, block.gamma, block.deploy_threshold)
-        with torch.no_grad():
-            hidden = torch.relu(block.controller.fc1(p)).double()
+        weight, bias = block.controller.hidden_affine()
+        hidden = torch.relu(torch.nn.functional.linear(p, weight, bias)).double()
         logit = hidden @ w + b
         out.append({"block": i, "hidden": block.controller.fc1.out_features,
                     "dead": int(G.dead_units(block.controller, p).sum()),

@@ -47,11 +47,17 @@ class Controller(nn.Module):
 
     With `logit_norm`, the deploy logit passes through a one-channel batch norm (`deploy_logit`):
     the batch's common shift is taken out of it, so a loss on the batch's execution rate moves only
-    the norm's shift b, and what the controller learns is which inputs run the block, spread by a."""
+    the norm's shift b, and what the controller learns is which inputs run the block, spread by a.
 
-    def __init__(self, channels: int, hidden: int, logit_norm: bool = False):
+    With `hidden_norm`, the hidden pre-activations pass through a batch norm before the ReLU: in
+    training each unit is centred on the batch, so it stays on for some images and off for others,
+    whatever its weights' drift (a plain unit can turn negative on every input and stop learning).
+    At inference it folds into W1 and b1 (`hidden_affine`)."""
+
+    def __init__(self, channels: int, hidden: int, logit_norm: bool = False, hidden_norm: bool = False):
         super().__init__()
         self.fc1 = nn.Linear(channels, hidden)
+        self.hidden_norm = nn.BatchNorm1d(hidden) if hidden_norm else None
         self.head_c = nn.Linear(hidden, 1)
         self.head_cir = nn.Linear(hidden, 1)
         nn.init.zeros_(self.head_cir.weight)
@@ -59,16 +65,28 @@ class Controller(nn.Module):
         self.logit_norm = nn.BatchNorm1d(1) if logit_norm else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = F.relu(self.fc1(x.mean(dim=(2, 3)).to(self.fc1.weight.dtype)))  # (B, hidden)
+        pre = self.fc1(x.mean(dim=(2, 3)).to(self.fc1.weight.dtype))
+        h = F.relu(pre if self.hidden_norm is None else self.hidden_norm(pre))  # (B, hidden)
         return h, self.head_c(h).squeeze(1), self.head_cir(h).squeeze(1)  # (B,hidden), (B,), (B,)
+
+    @torch.no_grad()
+    def hidden_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W (hidden, C), b (hidden,)) with the inference hidden layer h = ReLU(W GAP(x) + b): W1
+        and b1, with a hidden norm folded in at its running statistics."""
+        weight, bias = self.fc1.weight.detach(), self.fc1.bias.detach()
+        norm = self.hidden_norm
+        if norm is None:
+            return weight.clone(), bias.clone()
+        scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
+        return weight * scale[:, None], (bias - norm.running_mean) * scale + norm.bias.detach()
 
 
 @torch.no_grad()
 def dead_units(controller: Controller, pooled: torch.Tensor) -> torch.Tensor:
-    """(hidden,) bool: the controller's hidden units that are zero on every row of `pooled` (the
-    block input's global average pool over a set of images, (N, C))."""
-    pre = F.linear(pooled.to(controller.fc1.weight.dtype), controller.fc1.weight, controller.fc1.bias)
-    return (pre <= 0).all(dim=0)
+    """(hidden,) bool: the controller's hidden units that are zero at inference on every row of
+    `pooled` (the block input's global average pool over a set of images, (N, C))."""
+    weight, bias = controller.hidden_affine()
+    return (F.linear(pooled.to(weight.dtype), weight, bias) <= 0).all(dim=0)
 
 
 @torch.no_grad()
@@ -82,15 +100,22 @@ def revive_dead_units(controller: Controller, pooled: torch.Tensor, generator: t
     dies easily, the more so in a controller of two units. A re-drawn unit gets nn.Linear's initial
     weights and the bias that puts its pre-activation's median over `pooled` at zero: it starts on
     for half the images, input-dependent. The heads keep their weights. `generator` (CPU) draws the
-    weights, so processes that share it re-draw the same."""
+    weights, so processes that share it re-draw the same. A hidden norm's unit restarts as the
+    identity on the new pre-activation's spread."""
     dead = dead_units(controller, pooled)
     count = int(dead.sum())
     if count:
         weight = torch.empty(count, controller.fc1.in_features, dtype=controller.fc1.weight.dtype)
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)  # nn.Linear's own initialisation
         weight = weight.to(controller.fc1.weight.device)
+        pre = pooled.to(weight.dtype) @ weight.T
         controller.fc1.weight[dead] = weight
-        controller.fc1.bias[dead] = -(pooled.to(weight.dtype) @ weight.T).median(dim=0).values
+        controller.fc1.bias[dead] = -pre.median(dim=0).values
+        norm = controller.hidden_norm
+        if norm is not None:
+            norm.weight[dead], norm.bias[dead] = 1.0, 0.0
+            norm.running_mean[dead] = 0.0
+            norm.running_var[dead] = pre.var(dim=0) if len(pre) > 1 else 1.0
     return count
 
 

@@ -37,13 +37,15 @@ class ModelConfig:
                                          # (only their shortcut remains; no gate, no weights)
     exit_stages: tuple = ()              # early exits after these stages (1-based, before the last)
     gate_logit_norm: bool = False        # batch-norm the deploy logit (gate.Controller, beyond the paper)
+    controller_norm: bool = False        # batch-norm the controller's hidden layer (gate.Controller, beyond the paper)
 
     def __post_init__(self):
         if (self.depth - 2) % 6 != 0 or self.depth < 8:
             raise ValueError(f"depth must be 6n+2 with n >= 1 (20, 32, 56, 110), got {self.depth}")
         self.widths = tuple(self.widths)
-        if not isinstance(self.gate_logit_norm, bool):
-            raise ValueError(f"gate_logit_norm must be true or false, got {self.gate_logit_norm!r}")
+        for name in ("gate_logit_norm", "controller_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self.removed_blocks = tuple(sorted(int(i) for i in self.removed_blocks))
         n_blocks = 3 * self.blocks_per_stage
         if (any(not 0 <= i < n_blocks for i in self.removed_blocks)
@@ -97,7 +99,8 @@ class ResidualBlock(nn.Module):
         self.conv1, self.bn1 = _conv3x3(cin, cout, stride), nn.BatchNorm2d(cout)
         self.conv2, self.bn2 = _conv3x3(cout, cout), nn.BatchNorm2d(cout)
         if gated:
-            self.controller = G.Controller(cin, max(2, cin // cfg.controller_ratio), cfg.gate_logit_norm)
+            self.controller = G.Controller(cin, max(2, cin // cfg.controller_ratio), cfg.gate_logit_norm,
+                                           cfg.controller_norm)
             self.gamma = nn.Parameter(torch.tensor(float(cfg.gamma0)))
             if cfg.gate_logit_norm and cfg.open_logit is not None:
                 # The norm's shift is the batch's mean logit: the controller's weights keep their

@@ -124,3 +124,50 @@ def test_controllers_names_dead_units_and_a_gate_that_decides_once_for_every_ima
     hidden = checkpoint.build_model(state).blocks[block].controller.fc1.out_features
     assert line.startswith(f"block {block}: {hidden} of {hidden} hidden units dead") and "logit std 0 " in line
     assert "one decision for every image" in line and ("on for 0.0 %" in line or "on for 100.0 %" in line)
+
+
+def test_the_pushes_of_the_loss_terms_add_up_to_one_sgd_step_on_each_controller_unit(tiny_run):
+    """Split among the terms, a step's change to every hidden unit's pre-activation is whole."""
+    import torch
+    from cosinegate.train import checkpoint
+    from cosinegate.train.config import from_dict
+    from cosinegate.train.controller_pushes import step_pushes
+    from cosinegate.train.data import dataset_info, load_arrays, normalize
+    from cosinegate.train.trainer import loss_terms, term_weights, total_loss
+    torch.manual_seed(0)
+    state = checkpoint.load(tiny_run / "last.pt")
+    model, cfg = checkpoint.build_model(state).train(), from_dict(state["config"])
+    x, y = load_arrays("digits", None, "train")
+    x, y = normalize(x[:64], dataset_info("digits")), torch.as_tensor(y[:64]).long()
+    controllers = {i: model.blocks[i].controller for i in model.gated_indices}
+    pooled = {}
+    for i, ctrl in controllers.items():
+        ctrl.register_forward_pre_hook(lambda module, args, i=i: pooled.__setitem__(i, args[0].mean(dim=(2, 3))))
+    logits, stats, exit_logits = model(x, "relaxed_deploy", 0.5, with_exits=True)
+    terms = loss_terms(cfg, logits, stats, y, 1.0, "relaxed_deploy", None, exit_logits)
+    pushes = step_pushes(terms, term_weights(cfg), controllers, pooled, 0.05, 5e-4)
+    assert {"ce", "flops", "weight_decay"} <= set(pushes[model.gated_indices[0]])
+    before = {i: c.fc1(pooled[i].mean(0)).detach() for i, c in controllers.items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    total_loss(cfg, terms).backward()
+    optimizer.step()  # the first step: momentum has nothing to carry yet
+    for i, ctrl in controllers.items():
+        change = ctrl.fc1(pooled[i].mean(0)).detach() - before[i]
+        assert change.abs().max() > 0
+        assert torch.allclose(sum(pushes[i].values()), change, atol=1e-6), (i, change)
+
+
+def test_controller_pushes_reports_every_unit_and_writes_json(tiny_run, tmp_path, capsys):
+    from cosinegate.train import checkpoint
+    from cosinegate.train.controller_pushes import main
+    assert main([str(tiny_run / "last.pt"), "--steps", "3", "--every", "2", "--threads", "1", "--no-progress",
+                 "--out", str(tmp_path / "p.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    model = checkpoint.build_model(checkpoint.load(tiny_run / "last.pt"))
+    units = sum(model.blocks[i].controller.fc1.out_features for i in model.gated_indices)
+    assert out[0].startswith("controller_pushes:")
+    assert sum(line.startswith("  unit ") for line in out) == units
+    assert [line.split(":")[0] for line in out if line.startswith("block ")] == [f"block {i}" for i in model.gated_indices]
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert [b["block"] for b in result["blocks"]] == model.gated_indices
+    assert all([s for s, _ in b["dead"]] == [2, 3] for b in result["blocks"])

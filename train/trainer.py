@@ -121,18 +121,23 @@ def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str, t
     return terms
 
 
+# The order in which total_loss adds the terms after the cross-entropy (float addition is not associative).
+TERM_ORDER = ("exit", "distill", "cons", "flops", "cir", "margin", "adapt", "routing")
+
+
+def term_weights(cfg: TrainConfig) -> dict:
+    """Each loss term's weight in the total loss: eq. 21's, the deployable gate's and those beyond the paper."""
+    return {"ce": 1.0, "exit": cfg.lambda_exit, "distill": cfg.lambda_distill, "cons": cfg.lambda_cons,
+            "flops": cfg.lambda_flops, "cir": cfg.lambda_cir, "margin": cfg.lambda_margin,
+            "adapt": cfg.lambda_adapt, "routing": cfg.lambda_routing}
+
+
 def total_loss(cfg: TrainConfig, terms: dict) -> torch.Tensor:
+    weights = term_weights(cfg)
     loss = terms["ce"]
-    if "exit" in terms:
-        loss = loss + cfg.lambda_exit * terms["exit"]
-    if "distill" in terms:
-        loss = loss + cfg.lambda_distill * terms["distill"]
-    if "gbar" in terms:
-        loss = (loss + cfg.lambda_cons * terms["cons"] + cfg.lambda_flops * terms["flops"]
-                + cfg.lambda_cir * terms["cir"] + cfg.lambda_margin * terms["margin"]
-                + cfg.lambda_adapt * terms["adapt"])
-        if "routing" in terms:
-            loss = loss + cfg.lambda_routing * terms["routing"]
+    for name in TERM_ORDER:
+        if name in terms:
+            loss = loss + weights[name] * terms[name]
     return loss
 
 

@@ -103,8 +103,7 @@ def probe(path, data_dir, steps: int, lr: float, every: int, seed: int, progress
             logits, stats, exit_logits = model(xb, mode, tau, with_exits=True)
             terms = loss_terms(cfg, logits, stats, yb, progress, mode, None, exit_logits)
             pushes = step_pushes(terms, weights, controllers, pooled, lr, cfg.weight_decay)
-            for i, ctrl in controllers.items():
-                stat = stats[gated.index(i)]
+            for i, stat in zip(gated, stats):
                 with torch.no_grad():
                     # gamma (CIR_hat + c) = gamma (CIR + c) + gamma (CIR_hat - CIR): the deploy logit before a norm
                     raw = stat["logit_paper"] + model.blocks[i].gamma * (stat["cir_hat"] - stat["cir"])

@@ -223,3 +223,28 @@ def test_the_export_report_alone_gives_each_images_executed_macs(routed_run, tmp
     assert np.allclose(_executed_macs_from_report(report, decisions), expected, rtol=0, atol=1e-12)
     assert np.isclose(_executed_macs_from_report(report, np.ones_like(decisions)).max(),
                       report["macs_full"] / report["macs_plain"])
+
+
+def test_gates_on_chosen_blocks_only_export_with_parity(tmp_path):
+    """--ungated-blocks: the blocks named run for every image and export without an IF; the gates
+    left, behind the exit, keep their nested IFs and every runtime's decisions."""
+    import onnx
+    from cosinegate.train import checkpoint
+    from cosinegate.train.cli import main as train_main
+    run = tmp_path / "run"
+    assert train_main(["--preset", "demo", "--gate-init", "open", "--open-logit", "0.5", "--gate-logit-norm",
+                       "--routing", "target_rate", "--target-rate", "0.7", "--depth", "8", "--exits", "1",
+                       "--ungated-blocks", "0", "--epochs", "1", "--warmup-epochs", "0", "--threads", "1",
+                       "--no-progress", "--out", str(run)]) == 0
+    assert checkpoint.build_model(checkpoint.load(run / "last.pt")).gated_indices == [1, 2]
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert len(last["exec_rate_deploy"]) == 2
+    out = tmp_path / "export"
+    assert export_tiny(run / "last.pt", out, "--exit-threshold", "0.5") == 0
+    report = json.loads((out / "export_report.json").read_text())
+    assert len([d for d in report["decision_outputs"] if d.startswith("gate")]) == 2
+    graph = onnx.load(out / "model.onnx").graph
+    top = [n.name for n in graph.node if n.op_type == "If"]
+    assert top == ["exit0_if"], top
+    assert report["parity"]["onnx_vs_pytorch"]["gates_identical"]
+    assert report["parity"]["tflm_vs_tflite_ref"]["gate_agreement"] == 1.0

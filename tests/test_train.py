@@ -84,6 +84,10 @@ def test_killed_and_resumed_run_matches_uninterrupted(three_epoch_run, tmp_path)
     (["--preset", "demo", "--removed-blocks", "2,2"], "each once"),
     (["--preset", "demo", "--revive-controllers", "--no-gated"], "the net is not gated"),
     (["--preset", "demo", "--controller-norm", "--no-gated"], "the net is not gated"),
+    (["--preset", "demo", "--ungated-blocks", "0", "--no-gated"], "the net is not gated"),
+    (["--preset", "demo", "--removed-blocks", "1", "--ungated-blocks", "1"], "no gate to leave out"),
+    (["--preset", "demo", "--depth", "8", "--ungated-blocks", "0,1,2"], "leaves no gated block"),
+    (["--preset", "demo", "--ungated-blocks", "0,x"], "ungated_blocks must be comma-separated"),
 ])
 def test_bad_input_gives_one_line(argv, message, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path / "r"), "--threads", "1", "--no-progress"]) == 1

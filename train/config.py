@@ -41,6 +41,7 @@ class TrainConfig:
     gate_downsample: bool = True
     controller_ratio: int = 8
     removed_blocks: str = ""
+    ungated_blocks: str = ""
     gamma0: float = -2.5
     gate_init: str = "faithful"
     open_logit: float = 3.0
@@ -103,6 +104,8 @@ class TrainConfig:
              "gate_logit_norm normalises gate logits, but the net is not gated (--gated)"),
             (self.gated or not self.controller_norm,
              "controller_norm normalises gate controllers, but the net is not gated (--gated)"),
+            (self.gated or not self.ungated_blocks,
+             "ungated_blocks leaves gates out, but the net is not gated (--gated)"),
             (self.gated or not self.revive_controllers,
              "revive_controllers re-draws gate controllers, but the net is not gated (--gated)"),
             (self.gated or self.routing in ("faithful",),
@@ -147,6 +150,10 @@ class TrainConfig:
         return _index_list(self.removed_blocks, "removed_blocks", "block indices")
 
     @property
+    def ungated_block_list(self) -> tuple:
+        return _index_list(self.ungated_blocks, "ungated_blocks", "block indices")
+
+    @property
     def exit_stage_list(self) -> tuple:
         return _index_list(self.exits, "exits", "stage numbers")
 
@@ -157,7 +164,7 @@ class TrainConfig:
             depth=self.depth, in_channels=c, num_classes=dataset_info.num_classes, input_size=h,
             gated=self.gated, gate_downsample=self.gate_downsample,
             controller_ratio=self.controller_ratio, gamma0=self.gamma0,
-            removed_blocks=self.removed_block_list, exit_stages=self.exit_stage_list,
+            removed_blocks=self.removed_block_list, ungated_blocks=self.ungated_block_list, exit_stages=self.exit_stage_list,
             open_logit=self.open_logit if self.gate_init == "open" else None,
             gate_logit_norm=self.gate_logit_norm, controller_norm=self.controller_norm)
 
@@ -186,7 +193,7 @@ def check_value(name: str, value) -> None:
     kind = _KINDS[name]
     # bool is an int subclass: `depth: true` is no depth
     if not isinstance(value, _ACCEPTED[kind]) or (isinstance(value, bool) and kind != "bool"):
-        if name in ("removed_blocks", "exits") and value is not True and (
+        if name in ("removed_blocks", "ungated_blocks", "exits") and value is not True and (
                 isinstance(value, int) or isinstance(value, (list, tuple)) and all(type(i) is int for i in value)):
             return  # one index or a YAML list of them, read by removed_block_list
         # reprlib: a YAML alias bomb is small as a file, and astronomically long as text
@@ -203,7 +210,8 @@ _KINDS = {f.name: getattr(f.type, "__name__", str(f.type)) for f in fields(Train
 # are what it was trained with. Every other field must be in a saved config.
 LATER_FIELDS = ("controller_norm", "distill_from", "distill_temperature", "exit_threshold", "exits", "flops_delay_epochs",
                 "gate_logit_norm", "gate_noise", "holdout", "init_from", "lambda_distill", "lambda_exit",
-                "lambda_routing", "revive_controllers", "routing_temperature", "shape_concentration", "target_rate")
+                "lambda_routing", "revive_controllers", "routing_temperature", "shape_concentration", "target_rate",
+                "ungated_blocks")
 
 
 # One help line per TrainConfig field: the flag's help and the only description of the field. A new
@@ -218,6 +226,7 @@ FIELD_HELP = {
     "gate_downsample": "gate the stride-2 blocks too (their CIR is measured against the shortcut)",
     "controller_ratio": "gate controller hidden width = block input channels // ratio (at least 2)",
     "removed_blocks": "static baseline: comma-separated block indices to delete (their shortcut remains)",
+    "ungated_blocks": "comma-separated block indices that keep no gate and run for every input (gated nets)",
     "gamma0": "initial gamma of every gate, the scale of its logit gamma * (CIR + c(x)) (paper eq. 11)",
     "gate_init": "faithful: initial logit ~ gamma0 (gates near closed); "
                  "open: controller bias set so the initial logit is --open-logit",

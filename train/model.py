@@ -35,6 +35,7 @@ class ModelConfig:
                                          # a value: controller bias set so the initial logit is this
     removed_blocks: tuple = ()           # static pruning baseline: these blocks are deleted
                                          # (only their shortcut remains; no gate, no weights)
+    ungated_blocks: tuple = ()           # these blocks of a gated net run for every input (no gate)
     exit_stages: tuple = ()              # early exits after these stages (1-based, before the last)
     gate_logit_norm: bool = False        # batch-norm the deploy logit (gate.Controller, beyond the paper)
     controller_norm: bool = False        # batch-norm the controller's hidden layer (gate.Controller, beyond the paper)
@@ -51,11 +52,28 @@ class ModelConfig:
         if (any(not 0 <= i < n_blocks for i in self.removed_blocks)
                 or len(set(self.removed_blocks)) != len(self.removed_blocks)):
             raise ValueError(f"removed_blocks must index blocks 0..{n_blocks - 1}, each once; got {self.removed_blocks}")
+        self.ungated_blocks = tuple(sorted(int(i) for i in self.ungated_blocks))
+        if (any(not 0 <= i < n_blocks for i in self.ungated_blocks)
+                or len(set(self.ungated_blocks)) != len(self.ungated_blocks)):
+            raise ValueError(f"ungated_blocks must index blocks 0..{n_blocks - 1}, each once; got {self.ungated_blocks}")
+        if set(self.ungated_blocks) & set(self.removed_blocks):
+            raise ValueError(f"blocks {sorted(set(self.ungated_blocks) & set(self.removed_blocks))} are removed, "
+                             "so they have no gate to leave out")
+        if self.ungated_blocks and not any(
+                i not in self.removed_blocks and self.block_gated(i, 2 if i % self.blocks_per_stage == 0 and i else 1)
+                for i in range(n_blocks)):
+            raise ValueError(f"ungated_blocks {self.ungated_blocks} leaves no gated block; build the plain "
+                             "network with gated=False instead")
         self.exit_stages = tuple(sorted(int(k) for k in self.exit_stages))
         last = len(self.widths)
         if len(set(self.exit_stages)) != len(self.exit_stages) or any(not 1 <= k < last for k in self.exit_stages):
             raise ValueError(f"exits go at stage boundaries 1..{last - 1} (stage {last} ends in the "
                              f"classifier itself), got {self.exit_stages}")
+
+    def block_gated(self, index: int, stride: int) -> bool:
+        """Whether block `index` (not removed) carries a gate."""
+        return (self.gated and (stride == 1 or self.gate_downsample)
+                and index not in self.ungated_blocks)
 
     @property
     def blocks_per_stage(self) -> int:
@@ -174,11 +192,10 @@ class CosineGateResNet(nn.Module):
         for stage, width in enumerate(cfg.widths):
             for i in range(cfg.blocks_per_stage):
                 stride = 2 if (stage > 0 and i == 0) else 1
-                gated = cfg.gated and (stride == 1 or cfg.gate_downsample)
                 if len(blocks) in cfg.removed_blocks:
                     blocks.append(RemovedBlock(stride, width))
                 else:
-                    blocks.append(ResidualBlock(cin, width, stride, cfg, gated))
+                    blocks.append(ResidualBlock(cin, width, stride, cfg, cfg.block_gated(len(blocks), stride)))
                 cin = width
         self.blocks = nn.ModuleList(blocks)
         self.fc = nn.Linear(cin, cfg.num_classes)
@@ -282,8 +299,7 @@ def macs_breakdown(cfg: ModelConfig) -> dict:
             stride = 2 if (stage > 0 and i == 0) else 1
             out = (size + stride - 1) // stride
             blocks.append(cin * width * 9 * out * out + width * width * 9 * out * out)
-            gated = (cfg.gated and (stride == 1 or cfg.gate_downsample)
-                     and len(controllers) not in cfg.removed_blocks)
+            gated = cfg.block_gated(len(controllers), stride) and len(controllers) not in cfg.removed_blocks
             hidden = max(2, cin // cfg.controller_ratio)
             controllers.append(cin * hidden + hidden if gated else 0)
             size, cin = out, width

@@ -30,8 +30,9 @@ def static_command(run_dir: Path, out: Path) -> list[str]:
         raise BaselineError(f"{run_dir} is not a gated run: it has no gates whose skipped blocks a static "
                             "network could delete")
     # exec_rate_deploy lists gated blocks only; with every block gated they are blocks 0..n-1.
-    if not cfg["gate_downsample"]:
-        raise BaselineError(f"{run_dir} was trained with --no-gate-downsample, which is not supported")
+    if not cfg["gate_downsample"] or cfg.get("ungated_blocks"):
+        raise BaselineError(f"{run_dir} leaves some blocks ungated (--no-gate-downsample or --ungated-blocks), "
+                            "which is not supported")
     rates = jsonfile.check(history[-1], {"exec_rate_deploy": [jsonfile.Finite]},
                            f"{run_dir / 'metrics.jsonl'} last line")["exec_rate_deploy"]
     k = round(sum(1.0 - r for r in rates))

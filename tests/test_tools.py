@@ -9,9 +9,9 @@ from cosinegate.train.config import TrainConfig, to_dict
 from cosinegate.train.static_baseline import static_command
 
 
-def _fake_run(folder, rates):
+def _fake_run(folder, rates, **changes):
     folder.mkdir()
-    cfg = to_dict(TrainConfig(preset="demo", dataset="digits", epochs=30, warmup_epochs=8, lr=0.05))
+    cfg = to_dict(TrainConfig(preset="demo", dataset="digits", epochs=30, warmup_epochs=8, lr=0.05, **changes))
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
     (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 30, "exec_rate_deploy": rates}) + "\n")
 
@@ -26,6 +26,13 @@ def test_static_baseline_deletes_the_most_skipped_blocks(tmp_path):
     _fake_run(tmp_path / "dynamic", [1, 1, 1, 1, 0.48, 0.47, 1, 0.54, 0.53])
     command = static_command(tmp_path / "dynamic", tmp_path / "s2")
     assert command[command.index("--removed-blocks") + 1] == "4,5"
+
+
+def test_static_baseline_refuses_a_run_whose_rates_do_not_cover_every_block(tmp_path):
+    from cosinegate.train.static_baseline import BaselineError
+    _fake_run(tmp_path / "some", [1, 0.5, 0.5], ungated_blocks="0,1,2,3,4,5")
+    with pytest.raises(BaselineError, match="leaves some blocks ungated"):
+        static_command(tmp_path / "some", tmp_path / "s")
 
 
 def test_reproduce_config_specs():
@@ -171,3 +178,35 @@ def test_controller_pushes_reports_every_unit_and_writes_json(tiny_run, tmp_path
     result = json.loads((tmp_path / "p.json").read_text())
     assert [b["block"] for b in result["blocks"]] == model.gated_indices
     assert all([s for s, _ in b["dead"]] == [2, 3] for b in result["blocks"])
+
+
+def test_skip_headroom_finds_a_block_that_adds_nothing_skippable_for_every_image(tiny_run, tmp_path, capsys):
+    from cosinegate.train import checkpoint
+    from cosinegate.train.skip_headroom import main
+    state = checkpoint.load(tiny_run / "last.pt")
+    model = checkpoint.build_model(state)
+    idle = model.gated_indices[0]
+    for name in ("weight", "bias"):  # its residual branch ends in a BatchNorm that now outputs zero
+        state["model"][f"blocks.{idle}.bn2.{name}"].zero_()
+    checkpoint.save(tmp_path / "idle.pt", state)
+    assert main([str(tmp_path / "idle.pt"), "--images", "300", "--threads", "1", "--no-progress",
+                 "--out", str(tmp_path / "h.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("skip headroom:") and "600 training images" in out[0]
+    assert [line.split(" (")[0] for line in out[1:]] == [f"block {i}" for i in range(len(model.blocks))]
+    report = json.loads((tmp_path / "h.json").read_text())
+    rows = {r["block"]: r for r in report["blocks"]}
+    assert rows[idle]["unchanged"] == 1.0 and rows[idle]["accuracy_left_out"] == report["accuracy"]
+    assert rows[idle]["probe_auc"] is None and rows[idle]["gate_auc"] is None  # no image to tell apart
+    assert min(r["unchanged"] for r in rows.values()) < 1.0  # the other blocks do change answers
+    assert all(("gate_auc" in r) == r["gated"] for r in rows.values())
+    assert abs(sum(r["mac_share"] for r in rows.values()) - 1.0) < 0.05  # the stem and head are the rest
+
+
+@pytest.mark.parametrize("argv,message", [(["--images", "1"], "--images must be >= 2"),
+                                          (["--threads", "0"], "--threads must be >= 1")])
+def test_skip_headroom_refuses_bad_counts_in_one_line(tiny_run, argv, message, capsys):
+    from cosinegate.train.skip_headroom import main
+    assert main([str(tiny_run / "last.pt"), *argv]) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

@@ -259,16 +259,21 @@ class CosineGateResNet(nn.Module):
             raise ValueError(f"expected {len(self.exits)} exit thresholds in (0, 1], got {thresholds}")
         self.exit_thresholds = values
 
-    def forward(self, x: torch.Tensor, mode: str = "full", tau: float = 1.0, with_exits: bool = False):
+    def forward(self, x: torch.Tensor, mode: str = "full", tau: float = 1.0, with_exits: bool = False,
+                left_out: frozenset = frozenset()):
         """Returns logits (B, classes) and one stats dict per gated block (see ResidualBlock). In
         "deploy" mode the logits are those the deployed network answers with: each image's exit
         (`exit_thresholds`), else the classifier's. With `with_exits`, the classifier's logits
         whatever the mode, and the exits' logits (one (B, classes) per exit) as a third value, so
-        the caller can apply any exit rule."""
+        the caller can apply any exit rule. The blocks in `left_out` compute what a closed gate
+        does, ReLU(shortcut), for every image, and report no stats."""
         x = self.stem(x)
         stats, exit_logits = [], []
         for i, block in enumerate(self.blocks):
-            x, st = block(x, mode, tau)
+            if i in left_out:
+                x, st = F.relu(option_a_shortcut(x, block.stride, block.out_channels)), None
+            else:
+                x, st = block(x, mode, tau)
             if st is not None:
                 stats.append(st)
             if i in self._exit_after:

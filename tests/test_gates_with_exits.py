@@ -248,3 +248,24 @@ def test_gates_on_chosen_blocks_only_export_with_parity(tmp_path):
     assert top == ["exit0_if"], top
     assert report["parity"]["onnx_vs_pytorch"]["gates_identical"]
     assert report["parity"]["tflm_vs_tflite_ref"]["gate_agreement"] == 1.0
+
+
+def test_skip_headroom_measures_the_blocks_behind_an_exit_on_the_images_that_reach_them(routed_run, tmp_path):
+    from cosinegate.train import checkpoint
+    from cosinegate.train import exits as X
+    from cosinegate.train.data import dataset_info, load_arrays, normalize
+    from cosinegate.train.skip_headroom import main
+    assert main([str(routed_run / "last.pt"), "--images", "200", "--threads", "1", "--no-progress",
+                 "--out", str(tmp_path / "h.json")]) == 0
+    rows = {r["block"]: r for r in json.loads((tmp_path / "h.json").read_text())["blocks"]}
+    assert "reaching" not in rows[0]                      # before the first exit every image runs it
+    state = checkpoint.load(routed_run / "last.pt")
+    model = checkpoint.build_model(state)
+    x, _ = load_arrays("digits", None, "train")
+    with torch.no_grad():
+        _, _, exit_logits = model(normalize(x[:400], dataset_info("digits")), "full", with_exits=True)
+    going_on = X.confidence(exit_logits[0]) < state["config"]["exit_threshold"]
+    assert rows[1]["reaching"] == pytest.approx(going_on.double().mean().item())
+    assert rows[2]["reaching"] <= rows[1]["reaching"]     # behind both exits
+    for row in (rows[1], rows[2]):
+        assert row["exit_auc"] is None or 0.0 <= row["exit_auc"] <= 1.0

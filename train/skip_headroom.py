@@ -15,6 +15,10 @@ block when the classifier's answer stays the same. Per block:
   controller's input, ranks skippable images above the rest: fitted on the first N images, scored
   on the other N (0.5: no better than chance; 1: a perfect ranking);
 - `gate_auc`, for gated blocks: the same ranking by the trained gate's deploy logit, low first;
+- for blocks behind an early exit, among the images that go on past every exit before the block
+  at the run's exit threshold (`reaching`, their share): `unchanged_reaching`, and `exit_auc`,
+  the same ranking by the confidence of the last exit before the block, high first (a gate there
+  could read it for free);
 - `mac_share`: the block's share of the plain network's MACs, what skipping it saves.
 
 A block few images can skip (`unchanged` low) costs accuracy wherever a gate closes it, and one
@@ -34,6 +38,7 @@ from tqdm import tqdm
 
 from cosinegate import atomic, errors
 from cosinegate.train import checkpoint
+from cosinegate.train import exits as X
 from cosinegate.train.data import DataError, dataset_info, holdout_split, load_arrays, normalize
 from cosinegate.train.model import RemovedBlock, macs_breakdown
 
@@ -46,8 +51,9 @@ class HeadroomError(ValueError):
 
 @torch.no_grad()
 def _answers(model, x: torch.Tensor, left_out: frozenset = frozenset(), pooled: dict | None = None):
-    """Classifier answers (N,) and, for `pooled` given, each block input's GAP and each gated
-    block's deploy logit collected into it: {"gap": {block: (N, C)}, "logit": {block: (N,)}}."""
+    """Classifier answers (N,) and, for `pooled` given, each block input's GAP, each gated block's
+    deploy logit and each exit's confidence collected into it:
+    {"gap": {block: [(B, C)]}, "logit": {block: [(B,)]}, "exit_conf": {exit: [(B,)]}}."""
     answers = []
     hooks = []
     if pooled is not None:
@@ -57,11 +63,14 @@ def _answers(model, x: torch.Tensor, left_out: frozenset = frozenset(), pooled: 
                 lambda module, args, i=i: pooled["gap"][i].append(args[0].mean(dim=(2, 3)).float())))
     try:
         for start in range(0, len(x), CHUNK):
-            logits, stats = model(x[start:start + CHUNK], mode="full", left_out=left_out)
+            logits, stats, exit_logits = model(x[start:start + CHUNK], mode="full", with_exits=True,
+                                               left_out=left_out)
             answers.append(logits.argmax(1))
             if pooled is not None:
                 for i, st in zip(model.gated_indices, stats):
                     pooled["logit"].setdefault(i, []).append(st["logit_deploy"].float())
+                for k, z in enumerate(exit_logits):
+                    pooled["exit_conf"].setdefault(k, []).append(X.confidence(z))
     finally:
         for hook in hooks:
             hook.remove()
@@ -98,9 +107,11 @@ def measure(path, data_dir, images: int, progress: bool = True) -> dict:
         raise HeadroomError(f"{dataset} has {len(pool)} {split} images; the probe needs at least 4")
     half = n // 2
     x, y = normalize(x[pool[:n]], dataset_info(dataset)), torch.as_tensor(y[pool[:n]])
-    pooled = {"gap": {}, "logit": {}}
+    pooled = {"gap": {}, "logit": {}, "exit_conf": {}}
     full = _answers(model, x, pooled=pooled)
     macs = macs_breakdown(model.cfg)
+    threshold = ckpt["config"].get("exit_threshold", X.EXIT_THRESHOLD)
+    confidences = [torch.cat(pooled["exit_conf"][k]) for k in range(len(macs["exit_blocks"]))]
     rows = []
     present = [i for i, b in enumerate(model.blocks) if not isinstance(b, RemovedBlock)]
     for i in tqdm(present, desc="blocks", disable=not progress):
@@ -115,6 +126,14 @@ def measure(path, data_dir, images: int, progress: bool = True) -> dict:
         if i in pooled["logit"]:
             logit = torch.cat(pooled["logit"][i]).numpy()
             row["gate_auc"] = _auc(-logit[half:], skippable.numpy()[half:])
+        before = [k for k, b in enumerate(macs["exit_blocks"]) if b < i]
+        if before:
+            reach = torch.stack([confidences[k] < threshold for k in before], 1).all(1).numpy()
+            row["reaching"] = float(reach.mean())
+            row["unchanged_reaching"] = float(skippable.numpy()[reach].mean()) if reach.any() else None
+            evaluated = reach[half:]
+            row["exit_auc"] = _auc(confidences[before[-1]].numpy()[half:][evaluated],
+                                   skippable.numpy()[half:][evaluated])
         rows.append(row)
     return {"checkpoint": str(path), "images": n, "split": split, "accuracy": float((full == y).double().mean()), "blocks": rows}
 
@@ -129,6 +148,10 @@ def _line(row: dict) -> str:
             f"accuracy left out {100 * row['accuracy_left_out']:.2f} % | probe AUC {_fmt(row['probe_auc'])}")
     if "gate_auc" in row:
         text += f" | gate AUC {_fmt(row['gate_auc'])}"
+    if "reaching" in row:
+        share = row["unchanged_reaching"]
+        text += (f" | past the exit: {100 * row['reaching']:.1f} % of the images, unchanged "
+                 f"{'-' if share is None else f'{100 * share:.1f} %'}, exit-confidence AUC {_fmt(row['exit_auc'])}")
     return text
 
 

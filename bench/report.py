@@ -56,9 +56,12 @@ def render_markdown(bench: dict) -> str:
                                      for name, r in {**bench["runtimes"], **bench["firmware"]}.items()])]
     rates = {name: r["exec_rate_per_block"] for name, r in bench["runtimes"].items()}
     if any(rates.values()):
-        cols = [("runtime", "")] + [(f"b{i}", ".2f") for i in range(len(next(iter(rates.values()))))]
+        # Gate outputs are named by block ("gate_6"); a bench without the names counts gated blocks from 0.
+        blocks = ([name.removeprefix("gate_") for name in bench.get("decision_outputs") or () if name.startswith("gate_")]
+                  or [str(i) for i in range(len(next(iter(rates.values()))))])
+        cols = [("runtime", "")] + [(f"b{b}", ".2f") for b in blocks]
         parts += ["### Execution rate per gated block",
-                  table(cols, [{"runtime": n, **{f"b{i}": v for i, v in enumerate(r)}} for n, r in rates.items()])]
+                  table(cols, [{"runtime": n, **{f"b{b}": v for b, v in zip(blocks, r)}} for n, r in rates.items()])]
     folded = {kind: blocks for kind, blocks in (bench.get("folded_gates") or {}).items() if blocks}
     if folded:
         parts.append("Exported with `--fold-static-gates`: "

@@ -93,3 +93,13 @@ def test_log_without_protocol_lines(tiny_export, tmp_path, capsys):
                        "--firmware-log", str(log), "--no-progress"]) == 1
     assert "no CosineGate protocol line" in capsys.readouterr().err
     assert not (out / "bench.json").exists()
+
+
+def test_report_names_each_gated_block_by_its_index(bench_dir):
+    from cosinegate.bench.report import render_markdown
+    bench = json.loads((bench_dir / "bench.json").read_text())
+    bench["decision_outputs"] = ["gate_6", "gate_7", "gate_8", "exit_0"]
+    text = render_markdown(bench)
+    assert "| runtime | b6 | b7 | b8 |" in text
+    del bench["decision_outputs"]
+    assert "| runtime | b0 | b1 | b2 |" in render_markdown(bench)

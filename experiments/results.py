@@ -396,7 +396,8 @@ def render(rows: list[dict], root: Path, plot_path: Path | None, earlier: Path |
              "- exported: best.pt is the best deploy accuracy on the test set after the FLOPs warm-up; "
              "last.pt the final epoch\n"
              "- schedule: *shortened* is fewer than the paper's 160 epochs; *warm start from NAME* began "
-             "from NAME's final weights (`cg-train --init-from`)"]
+             "from NAME's final weights (`cg-train --init-from`); a run warm-started from a published model "
+             "continues, in the comparisons, the run whose weights the model holds"]
     parts += _training_tables(rows)
     for section, items in ((_paper_table, F.paper_comparisons(rows)), (_bar_table, F.bar_verdicts(rows)),
                            (_deeper_table, F.deeper_verdicts(rows)), (_sweep_table, F.sweep_points(rows))):

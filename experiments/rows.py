@@ -114,10 +114,27 @@ def source_name(config: dict) -> str | None:
     return path.parent.parent.name if path.parent.name == "run" else path.parent.name
 
 
+@functools.lru_cache(maxsize=None)
+def published_weights(init_from: str) -> str | None:
+    """The weights_sha256 a published model's export report gives its checkpoint, for a warm start
+    from `models/NAME/model.pt` whose folder holds a report that gives it (the path as the run read it); else None."""
+    report = Path(init_from).parent / "export_report.json"
+    if Path(init_from).parent.parent.name != "models" or not report.is_file():
+        return None
+    checked = jsonfile.read(report, {"checkpoint?": {"weights_sha256?": str}})
+    return (checked.get("checkpoint") or {}).get("weights_sha256")
+
+
 def source_row(row: dict, rows: list[dict]) -> dict | None:
-    """The row of the run a warm start began from, where it is among the rows."""
+    """The row of the run a warm start began from, where it is among the rows: by name, or for a
+    published model, the run whose exported checkpoint holds the same weights."""
     name = source_name(row["config"])
-    return next((r for r in rows if r["name"] == name), None) if name else None
+    if not name:
+        return None
+    named = next((r for r in rows if r["name"] == name), None)
+    digest = None if named else published_weights(row["config"]["init_from"])
+    return named or next((r for r in rows if digest and digest == (
+        ((r.get("report") or {}).get("checkpoint") or {}).get("weights_sha256"))), None)
 
 
 def lineage(row: dict, rows: list[dict]) -> list[dict]:

@@ -371,3 +371,32 @@ def test_a_continued_run_faces_static_networks_continued_as_long_from_the_same_s
     # a source that names itself ends its own lineage
     looped = warm("looped", "runs/looped/run/last.pt", 12)
     assert rows.lineage(looped, [looped]) == [looped]
+
+
+def test_a_run_continued_from_a_published_model_continues_the_run_that_made_it(tmp_path, monkeypatch):
+    """The published copy holds the run's weights: the lineage goes through the run, so the
+    continuation faces the static networks continued as long from that run's start."""
+    from cosinegate.experiments import rows
+
+    def warm(name, init_from, epochs, exits=""):
+        row = _row(name, 20, False, 0.9, 0.5)
+        row["config"].update(init_from=init_from, lr=0.02, epochs=epochs, exits=exits)
+        return row
+
+    made = warm("exits_e120", "models/plain/model.pt", 120, "2")
+    made["report"] = {"checkpoint": {"path": "runs/exits_e120/run/last.pt", "weights_sha256": "ab" * 32}}
+    static = warm("static_e120p12", "runs/static_e120/run/last.pt", 12)
+    static_start = warm("static_e120", "models/plain/model.pt", 120)
+    continued = warm("exits_e120p12", "models/exits/model.pt", 12, "2")
+    monkeypatch.chdir(tmp_path)
+    rows.published_weights.cache_clear()
+    (tmp_path / "models" / "exits").mkdir(parents=True)
+    (tmp_path / "models" / "exits" / "export_report.json").write_text(
+        json.dumps({"checkpoint": {"path": "models/exits/model.pt", "weights_sha256": "ab" * 32}}))
+    table = [made, static, static_start, continued]
+    assert [r["name"] for r in rows.lineage(continued, table)] == ["exits_e120", "exits_e120p12"]
+    assert set(rows.static_references(continued, table)) == {"static_e120p12"}
+    (tmp_path / "models" / "exits" / "export_report.json").write_text(json.dumps({"checkpoint": {"weights_sha256": "cd" * 32}}))
+    rows.published_weights.cache_clear()
+    assert rows.lineage(continued, table) == [continued]  # other weights: no known run made them
+    rows.published_weights.cache_clear()

@@ -93,7 +93,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode())
 
 
-def _check_writable_as_file(path: Path) -> None:
+def check_writable_as_file(path: Path) -> None:
     """Refuse, naming it, a folder where `path` goes or a file where one of its folders goes."""
     if path.is_dir() and not path.is_symlink():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
@@ -122,7 +122,7 @@ def save_all(savers: dict) -> list[Path]:
     """
     targets = [Path(p) for p in savers]
     for path in targets:
-        _check_writable_as_file(path)
+        check_writable_as_file(path)
     created = sorted({p for path in targets for p in path.parents if not p.exists()},
                      key=lambda p: len(p.parts), reverse=True)  # innermost first
     temporaries, old_copies, replaced = {}, {}, []

@@ -204,8 +204,10 @@ def test_skip_headroom_finds_a_block_that_adds_nothing_skippable_for_every_image
 
 
 @pytest.mark.parametrize("argv,message", [(["--images", "1"], "--images must be >= 2"),
-                                          (["--threads", "0"], "--threads must be >= 1")])
-def test_skip_headroom_refuses_bad_counts_in_one_line(tiny_run, argv, message, capsys):
+                                          (["--threads", "0"], "--threads must be 1..1024"),
+                                          (["--threads", "100000"], "--threads must be 1..1024"),
+                                          (["--out", "."], "Is a directory")])
+def test_skip_headroom_refuses_bad_arguments_in_one_line(tiny_run, argv, message, capsys):
     from cosinegate.train.skip_headroom import main
     assert main([str(tiny_run / "last.pt"), *argv]) != 0
     err = capsys.readouterr().err.strip()

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from cosinegate import atomic, errors
 from cosinegate.train import checkpoint
 from cosinegate.train import gate as G
-from cosinegate.train.config import from_dict
+from cosinegate.train.config import MAX_THREADS, from_dict
 from cosinegate.train.data import DataError, DeviceLoader, dataset_info, load_arrays
 from cosinegate.train.trainer import REVIVE_IMAGES, _schedule, gate_mode, loss_terms, term_weights, total_loss
 
@@ -172,9 +172,11 @@ def main(argv=None) -> int:
     if not args.lr > 0:
         raise PushesError(f"--lr must be > 0, got {args.lr}")
     if args.threads is not None:
-        if args.threads < 1:
-            raise PushesError(f"--threads must be >= 1, got {args.threads}")
+        if not 1 <= args.threads <= MAX_THREADS:
+            raise PushesError(f"--threads must be 1..{MAX_THREADS}, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.out:
+        atomic.check_writable_as_file(args.out)  # a folder there fails now, not after the work
     result = probe(args.checkpoint, args.data_dir, args.steps, args.lr, args.every, args.seed,
                    progress_bar=not args.no_progress)
     print(f"controller_pushes: {args.checkpoint} | {args.steps} steps at lr {args.lr} | gate mode {result['mode']}, "

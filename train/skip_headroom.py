@@ -39,6 +39,7 @@ from tqdm import tqdm
 from cosinegate import atomic, errors
 from cosinegate.train import checkpoint
 from cosinegate.train import exits as X
+from cosinegate.train.config import MAX_THREADS
 from cosinegate.train.data import DataError, dataset_info, holdout_split, load_arrays, normalize
 from cosinegate.train.model import RemovedBlock, macs_breakdown
 
@@ -173,9 +174,11 @@ def main(argv=None) -> int:
     if args.images < 2:
         raise HeadroomError(f"--images must be >= 2, got {args.images}")
     if args.threads is not None:
-        if args.threads < 1:
-            raise HeadroomError(f"--threads must be >= 1, got {args.threads}")
+        if not 1 <= args.threads <= MAX_THREADS:
+            raise HeadroomError(f"--threads must be 1..{MAX_THREADS}, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.out:
+        atomic.check_writable_as_file(args.out)  # a folder there fails now, not after the work
     report = measure(args.checkpoint, args.data_dir, args.images, progress=not args.no_progress)
     print(f"skip headroom: {args.checkpoint} | {report['images']:,} {report['split']} images | "
           f"accuracy with every block {100 * report['accuracy']:.2f} %")

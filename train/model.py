@@ -60,8 +60,7 @@ class ModelConfig:
             raise ValueError(f"blocks {sorted(set(self.ungated_blocks) & set(self.removed_blocks))} are removed, "
                              "so they have no gate to leave out")
         if self.ungated_blocks and not any(
-                i not in self.removed_blocks and self.block_gated(i, 2 if i % self.blocks_per_stage == 0 and i else 1)
-                for i in range(n_blocks)):
+                i not in self.removed_blocks and self.block_gated(i) for i in range(n_blocks)):
             raise ValueError(f"ungated_blocks {self.ungated_blocks} leaves no gated block; build the plain "
                              "network with gated=False instead")
         self.exit_stages = tuple(sorted(int(k) for k in self.exit_stages))
@@ -70,10 +69,11 @@ class ModelConfig:
             raise ValueError(f"exits go at stage boundaries 1..{last - 1} (stage {last} ends in the "
                              f"classifier itself), got {self.exit_stages}")
 
-    def block_gated(self, index: int, stride: int) -> bool:
-        """Whether block `index` (not removed) carries a gate."""
-        return (self.gated and (stride == 1 or self.gate_downsample)
-                and index not in self.ungated_blocks)
+    def block_gated(self, index: int) -> bool:
+        """Whether block `index` (not removed) carries a gate. The first block of every stage but the
+        first is the stride-2 one that `gate_downsample` covers."""
+        downsample = index >= self.blocks_per_stage and index % self.blocks_per_stage == 0
+        return self.gated and (not downsample or self.gate_downsample) and index not in self.ungated_blocks
 
     @property
     def blocks_per_stage(self) -> int:
@@ -195,7 +195,7 @@ class CosineGateResNet(nn.Module):
                 if len(blocks) in cfg.removed_blocks:
                     blocks.append(RemovedBlock(stride, width))
                 else:
-                    blocks.append(ResidualBlock(cin, width, stride, cfg, cfg.block_gated(len(blocks), stride)))
+                    blocks.append(ResidualBlock(cin, width, stride, cfg, cfg.block_gated(len(blocks))))
                 cin = width
         self.blocks = nn.ModuleList(blocks)
         self.fc = nn.Linear(cin, cfg.num_classes)
@@ -304,7 +304,7 @@ def macs_breakdown(cfg: ModelConfig) -> dict:
             stride = 2 if (stage > 0 and i == 0) else 1
             out = (size + stride - 1) // stride
             blocks.append(cin * width * 9 * out * out + width * width * 9 * out * out)
-            gated = cfg.block_gated(len(controllers), stride) and len(controllers) not in cfg.removed_blocks
+            gated = cfg.block_gated(len(controllers)) and len(controllers) not in cfg.removed_blocks
             hidden = max(2, cin // cfg.controller_ratio)
             controllers.append(cin * hidden + hidden if gated else 0)
             size, cin = out, width

@@ -110,7 +110,7 @@ def sweep(args) -> dict:
     from cosinegate.train.model import macs_breakdown
     ckpt = checkpoint.load(args.checkpoint)
     model_cfg = checkpoint.build_model(ckpt).cfg
-    if not model_cfg.gated and not model_cfg.exit_stages:
+    if not model_cfg.gated and not model_cfg.exit_blocks:
         raise SweepError(f"{args.checkpoint} is a plain network: there is no threshold to sweep")
     dataset = ckpt["config"]["dataset"]
     data_dir = args.data_dir if args.data_dir is not None else ckpt["config"].get("data_dir")

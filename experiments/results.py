@@ -22,7 +22,6 @@ from cosinegate.bench.report import table  # noqa: E402
 from cosinegate.experiments import findings as F  # noqa: E402
 from cosinegate.experiments import rows as R  # noqa: E402
 from cosinegate.experiments.rows import collect  # noqa: E402,F401  (the table's input, for callers)
-from cosinegate.train.config import from_dict  # noqa: E402
 
 
 def _yes_no(flag: bool | None) -> str | None:
@@ -310,7 +309,7 @@ def _per_image_table(rows: list[dict]) -> list[str]:
 def _decision_names(row: dict) -> str:
     """What the firmware's decision digits stand for, in their order."""
     names = [f"block {i}" for i in row["report"]["gated_indices"]]
-    names += [f"exit after stage {s}" for s in from_dict(row["config"]).exit_stage_list]
+    names += [f"exit after block {b}" for b in row["report"].get("exit_blocks", [])]
     return ", ".join(names)
 
 

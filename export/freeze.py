@@ -109,10 +109,10 @@ def freeze(model) -> FrozenModel:
         blocks.append(FrozenBlock(i, fold_bn(blk.conv1, blk.bn1), fold_bn(blk.conv2, blk.bn2),
                                   blk.stride, blk.conv1.in_channels, blk.out_channels, gate))
     stem_conv, stem_bn = model.stem[0], model.stem[1]
-    exits = [FrozenExit(model.cfg.stage_end_block(stage), head.pool_kernel,
+    exits = [FrozenExit(block, head.pool_kernel,
                         head.classifier.weight.detach().float(), head.classifier.bias.detach().float(),
                         float(threshold))
-             for stage, head, threshold in zip(model.cfg.exit_stages, model.exits, model.exit_thresholds)]
+             for block, head, threshold in zip(model.cfg.exit_blocks, model.exits, model.exit_thresholds)]
     return FrozenModel(fold_bn(stem_conv, stem_bn), blocks, model.fc.weight.detach().float(),
                        model.fc.bias.detach().float(), exits)
 

@@ -90,10 +90,9 @@ def _match_on_full_paths(gates: np.ndarray, all_gates: np.ndarray, gated_indices
     """Whether the deployed decisions (N, n_gated + n_exits) equal the all-compute model's where
     the deployed model skipped no gated block before the decision: a skipped block changes every
     input after it, which the all-compute model, running every block, never sees."""
-    exit_blocks = [model.cfg.stage_end_block(k) for k in model.cfg.exit_stages]
     # the blocks each decision reads the result of: those before a gate's block, up to an exit's
     reads = [[i < g for i in gated_indices] for g in gated_indices] + \
-            [[i <= e for i in gated_indices] for e in exit_blocks]
+            [[i <= e for i in gated_indices] for e in model.cfg.exit_blocks]
     skipped = ~gates[:, :len(gated_indices)]                                     # (N, n_gated)
     upstream = np.array(reads, dtype=bool).reshape(len(reads), len(gated_indices))
     full_path = ~((skipped[:, None, :] & upstream[None]).any(2))                  # (N, n_decisions)

@@ -321,11 +321,11 @@ def test_per_path_table_groups_firmware_images_by_their_decisions():
     plain = {"name": "resnet20", "config": to_dict(TrainConfig(preset="resnet20", gated=False)),
              "qemu": {"cmsis_nn": {"instructions_mean": 90e6}}}
     routed_config = to_dict(TrainConfig(preset="balanced", removed_blocks="1,4,5", gate_downsample=False, exits="2"))
-    routed = {"name": "gates_exit", "config": routed_config, "report": {"gated_indices": [0, 2, 7, 8]},
+    routed = {"name": "gates_exit", "config": routed_config, "report": {"gated_indices": [0, 2, 7, 8], "exit_blocks": [5]},
               "qemu": {"cmsis_nn": {"instructions_per_image": [35.001e6, 59e6, 34.999e6],
                                     "gates": ["11000", "11111", "11000"]}}}
     text = "\n".join(results._per_path_table([plain, routed]))
-    assert "gates_exit: block 0, block 2, block 7, block 8, exit after stage 2" in text
+    assert "gates_exit: block 0, block 2, block 7, block 8, exit after block 5" in text
     heavy, light = [line for line in text.splitlines() if line.startswith("| gates_exit |")]
     # Every block left after pruning runs (0.651 of ResNet-20), or the image leaves after stage 2 (0.331).
     assert heavy.startswith(f"| gates_exit | `11111` | 1 | 59,000,000 | 0 | 0.651 | {59 / 90:.3f} |")

@@ -229,6 +229,27 @@ def _grown_weights(weights: dict, own: dict, theirs: int, ours: int) -> tuple[di
     return out, sorted(new_blocks)
 
 
+def _exit_place(cfg, block: int) -> tuple:
+    """Where an exit sits, comparable across depths: a stage's end stays its end when a warm start
+    grows the net; any other block only matches the same block at the same depth."""
+    per_stage = cfg.blocks_per_stage
+    return ("end", block // per_stage) if (block + 1) % per_stage == 0 else ("block", block, per_stage)
+
+
+def _exit_weights(state: dict, theirs, ours) -> dict:
+    """The checkpoint's exit-head tensors, renamed to our numbering (exit k of a net reads block
+    `exit_blocks[k]`), for the places where both nets have an exit."""
+    our_index = {_exit_place(ours, b): k for k, b in enumerate(ours.exit_blocks)}
+    renamed = {}
+    for name, value in state.items():
+        if _is_exit(name):
+            index, rest = name[len("exits."):].split(".", 1)
+            place = _exit_place(theirs, theirs.exit_blocks[int(index)])
+            if place in our_index:
+                renamed[f"exits.{our_index[place]}.{rest}"] = value
+    return renamed
+
+
 def load_backbone(model, path: str | Path) -> tuple[int, list[int]]:
     """Copy a checkpoint's convolutions, norms and classifier into `model`; gates and controllers
     keep their initialisation. The checkpoint may be plain or gated, hold blocks that `model`
@@ -237,7 +258,8 @@ def load_backbone(model, path: str | Path) -> tuple[int, list[int]]:
     ckpt = load(path)
     # Its model built first: a model_config of the wrong types, or weights that do not fit it,
     # are refused in one line; what is compared below is then typed.
-    theirs, ours = vars(build_model(ckpt, path).cfg), vars(model.cfg)
+    source_cfg = build_model(ckpt, path).cfg
+    theirs, ours = vars(source_cfg), vars(model.cfg)
     differ = [f"{k} {theirs.get(k)!r} vs {ours[k]!r}" for k in _SHAPE_KEYS
               if _as_tuple(theirs.get(k)) != _as_tuple(ours[k])]
     if theirs.get("depth", 0) > ours["depth"]:
@@ -247,9 +269,10 @@ def load_backbone(model, path: str | Path) -> tuple[int, list[int]]:
     # Blocks this model deletes (a static twin pruned from a trained net) take none of their weights.
     deleted = tuple(f"blocks.{i}." for i in model.cfg.removed_blocks if i not in theirs.get("removed_blocks", ()))
     own, grown = model.state_dict(), []
-    # Exit heads are copied where both nets have them at the same stages, else start fresh.
+    # An exit head is copied where the checkpoint has one after the same block, else starts fresh.
     weights = {k: v for k, v in ckpt["model"].items() if not _is_gate(k) and not k.startswith(deleted)
-               and not (_is_exit(k) and _as_tuple(theirs.get("exit_stages")) != _as_tuple(ours["exit_stages"]))}
+               and not _is_exit(k)}
+    weights.update(_exit_weights(ckpt["model"], source_cfg, model.cfg))
     refuse_nonfinite(weights, path)
     if theirs["depth"] < ours["depth"]:
         if theirs.get("removed_blocks") or model.cfg.removed_blocks:

@@ -62,6 +62,7 @@ class TrainConfig:
     lambda_adapt: float = 0.0
     # early exits (beyond the paper; none unless exits is set)
     exits: str = ""
+    exit_after: str = ""
     lambda_exit: float = 1.0
     exit_threshold: float = 0.9
     tau_start: float = 1.0
@@ -96,6 +97,8 @@ class TrainConfig:
         _check_types(self)
         if self.handover_epoch is None:
             self.handover_epoch = self.penalty_full_epoch
+        if self.depth < 8 or (self.depth - 2) % 6:
+            raise ConfigError(f"depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), got {self.depth}")
         checks = [
             (self.gate_init in ("faithful", "open"), "gate_init must be 'faithful' or 'open'"),
             (self.gate_train in ("deploy", "paper"), "gate_train must be 'deploy' or 'paper'"),
@@ -119,6 +122,13 @@ class TrainConfig:
              len(set(self.exit_stage_list)) == len(self.exit_stage_list),
              f"exits go at stage boundaries 1..{STAGES - 1} (stage {STAGES} ends in the classifier "
              f"itself), each once; got {self.exits!r}"),
+            (all(0 <= b < self.blocks - 1 for b in self.exit_after_list) and
+             len(set(self.exit_after_list)) == len(self.exit_after_list),
+             f"exit_after indexes blocks 0..{self.blocks - 2} (block {self.blocks - 1} ends in the classifier "
+             f"itself), each once; got {self.exit_after!r}"),
+            (not set(self.exit_after_list) & {k * self.blocks // STAGES - 1 for k in self.exit_stage_list},
+             f"exit_after {self.exit_after!r} names a block that ends a stage exits {self.exits!r} already "
+             "gives an exit"),
             (self.lambda_exit >= 0, "lambda_exit must be >= 0"),
             (0.0 < self.exit_threshold <= 1.0, "exit_threshold must lie in (0, 1]"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
@@ -157,6 +167,15 @@ class TrainConfig:
     def exit_stage_list(self) -> tuple:
         return _index_list(self.exits, "exits", "stage numbers")
 
+    @property
+    def exit_after_list(self) -> tuple:
+        return _index_list(self.exit_after, "exit_after", "block indices")
+
+    @property
+    def blocks(self) -> int:
+        """Residual blocks of the ResNet: 3 stages of (depth - 2) / 6."""
+        return STAGES * ((self.depth - 2) // 6)
+
     def model_config(self, dataset_info):
         from cosinegate.train.model import ModelConfig
         h, w, c = dataset_info.shape
@@ -165,6 +184,7 @@ class TrainConfig:
             gated=self.gated, gate_downsample=self.gate_downsample,
             controller_ratio=self.controller_ratio, gamma0=self.gamma0,
             removed_blocks=self.removed_block_list, ungated_blocks=self.ungated_block_list, exit_stages=self.exit_stage_list,
+            exit_after=self.exit_after_list,
             open_logit=self.open_logit if self.gate_init == "open" else None,
             gate_logit_norm=self.gate_logit_norm, controller_norm=self.controller_norm)
 
@@ -193,7 +213,7 @@ def check_value(name: str, value) -> None:
     kind = _KINDS[name]
     # bool is an int subclass: `depth: true` is no depth
     if not isinstance(value, _ACCEPTED[kind]) or (isinstance(value, bool) and kind != "bool"):
-        if name in ("removed_blocks", "ungated_blocks", "exits") and value is not True and (
+        if name in ("removed_blocks", "ungated_blocks", "exits", "exit_after") and value is not True and (
                 isinstance(value, int) or isinstance(value, (list, tuple)) and all(type(i) is int for i in value)):
             return  # one index or a YAML list of them, read by removed_block_list
         # reprlib: a YAML alias bomb is small as a file, and astronomically long as text
@@ -208,7 +228,7 @@ _KINDS = {f.name: getattr(f.type, "__name__", str(f.type)) for f in fields(Train
 
 # Fields added after the first release: a config saved before them lacks them, and their defaults
 # are what it was trained with. Every other field must be in a saved config.
-LATER_FIELDS = ("controller_norm", "distill_from", "distill_temperature", "exit_threshold", "exits", "flops_delay_epochs",
+LATER_FIELDS = ("controller_norm", "distill_from", "distill_temperature", "exit_after", "exit_threshold", "exits", "flops_delay_epochs",
                 "gate_logit_norm", "gate_noise", "holdout", "init_from", "lambda_distill", "lambda_exit",
                 "lambda_routing", "revive_controllers", "routing_temperature", "shape_concentration", "target_rate",
                 "ungated_blocks")
@@ -256,7 +276,10 @@ FIELD_HELP = {
     "lambda_adapt": "weight of the routing-information term (0 = paper)",
     "exits": "early exits after these stages, comma-separated (1,2 on a ResNet): an image whose "
              "exit is confident enough stops there (default: none)",
-    "lambda_exit": "weight of the exits' cross-entropy, each exit's scaled by its depth (stage / 3)",
+    "exit_after": "early exits after these blocks too (0-based, before the last), comma-separated: "
+                  "6,7 puts two inside stage 3 of a ResNet-20",
+    "lambda_exit": "weight of the exits' cross-entropy, each exit's scaled by its depth "
+                   "(block number / blocks: stage / 3 at a stage end)",
     "exit_threshold": "softmax confidence an image needs to leave at an exit, in the test metrics "
                       "(cg-export --exit-threshold / --target-macs set the deployed one)",
     "tau_start": "Gumbel temperature at the first step, annealed geometrically per step",
@@ -346,6 +369,9 @@ def _optional(kind):
     return parse
 
 
+METAVARS = {"exit_after": "BLOCKS", "exits": "STAGES"}  # where the field name's last word says less
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (`--lambda-flops 3.0`; on/off fields as `--gated`/`--no-gated`)."""
     group = parser.add_argument_group("training config (defaults: dataclass < preset < --config)")
@@ -361,7 +387,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         kind = {"int": int, "float": float, "str": str, "str | None": _optional(str),
                 "int | None": _optional(int)}[getattr(f.type, "__name__", str(f.type))]
         group.add_argument(flag, dest=f.name, type=kind, default=f.default,
-                           metavar=f.name.split("_")[-1].upper(), help=help_text)
+                           metavar=METAVARS.get(f.name, f.name.split("_")[-1].upper()), help=help_text)
 
 
 def resolve(args: argparse.Namespace) -> TrainConfig:

@@ -115,13 +115,16 @@ def collect_exits(model, loader, mode: str, autocast=None):
             torch.cat(gates).float())
 
 
+EXIT_ACC = "test_acc_exit_b"  # + the block an exit reads: that exit's own accuracy
+
+
 def exit_metrics(model, loader, autocast=None) -> dict:
     """The early exits' test metrics: each exit's own accuracy and the deployed rule's (each image
     answered by the first exit confident to `model.exit_thresholds`, else the classifier)."""
     mode = "deploy" if model.gated_indices else "full"
     final, exit_logits, labels, gates = collect_exits(model, loader, mode, autocast)
-    out = {f"test_acc_exit{k}": (z.argmax(1) == labels).float().mean().item()
-           for k, z in zip(model.cfg.exit_stages, exit_logits)}
+    out = {f"{EXIT_ACC}{b}": (z.argmax(1) == labels).float().mean().item()
+           for b, z in zip(model.cfg.exit_blocks, exit_logits)}
     answer, passed = X.select_logits(exit_logits, final, model.exit_thresholds)
     out["test_acc_deploy"] = (answer.argmax(1) == labels).float().mean().item()
     stats = routing_stats(gates, macs_breakdown(model.cfg), model.gated_indices, passed)
@@ -139,7 +142,7 @@ def evaluate(model, loader, autocast=None) -> dict:
     preds_full, labels, _, extra_full = collect(raw, loader, "full", autocast)
     out = {"test_acc_full": (preds_full == labels).float().mean().item()}
     macs = macs_breakdown(raw.cfg)
-    if raw.cfg.exit_stages and not raw.gated_indices:
+    if raw.cfg.exit_blocks and not raw.gated_indices:
         return {**out, **exit_metrics(raw, loader, autocast)}
     if not raw.gated_indices:  # plain or statically pruned: one fixed path
         out["test_acc_deploy"] = out["test_acc_full"]
@@ -161,6 +164,6 @@ def evaluate(model, loader, autocast=None) -> dict:
     out["cir_mae"] = (extra_full["cir"] - extra_full["cir_hat"]).abs().mean().item()
     margin = (extra["logit_deploy"] - THRESHOLD_LOGIT).abs()
     out["deploy_margin_p05"] = margin.quantile(0.05).item()
-    if raw.cfg.exit_stages:  # the deployed rule is gates and exits together
+    if raw.cfg.exit_blocks:  # the deployed rule is gates and exits together
         out.update(exit_metrics(raw, loader, autocast))
     return out

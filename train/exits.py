@@ -1,10 +1,11 @@
-"""Early exits: a small classifier at the end of a stage whose confident answer ends inference.
+"""Early exits: a small classifier after a block whose confident answer ends inference.
 
-An exit after stage k reads that stage's output x_k (B, C, H, W): it averages x_k down to a
+Exits go at stage ends (`--exits 1,2`) or after any other block but the last (`--exit-after 6,7`).
+An exit after block b reads that block's output x_b (B, C, H, W): it averages x_b down to a
 `grid` x `grid` map and applies one linear classifier to the whole map (a `grid` x `grid` valid
 convolution), after Kaya et al., *Shallow-Deep Networks* (ICML 2019), whose internal classifiers
-pool to a small map the same way. On ResNet-20 for CIFAR-10 the two heads cost 2,560 and 5,120
-MACs, under 0.02 % of the network.
+pool to a small map the same way. On ResNet-20 for CIFAR-10 a head costs 2,560 MACs in stage 1,
+5,120 in stage 2 and 10,240 in stage 3, each under 0.03 % of the network.
 
 The exit rule is the one SDN uses: an image leaves at the first exit whose softmax confidence
 reaches the threshold, max_c softmax(z_k)_c >= theta; otherwise it continues, and the network's
@@ -74,6 +75,13 @@ def select_logits(exit_logits: list[torch.Tensor], final: torch.Tensor, threshol
     return out, passed
 
 
-def exit_weights(stages: tuple, n_stages: int) -> list[float]:
-    """SDN's weighting: an exit's loss grows with its depth, k / n_stages for an exit after stage k."""
-    return [k / n_stages for k in stages]
+def exit_blocks(stages, after, blocks_per_stage: int) -> tuple:
+    """The blocks (0-based, ascending) whose outputs the exits read: the last block of each stage in
+    `stages` (1-based) and the blocks in `after`. Exits are numbered in this order."""
+    return tuple(sorted({k * blocks_per_stage - 1 for k in stages} | {int(b) for b in after}))
+
+
+def exit_weights(blocks, n_blocks: int) -> list[float]:
+    """SDN's weighting: an exit's loss grows with its depth, (b + 1) / n_blocks for an exit after
+    block b (k / 3 for the end of stage k of a three-stage net)."""
+    return [(b + 1) / n_blocks for b in blocks]

@@ -37,6 +37,7 @@ class ModelConfig:
                                          # (only their shortcut remains; no gate, no weights)
     ungated_blocks: tuple = ()           # these blocks of a gated net run for every input (no gate)
     exit_stages: tuple = ()              # early exits after these stages (1-based, before the last)
+    exit_after: tuple = ()               # and after these blocks (0-based, before the last block)
     gate_logit_norm: bool = False        # batch-norm the deploy logit (gate.Controller, beyond the paper)
     controller_norm: bool = False        # batch-norm the controller's hidden layer (gate.Controller, beyond the paper)
 
@@ -68,6 +69,13 @@ class ModelConfig:
         if len(set(self.exit_stages)) != len(self.exit_stages) or any(not 1 <= k < last for k in self.exit_stages):
             raise ValueError(f"exits go at stage boundaries 1..{last - 1} (stage {last} ends in the "
                              f"classifier itself), got {self.exit_stages}")
+        self.exit_after = tuple(sorted(int(b) for b in self.exit_after))
+        if len(set(self.exit_after)) != len(self.exit_after) or any(not 0 <= b < n_blocks - 1 for b in self.exit_after):
+            raise ValueError(f"exit_after must index blocks 0..{n_blocks - 2} (block {n_blocks - 1} ends in the "
+                             f"classifier itself), each once; got {self.exit_after}")
+        doubled = sorted({self.stage_end_block(k) for k in self.exit_stages} & set(self.exit_after))
+        if doubled:
+            raise ValueError(f"exit_after {doubled}: those blocks end a stage that exit_stages already gives an exit")
 
     def block_gated(self, index: int) -> bool:
         """Whether block `index` (not removed) carries a gate. The first block of every stage but the
@@ -78,6 +86,15 @@ class ModelConfig:
     @property
     def blocks_per_stage(self) -> int:
         return (self.depth - 2) // 6
+
+    @property
+    def exit_blocks(self) -> tuple:
+        """The blocks whose outputs the exits read, ascending: exit k reads block exit_blocks[k]."""
+        return X.exit_blocks(self.exit_stages, self.exit_after, self.blocks_per_stage)
+
+    def block_stage(self, index: int) -> int:
+        """The stage (1-based) block `index` belongs to."""
+        return index // self.blocks_per_stage + 1
 
     def stage_end_block(self, stage: int) -> int:
         """Index of the last block of `stage` (1-based)."""
@@ -200,10 +217,11 @@ class CosineGateResNet(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.fc = nn.Linear(cin, cfg.num_classes)
         self.exits = nn.ModuleList(
-            X.ExitHead(cfg.widths[k - 1], cfg.num_classes, cfg.stage_output_size(k)) for k in cfg.exit_stages)
-        self._exit_after = {cfg.stage_end_block(k): j for j, k in enumerate(cfg.exit_stages)}
+            X.ExitHead(cfg.widths[cfg.block_stage(b) - 1], cfg.num_classes, cfg.stage_output_size(cfg.block_stage(b)))
+            for b in cfg.exit_blocks)
+        self._exit_after = {b: j for j, b in enumerate(cfg.exit_blocks)}
         # The exit rule's confidence thresholds, one per exit; like deploy_threshold, not a weight.
-        self.exit_thresholds = [X.EXIT_THRESHOLD] * len(cfg.exit_stages)
+        self.exit_thresholds = [X.EXIT_THRESHOLD] * len(cfg.exit_blocks)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -309,12 +327,12 @@ def macs_breakdown(cfg: ModelConfig) -> dict:
             controllers.append(cin * hidden + hidden if gated else 0)
             size, cin = out, width
     head = cin * cfg.num_classes
-    exits = [X.head_macs(cfg.widths[k - 1], cfg.num_classes, cfg.stage_output_size(k))
-             for k in cfg.exit_stages]
+    exits = [X.head_macs(cfg.widths[cfg.block_stage(b) - 1], cfg.num_classes, cfg.stage_output_size(cfg.block_stage(b)))
+             for b in cfg.exit_blocks]
     plain = stem + sum(blocks) + head
     removed = sum(blocks[i] for i in cfg.removed_blocks)
     return {"stem": stem, "blocks": blocks, "controllers": controllers, "head": head,
-            "exits": exits, "exit_blocks": [cfg.stage_end_block(k) for k in cfg.exit_stages],
+            "exits": exits, "exit_blocks": list(cfg.exit_blocks),
             "removed": list(cfg.removed_blocks), "plain_total": plain,
             "full_total": plain - removed + sum(controllers) + sum(exits)}
 

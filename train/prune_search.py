@@ -35,7 +35,7 @@ class PruneSearchError(ValueError):
 
 def _plain_config(ckpt: dict, path) -> ModelConfig:
     cfg = checkpoint.build_model(ckpt, path).cfg
-    if cfg.gated or cfg.exit_stages or cfg.removed_blocks:
+    if cfg.gated or cfg.exit_blocks or cfg.removed_blocks:
         raise PruneSearchError(f"{path} is not a full plain ResNet (gates, exits or deleted blocks); "
                                "rank deletions of one trained with --preset resnet20")
     return cfg

@@ -26,7 +26,7 @@ from cosinegate.train import exits as X
 from cosinegate.train.config import CONFIG_DEFAULTS, MACHINE_KEYS, STAGES, TrainConfig, to_dict
 from cosinegate.train.data import DeviceLoader, dataset_info, holdout_split, load_arrays
 from cosinegate.train.distill import distillation_loss, load_teacher, teacher_logits
-from cosinegate.train.evaluate import evaluate
+from cosinegate.train.evaluate import EXIT_ACC, evaluate
 from cosinegate.train.graph_step import StaticStep
 from cosinegate.train.model import CosineGateResNet, param_counts
 from cosinegate.train.plots import plot_run
@@ -88,7 +88,8 @@ def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str, t
     """Eq. 21 plus the deployable gate's two terms (and distillation, given a teacher's logits,
     and the early exits' cross-entropy, given their logits); every term is a scalar tensor."""
     terms = {"ce": F.cross_entropy(logits.float(), y)}
-    weights = X.exit_weights(cfg.exit_stage_list, STAGES)
+    weights = X.exit_weights(X.exit_blocks(cfg.exit_stage_list, cfg.exit_after_list, cfg.blocks // STAGES),
+                             cfg.blocks)
     if exit_logits:
         terms["exit"] = sum(w * F.cross_entropy(z.float(), y) for w, z in zip(weights, exit_logits))
     if teacher_logits is not None:
@@ -170,7 +171,8 @@ def _summary(m: dict, epochs: int) -> str:
                  f"gbar {m['gbar']:.3f} skip {m['skip_rate_deploy']:.3f} "
                  f"mac {m['mac_ratio_deploy']:.3f} paths {m['distinct_paths']}")
     if "continue_rate_deploy" in m:
-        exits = " ".join(f"{m[k]:.4f}" for k in sorted(m) if k.startswith("test_acc_exit"))
+        blocks = sorted(int(k[len(EXIT_ACC):]) for k in m if k.startswith(EXIT_ACC))
+        exits = " ".join(f"b{b} {m[f'{EXIT_ACC}{b}']:.4f}" for b in blocks)
         line += (f" | exits {exits} deploy {m['test_acc_deploy']:.4f} at mac {m['mac_ratio_deploy']:.3f} "
                  f"(std {m['mac_ratio_std']:.3f})")
     return line + f" | {m['epoch_time_s']:.1f}s"

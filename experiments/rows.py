@@ -289,7 +289,7 @@ def paper_key(row: dict) -> str | None:
     plain for resnet20) trained with the preset's losses."""
     config, name = row["config"], row["preset"]
     preset = _preset_config(name) if name in PAPER else None
-    if (preset is None or config["depth"] != 20 or config["removed_blocks"] or config.get("exits")
+    if (preset is None or config["depth"] != 20 or config["removed_blocks"] or has_exits(config)
             or config["gated"] != (name != "resnet20")):
         return None
     return name if all(config[k] == preset[k] for k in LOSS_KEYS if k in config) else None
@@ -303,9 +303,14 @@ def changed_from_preset(config: dict) -> dict[str, tuple]:
     return {k: (config[k], preset[k]) for k in OBJECTIVE_KEYS if k in config and config[k] != preset[k]}
 
 
+def has_exits(config: dict) -> bool:
+    """The run's config puts early exits on the net (at stage ends or after blocks)."""
+    return bool(config.get("exits") or config.get("exit_after"))
+
+
 def routed(row: dict) -> bool:
     """The run decides per image: gated blocks or early exits."""
-    return bool(row["config"]["gated"] or row["config"].get("exits"))
+    return bool(row["config"]["gated"] or has_exits(row["config"]))
 
 
 def is_plain_resnet20(row: dict) -> bool:

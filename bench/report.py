@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 
 from cosinegate import atomic, errors  # noqa: E402
 from cosinegate.bench.errors import BenchError  # noqa: E402
+from cosinegate.bench.qemu import KERNELS  # noqa: E402
 from cosinegate.train.plots import CURVES  # noqa: E402
 
 
@@ -115,7 +116,8 @@ def training_curves(checkpoint_path: Path) -> dict[str, bytes]:
 # The bench's own charts, and every file a bench may write: a new bench replaces all of these in
 # --out as a whole (plots/ also holds the run's training curves) and leaves any other file alone.
 CHARTS = ("exec_rates_by_runtime.png", "latency.png", "mac_ratio_hist.png")
-BENCH_FILES = ("bench.json", "BENCH.md", *(f"plots/{name}" for name in (*CHARTS, *CURVES)))
+BENCH_FILES = ("bench.json", "BENCH.md", *(f"qemu_{kernels}.log" for kernels in KERNELS),
+               *(f"plots/{name}" for name in (*CHARTS, *CURVES)))
 
 
 def write_outputs(bench: dict, out_dir: Path, curves: dict[str, bytes], mac_ratio: np.ndarray) -> None:

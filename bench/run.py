@@ -147,12 +147,12 @@ def run_bench(args, command: str) -> dict:
     curves = training_curves(subject.ckpt_path)  # a broken metrics.jsonl stops the bench before it measures
     runtimes, t_gates = _decisions(subject, progress)
     firmware = _firmware_logs(args, subject, t_gates)
-    qemu = None
+    qemu, qemu_logs = None, {}
     with tempfile.TemporaryDirectory() as work:
         plain_dir = None if args.no_plain else _plain_export(subject.ckpt_path, subject.data_dir, Path(work))
         latency = _latency(args, subject, plain_dir, progress)
         if args.tflm_root:
-            qemu = _qemu(args, subject, plain_dir, progress)
+            qemu, qemu_logs = _qemu(args, subject, plain_dir, progress)
     ratio = mac_ratios(t_gates, subject.macs, subject.gated)
     bench = {
         "command": command, "machine": _machine(), "export_dir": str(args.export_dir),
@@ -170,6 +170,8 @@ def run_bench(args, command: str) -> dict:
     }
     with atomic.staging(args.out) as stage_dir:  # built beside --out, then replaces the bench there
         write_outputs(bench, stage_dir, curves, ratio)
+        for kernels, text in qemu_logs.items():
+            atomic.write_text(stage_dir / f"qemu_{kernels}.log", text)
         publish(stage_dir, args.out)
     print(f"cg-bench: wrote {args.out / 'bench.json'}, {args.out / 'BENCH.md'} and {args.out / 'plots'}/")
     return bench
@@ -297,16 +299,15 @@ def _latency(args, subject: Subject, plain_dir: Path | None, progress: bool) -> 
     return latency
 
 
-def _qemu(args, subject: Subject, plain_dir: Path | None, progress: bool) -> dict:
-    """QEMU Cortex-M4 instruction counts; the raw firmware output is kept, usable as --firmware-log."""
+def _qemu(args, subject: Subject, plain_dir: Path | None, progress: bool) -> tuple[dict, dict]:
+    """QEMU Cortex-M4 instruction counts, and the raw firmware output per kernel set (the bench
+    keeps it as qemu_KERNELS.log, usable as --firmware-log)."""
     from cosinegate.bench.qemu_bench import qemu_counts
     qemu = qemu_counts(args.export_dir, Path(args.tflm_root), subject.report, subject.macs, subject.gated,
                        progress, images=args.qemu_images, per_block=args.qemu_per_block,
                        data_dir=subject.data_dir, plain_dir=plain_dir,
                        clock_hz=int(args.clock_mhz * 1e6))
-    for kernels, text in qemu.pop("logs").items():
-        atomic.write_text(Path(args.out) / f"qemu_{kernels}.log", text)
-    return qemu
+    return qemu, qemu.pop("logs")
 
 
 def _one_row_per_image(inferences, labels: np.ndarray, gated_blocks: int, source: str) -> tuple[list, int]:

@@ -126,7 +126,8 @@ class TrainConfig:
              len(set(self.exit_after_list)) == len(self.exit_after_list),
              f"exit_after indexes blocks 0..{self.blocks - 2} (block {self.blocks - 1} ends in the classifier "
              f"itself), each once; got {self.exit_after!r}"),
-            (not set(self.exit_after_list) & {k * self.blocks // STAGES - 1 for k in self.exit_stage_list},
+            (not (self.exit_stage_list and self.exit_after_list) or
+             len(self.exit_block_list) == len(self.exit_stage_list) + len(self.exit_after_list),
              f"exit_after {self.exit_after!r} names a block that ends a stage exits {self.exits!r} already "
              "gives an exit"),
             (self.lambda_exit >= 0, "lambda_exit must be >= 0"),
@@ -170,6 +171,12 @@ class TrainConfig:
     @property
     def exit_after_list(self) -> tuple:
         return _index_list(self.exit_after, "exit_after", "block indices")
+
+    @property
+    def exit_block_list(self) -> tuple:
+        """The blocks the exits read, in exit order (`exits.exit_blocks`)."""
+        from cosinegate.train.exits import exit_blocks
+        return exit_blocks(self.exit_stage_list, self.exit_after_list, self.blocks // STAGES)
 
     @property
     def blocks(self) -> int:

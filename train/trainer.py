@@ -23,7 +23,7 @@ from tqdm import tqdm
 from cosinegate import atomic, errors
 from cosinegate.train import checkpoint, gate as G
 from cosinegate.train import exits as X
-from cosinegate.train.config import CONFIG_DEFAULTS, MACHINE_KEYS, STAGES, TrainConfig, to_dict
+from cosinegate.train.config import CONFIG_DEFAULTS, MACHINE_KEYS, TrainConfig, to_dict
 from cosinegate.train.data import DeviceLoader, dataset_info, holdout_split, load_arrays
 from cosinegate.train.distill import distillation_loss, load_teacher, teacher_logits
 from cosinegate.train.evaluate import EXIT_ACC, evaluate
@@ -88,8 +88,7 @@ def loss_terms(cfg: TrainConfig, logits, stats, y, progress: float, mode: str, t
     """Eq. 21 plus the deployable gate's two terms (and distillation, given a teacher's logits,
     and the early exits' cross-entropy, given their logits); every term is a scalar tensor."""
     terms = {"ce": F.cross_entropy(logits.float(), y)}
-    weights = X.exit_weights(X.exit_blocks(cfg.exit_stage_list, cfg.exit_after_list, cfg.blocks // STAGES),
-                             cfg.blocks)
+    weights = X.exit_weights(cfg.exit_block_list, cfg.blocks)
     if exit_logits:
         terms["exit"] = sum(w * F.cross_entropy(z.float(), y) for w, z in zip(weights, exit_logits))
     if teacher_logits is not None:

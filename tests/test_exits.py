@@ -88,6 +88,31 @@ def test_a_warm_start_keeps_the_heads_where_both_nets_have_an_exit(exit_run):
     assert torch.equal(grown.exits[1].classifier.weight, fresh)
 
 
+def _exit_loss_gradients(scale: float):
+    """The exits' cross-entropy backpropagated through a fresh ResNet-14 with two exits: the
+    gradient on the first conv (backbone) and on the first exit head."""
+    from cosinegate.train.model import CosineGateResNet, ModelConfig
+    torch.manual_seed(0)
+    model = CosineGateResNet(ModelConfig(depth=14, gated=False, exit_stages=(1,), exit_after=(4,)))
+    model.exit_grad_scale = scale
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    final, _, exit_logits = model(x, "full", with_exits=True)
+    sum(torch.nn.functional.cross_entropy(z, y) for z in exit_logits).backward()
+    return final, model.stem[0].weight.grad.clone(), model.exits[0].classifier.weight.grad.clone()
+
+
+def test_the_exit_gradient_scale_shrinks_only_what_reaches_the_backbone():
+    final, stem_full, head_full = _exit_loss_gradients(1.0)
+    final_quarter, stem_quarter, head_quarter = _exit_loss_gradients(0.25)
+    _, stem_none, head_none = _exit_loss_gradients(0.0)
+    assert torch.equal(final, final_quarter)            # the forward pass is unchanged
+    assert stem_full.abs().sum() > 0
+    torch.testing.assert_close(stem_quarter, 0.25 * stem_full)
+    assert torch.count_nonzero(stem_none) == 0          # 0: the exits do not shape the backbone
+    torch.testing.assert_close(head_quarter, head_full)  # the heads learn at full rate either way
+    torch.testing.assert_close(head_none, head_full)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--no-gated", "--exits", "3"], "stage boundaries 1..2"),
     (["--no-gated", "--exits", "1,1"], "each once"),
@@ -97,6 +122,8 @@ def test_a_warm_start_keeps_the_heads_where_both_nets_have_an_exit(exit_run):
     (["--no-gated", "--depth", "14", "--exits", "1", "--exit-after", "1"], "already gives an exit"),
     (["--no-gated", "--exit-after", "2,2"], "each once"),
     (["--no-gated", "--exit-after", "x"], "comma-separated block indices"),
+    (["--no-gated", "--exit-grad-scale", "0.5"], "no exits"),
+    (["--no-gated", "--exits", "1", "--exit-grad-scale", "1.5"], "exit_grad_scale must lie in [0, 1]"),
 ])
 def test_exit_options_that_make_no_sense_stop_before_any_work(argv, message, tmp_path, capsys):
     from cosinegate.train.cli import main as train_main

@@ -281,6 +281,7 @@ FAULTS = [
     Fault("exit_after_the_last_block", "train", lambda s: _new_run(s, "--exit-after", "8"), "exit_after"),
     Fault("exit_after_a_named_stage_end", "train", lambda s: _new_run(s, "--exits", "1", "--exit-after", "0"),
           "already gives an exit"),
+    Fault("exit_grad_scale_without_exits", "train", lambda s: _new_run(s, "--exit-grad-scale", "0.5"), "no exits"),
     Fault("warmup_negative", "train", lambda s: _new_run(s, "--warmup-epochs", "-3"), "warmup_epochs"),
     Fault("saved_config_wrong_type", "train",
           lambda s: _resume(s.run_with("run", {"config.yaml": "epochs: two\n"})), "epochs"),

@@ -64,6 +64,7 @@ class TrainConfig:
     exits: str = ""
     exit_after: str = ""
     lambda_exit: float = 1.0
+    exit_grad_scale: float = 1.0
     exit_threshold: float = 0.9
     tau_start: float = 1.0
     tau_end: float = 0.5
@@ -131,6 +132,9 @@ class TrainConfig:
              f"exit_after {self.exit_after!r} names a block that ends a stage exits {self.exits!r} already "
              "gives an exit"),
             (self.lambda_exit >= 0, "lambda_exit must be >= 0"),
+            (0.0 <= self.exit_grad_scale <= 1.0, f"exit_grad_scale must lie in [0, 1], got {self.exit_grad_scale}"),
+            (self.exit_grad_scale == 1.0 or self.exit_block_list,
+             "exit_grad_scale scales the exits' gradient, but the net has no exits (--exits, --exit-after)"),
             (0.0 < self.exit_threshold <= 1.0, "exit_threshold must lie in (0, 1]"),
             (self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1"),
             (self.holdout >= 0, f"holdout must be >= 0, got {self.holdout}"),
@@ -235,7 +239,8 @@ _KINDS = {f.name: getattr(f.type, "__name__", str(f.type)) for f in fields(Train
 
 # Fields added after the first release: a config saved before them lacks them, and their defaults
 # are what it was trained with. Every other field must be in a saved config.
-LATER_FIELDS = ("controller_norm", "distill_from", "distill_temperature", "exit_after", "exit_threshold", "exits", "flops_delay_epochs",
+LATER_FIELDS = ("controller_norm", "distill_from", "distill_temperature", "exit_after", "exit_grad_scale",
+                "exit_threshold", "exits", "flops_delay_epochs",
                 "gate_logit_norm", "gate_noise", "holdout", "init_from", "lambda_distill", "lambda_exit",
                 "lambda_routing", "revive_controllers", "routing_temperature", "shape_concentration", "target_rate",
                 "ungated_blocks")
@@ -287,6 +292,8 @@ FIELD_HELP = {
                   "6,7 puts two inside stage 3 of a ResNet-20",
     "lambda_exit": "weight of the exits' cross-entropy, each exit's scaled by its depth "
                    "(block number / blocks: stage / 3 at a stage end)",
+    "exit_grad_scale": "fraction of the exits' loss gradient that reaches the backbone; the exit heads "
+                       "take all of it (1 = joint training, 0 = heads on a backbone the exits do not shape)",
     "exit_threshold": "softmax confidence an image needs to leave at an exit, in the test metrics "
                       "(cg-export --exit-threshold / --target-macs set the deployed one)",
     "tau_start": "Gumbel temperature at the first step, annealed geometrically per step",

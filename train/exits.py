@@ -44,6 +44,12 @@ class ExitHead(nn.Module):
         return self.classifier(pooled.to(self.classifier.weight.dtype)).flatten(1)  # (B, classes)
 
 
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """x itself in the forward pass; `scale` times the incoming gradient in the backward pass, so an
+    exit head trains at full rate while the backbone below it takes only part of its loss."""
+    return x if scale == 1.0 else x.detach() + scale * (x - x.detach())
+
+
 def head_macs(channels: int, num_classes: int, size: int) -> int:
     grid = exit_grid(size)
     return channels * grid * grid * num_classes

@@ -222,6 +222,8 @@ class CosineGateResNet(nn.Module):
         self._exit_after = {b: j for j, b in enumerate(cfg.exit_blocks)}
         # The exit rule's confidence thresholds, one per exit; like deploy_threshold, not a weight.
         self.exit_thresholds = [X.EXIT_THRESHOLD] * len(cfg.exit_blocks)
+        # The fraction of the exits' gradient that reaches the backbone (training only; 1: all of it).
+        self.exit_grad_scale = 1.0
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -295,7 +297,7 @@ class CosineGateResNet(nn.Module):
             if st is not None:
                 stats.append(st)
             if i in self._exit_after:
-                exit_logits.append(self.exits[self._exit_after[i]](x))
+                exit_logits.append(self.exits[self._exit_after[i]](X.scale_gradient(x, self.exit_grad_scale)))
         logits = self.fc(x.mean(dim=(2, 3)))
         if with_exits:
             return logits, stats, exit_logits

@@ -1,13 +1,14 @@
 """Early exits: the exit rule, its MAC accounting, training, and the nested IF export with parity.
 
 One ResNet-14 with exits after stage 1 (block 1) and after blocks 2 and 4 (inside stages 2 and 3),
-trained 2 epochs on digits, serves the module.
+trained 2 epochs on digits with half the exits' gradient reaching the backbone, serves the module.
 """
 import json
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import export_tiny
 
@@ -17,7 +18,7 @@ def exit_run(tmp_path_factory):
     from cosinegate.train.cli import main as train_main
     run = tmp_path_factory.mktemp("exit_run")
     assert train_main(["--preset", "demo", "--no-gated", "--exits", "1", "--exit-after", "2,4", "--depth", "14",
-                       "--epochs", "2",
+                       "--epochs", "2", "--exit-grad-scale", "0.5",
                        "--threads", "1", "--no-progress", "--out", str(run)]) == 0
     return run
 
@@ -139,6 +140,7 @@ def test_training_logs_each_exit_and_the_deployed_rule(exit_run):
                 "continue_rate_deploy", "mac_ratio_deploy", "mac_ratio_std", "distinct_paths"):
         assert key in last
     assert last["exit_thresholds"] == [0.9, 0.9, 0.9]
+    assert yaml.safe_load((exit_run / "config.yaml").read_text())["exit_grad_scale"] == 0.5
     went_on = last["continue_rate_deploy"]
     assert 1.0 >= went_on[0] >= went_on[1] >= went_on[2] >= 0.0  # nobody goes on past an exit without the one before
 
